@@ -1,0 +1,231 @@
+//! The gRPC server every service runs: its own services plus
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha, since
+//! grpcurl 1.8 only speaks v1alpha), with truthful health and a graceful,
+//! bounded drain.
+//!
+//! Health is SERVING only while the service's dependencies answer: with a
+//! database attached, a probe flips every registered service (and the
+//! overall `""` entry) to NOT_SERVING when the database stops answering and
+//! back when it returns. On shutdown everything goes NOT_SERVING first, then
+//! the listener closes and in-flight calls get `shutdown_grace` to finish.
+
+use crate::config::ServerSettings;
+use anyhow::Context as _;
+use sqlx::PgPool;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::Service;
+
+/// A bound, not yet serving, gRPC server.
+pub struct Application {
+    name: &'static str,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    routes: Routes,
+    service_names: Vec<&'static str>,
+    database: Option<(PgPool, Duration)>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("name", &self.name)
+            .field("local_addr", &self.local_addr)
+            .field("services", &self.service_names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Static facts about a service, for logs.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceInfo {
+    /// Short name (`users`), also the config prefix.
+    pub name: &'static str,
+}
+
+impl Application {
+    /// Binds `settings.listen` (port 0 picks a free port) and, when
+    /// configured, writes the bound address to `settings.addr_file`.
+    pub async fn bind(name: &'static str, settings: &ServerSettings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding server.listen = {}", settings.listen))?;
+        let local_addr = listener.local_addr()?;
+        if let Some(path) = &settings.addr_file {
+            // Write then rename, so a reader never sees a half-written file.
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, local_addr.to_string())
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .with_context(|| format!("writing server.addr_file {}", path.display()))?;
+        }
+        Ok(Self {
+            name,
+            listener,
+            local_addr,
+            routes: Routes::default(),
+            service_names: Vec::new(),
+            database: None,
+            grace: settings.shutdown_grace,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves a generated tonic service; its health entry follows the
+    /// service's dependencies.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(service);
+        self.service_names.push(S::NAME);
+        self
+    }
+
+    /// Ties health to `pool`: probed every `probe_interval`.
+    pub fn with_database(mut self, pool: PgPool, probe_interval: Duration) -> Self {
+        self.database = Some((pool, probe_interval));
+        self
+    }
+
+    /// Serves until `shutdown` resolves, then drains (bounded by the grace
+    /// period) and returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Application {
+            name,
+            listener,
+            local_addr,
+            routes,
+            service_names,
+            database,
+            grace,
+        } = self;
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = reflection(&service_names).build_v1()?;
+        let reflection_v1alpha = reflection(&service_names).build_v1alpha()?;
+        let routes = routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        let health = Health {
+            reporter,
+            names: service_names,
+        };
+        // Not serving until the first probe says the dependencies answer.
+        health.set(ServingStatus::NotServing).await;
+        let probe = match database {
+            Some((pool, interval)) => tokio::spawn(probe_loop(health.clone(), pool, interval)),
+            None => {
+                health.set(ServingStatus::Serving).await;
+                tokio::spawn(std::future::pending())
+            }
+        };
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            });
+        tokio::pin!(server);
+        tracing::info!(service = name, addr = %local_addr, "serving");
+
+        tokio::select! {
+            result = &mut server => {
+                probe.abort();
+                return result.context("server stopped unexpectedly");
+            }
+            () = shutdown => {}
+        }
+
+        tracing::info!(grace = ?grace, "shutting down: NOT_SERVING, draining");
+        probe.abort();
+        health.set(ServingStatus::NotServing).await;
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(grace, server).await {
+            Ok(result) => result.context("server failed while draining")?,
+            Err(_) => tracing::warn!("grace period over; abandoning calls still in flight"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Reflection over what this server really serves: its own services,
+/// health and reflection itself. Descriptors of every contract are
+/// registered, so message types of other packages (and `google.rpc` error
+/// details, which grpcurl then decodes) resolve.
+fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(shop_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .include_reflection_service(false)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+    for name in service_names {
+        builder = builder.with_service_name(*name);
+    }
+    builder
+}
+
+#[derive(Clone)]
+struct Health {
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+}
+
+impl Health {
+    async fn set(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for name in &self.names {
+            self.reporter.set_service_status(*name, status).await;
+        }
+    }
+}
+
+async fn probe_loop(health: Health, pool: PgPool, interval: Duration) {
+    let mut current = None;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let up = crate::db::is_reachable(&pool, interval.max(Duration::from_secs(1))).await;
+        if current != Some(up) {
+            if up {
+                tracing::info!("database answers: SERVING");
+                health.set(ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("database does not answer: NOT_SERVING");
+                health.set(ServingStatus::NotServing).await;
+            }
+            current = Some(up);
+        }
+    }
+}

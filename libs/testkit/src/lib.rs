@@ -1,0 +1,28 @@
+//! Real dependencies for tests and for `just up`, without Docker.
+//!
+//! - [`tools`]: finds the binaries (on PATH, under `/usr/lib/postgresql`, or
+//!   in `.tools/` where `libs/testkit/bootstrap.py` installs pinned versions).
+//! - [`postgres`]: a throwaway Postgres cluster (initdb + postgres in a temp
+//!   dir, as an unprivileged user when run as root), one database per use.
+//! - [`nats`]: a throwaway `nats-server` with JetStream on file storage.
+//! - [`process`]: a service binary on a free port, waited on until SERVING.
+//! - [`stack`]: all of the above for a list of services.
+//! - [`inproc`]: a service served inside the test process.
+//! - [`wait`]: bounded waiting (`eventually`) instead of bare sleeps.
+//!
+//! Everything started is stopped when its handle is dropped, including when
+//! a test panics.
+
+pub mod inproc;
+pub mod nats;
+pub mod postgres;
+pub mod process;
+pub mod stack;
+pub mod tools;
+pub mod wait;
+
+pub use nats::Nats;
+pub use postgres::Postgres;
+pub use process::ServiceProcess;
+pub use stack::Stack;
+pub use wait::eventually;

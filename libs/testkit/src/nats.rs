@@ -1,0 +1,165 @@
+//! A throwaway `nats-server` with JetStream on file storage, every write
+//! synced (`sync_interval: always`), so a `kill -9` loses nothing acked.
+
+use crate::tools;
+use anyhow::{Context as _, bail};
+use nix::sys::signal::Signal;
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+/// A running (or deliberately stopped) NATS server.
+pub struct Nats {
+    dir: TempDir,
+    bin: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for Nats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nats")
+            .field("port", &self.port)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl Nats {
+    /// Starts a server; JetStream is ready on return.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut nats = Nats {
+            dir: tempfile::Builder::new().prefix("shop-nats-").tempdir()?,
+            bin: tools::find("nats-server")?,
+            port: 0,
+            child: None,
+        };
+        let mut last_err = None;
+        for _ in 0..5 {
+            nats.port = tools::free_port()?;
+            match nats.launch().await {
+                Ok(()) => return Ok(nats),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("five attempts were made"))
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
+    /// `kill -9` the server.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("nats-server is still running");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.launch().await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "nats restart failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Graceful stop (SIGTERM), bounded.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            crate::process::terminate(child, Signal::SIGTERM, Duration::from_secs(10));
+        }
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let config = self.dir.path().join("nats.conf");
+        let store = self.dir.path().join("jetstream");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\n\
+                 server_name: shop_test\n\
+                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n",
+                port = self.port,
+            ),
+        )?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting nats-server")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "nats-server exited ({status}) while starting; log:\n{}",
+                    crate::postgres::tail(&self.log_path())
+                );
+            }
+            if jetstream_ready(self.port) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("nats-server not ready after 20s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether the server greets clients with an INFO that announces JetStream.
+fn jetstream_ready(port: u16) -> bool {
+    let Ok(stream) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).is_ok()
+        && line.starts_with("INFO ")
+        && line.contains("\"jetstream\":true")
+}

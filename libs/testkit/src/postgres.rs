@@ -1,0 +1,251 @@
+//! A throwaway Postgres cluster.
+//!
+//! `initdb` into a temporary directory, then `postgres` in the foreground as
+//! a child process on a free loopback port, so its PID is ours to signal.
+//! Postgres refuses to run as root; when we are root, both run as the
+//! `postgres` user if there is one, else `nobody`.
+
+use crate::tools;
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, User, chown};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+/// A running (or deliberately stopped) Postgres server.
+pub struct Postgres {
+    dir: TempDir,
+    bin: PathBuf,
+    port: u16,
+    owner: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("port", &self.port)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl Postgres {
+    /// Creates a cluster and starts it; ready for connections on return.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin = tools::postgres_bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("shop-pg-").tempdir()?;
+        let owner = unprivileged_owner()?;
+        if let Some((uid, gid)) = owner {
+            chown(dir.path(), Some(uid.into()), Some(gid.into()))
+                .context("handing the Postgres directory to the unprivileged user")?;
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        as_owner(&mut initdb, owner);
+        let out = tokio::task::spawn_blocking(move || initdb.output()).await??;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+
+        let mut pg = Postgres {
+            dir,
+            bin,
+            port: 0,
+            owner,
+            child: None,
+        };
+        let mut last_err = None;
+        for _ in 0..5 {
+            pg.port = tools::free_port()?;
+            match pg.launch().await {
+                Ok(()) => return Ok(pg),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("five attempts were made"))
+    }
+
+    /// The port Postgres listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The postmaster's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A connection URL for database `db` (user `postgres`, trust auth).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// Creates database `name` and returns its URL.
+    pub async fn create_database(&self, name: &str) -> anyhow::Result<String> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await?;
+        // Identifiers cannot be bound; the name is ours and quoted.
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        conn.close().await?;
+        Ok(self.url(name))
+    }
+
+    /// `kill -9` the postmaster, as a crash would. Its backends notice that
+    /// the postmaster died and exit by themselves.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port, after [`Postgres::kill`]
+    /// (crash recovery runs) or [`Postgres::stop`].
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("Postgres is still running");
+        }
+        // Backends of a killed postmaster may hold the port for a moment.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.launch().await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "Postgres restart failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fast shutdown (SIGINT), bounded; SIGKILL if it does not stop in time.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            crate::process::terminate(child, Signal::SIGINT, Duration::from_secs(10));
+        }
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        if let Some((uid, gid)) = self.owner {
+            chown(&self.log_path(), Some(uid.into()), Some(gid.into()))?;
+        }
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            // Durable against a killed process (the OS keeps the writes);
+            // we do not simulate power loss, so skip the fsyncs.
+            .args(["-c", "fsync=off"])
+            .args(["-c", "max_connections=200"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        as_owner(&mut cmd, self.owner);
+        let mut child = cmd.spawn().context("starting postgres")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = self.url("postgres");
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "postgres exited ({status}) while starting; log:\n{}",
+                    tail(&self.log_path())
+                );
+            }
+            if ready(&url).await {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "postgres not ready after 30s; log:\n{}",
+                    tail(&self.log_path())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn ready(url: &str) -> bool {
+    use sqlx::Connection as _;
+    match sqlx::PgConnection::connect(url).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The user to run Postgres as, when we are root.
+fn unprivileged_owner() -> anyhow::Result<Option<(u32, u32)>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    for name in ["postgres", "nobody"] {
+        if let Some(user) = User::from_name(name)? {
+            return Ok(Some((user.uid.as_raw(), user.gid.as_raw())));
+        }
+    }
+    bail!("running as root, and neither a `postgres` nor a `nobody` user exists")
+}
+
+fn as_owner(cmd: &mut Command, owner: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = owner {
+        // std drops supplementary groups when root changes uid.
+        cmd.uid(uid).gid(gid);
+    }
+}
+
+/// The last lines of a log file, for error messages.
+pub(crate) fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}

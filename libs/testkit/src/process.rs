@@ -1,0 +1,239 @@
+//! A service binary of this workspace running as a child process.
+//!
+//! It binds port 0 (or a given address) and reports the address it bound
+//! through `server.addr_file`; [`ServiceProcess::start`] returns once the
+//! service's health check answers SERVING. Its output goes to a log file
+//! (and, for the local stack, to our stdout as well).
+
+use crate::tools;
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A running (or deliberately stopped) service process.
+pub struct ServiceProcess {
+    name: String,
+    bin: PathBuf,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    addr: Option<SocketAddr>,
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for ServiceProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceProcess")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl ServiceProcess {
+    /// Starts service `name` with `env` on `listen` (port 0 when `None`),
+    /// keeping its files in `dir`, and waits until it is SERVING.
+    pub async fn start(
+        name: &str,
+        env: Vec<(String, String)>,
+        dir: &Path,
+        listen: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let mut process = ServiceProcess {
+            name: name.to_string(),
+            bin: tools::service_binary(name)?,
+            dir: dir.to_path_buf(),
+            env,
+            addr: listen,
+            child: None,
+        };
+        process.launch().await?;
+        Ok(process)
+    }
+
+    /// The service's name (`users`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address the service listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("the service has been started once")
+    }
+
+    /// `http://<addr>`, for tonic clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// The PID while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The service's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.log", self.name))
+    }
+
+    /// What the service has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        let pid = self.pid().context("the service is not running")?;
+        kill(Pid::from_raw(pid as i32), signal)?;
+        Ok(())
+    }
+
+    /// `kill -9`, and reap.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait up to `within` for the exit status.
+    pub async fn stop(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("the service is not running")?;
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not exit within {within:?} of SIGTERM", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the service again on the address it had, after `kill`/`stop`.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("{} is still running", self.name);
+        }
+        self.launch().await
+    }
+
+    /// The service's own health answer, with a short timeout.
+    pub async fn health(&self) -> anyhow::Result<ServingStatus> {
+        health(self.addr()).await
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let prefix = format!("SHOP_{}__SERVER__", self.name.to_uppercase());
+        let addr_file = self.dir.join(format!("{}.addr", self.name));
+        let _ = std::fs::remove_file(&addr_file);
+        let listen = self
+            .addr
+            .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut child = Command::new(&self.bin)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(format!("{prefix}LISTEN"), listen)
+            .env(format!("{prefix}ADDR_FILE"), &addr_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut addr = None;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) while starting; log:\n{}",
+                    self.name,
+                    crate::postgres::tail(&self.log_path())
+                );
+            }
+            if addr.is_none() {
+                addr = std::fs::read_to_string(&addr_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<SocketAddr>().ok());
+            }
+            if let Some(a) = addr
+                && matches!(health(a).await, Ok(ServingStatus::Serving))
+            {
+                self.addr = Some(a);
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} not SERVING after 60s; log:\n{}",
+                    self.name,
+                    crate::postgres::tail(&self.log_path())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            terminate(child, Signal::SIGTERM, Duration::from_secs(15));
+        }
+    }
+}
+
+/// `grpc.health.v1.Health/Check` of the whole server (service `""`).
+pub async fn health(addr: SocketAddr) -> anyhow::Result<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    Ok(match response.into_inner().status {
+        1 => ServingStatus::Serving,
+        2 => ServingStatus::NotServing,
+        _ => ServingStatus::Unknown,
+    })
+}
+
+/// Sends `signal`, waits up to `grace` for the exit, then SIGKILLs; always
+/// reaps. Blocking: used from `Drop`.
+pub(crate) fn terminate(mut child: Child, signal: Signal, grace: Duration) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = kill(Pid::from_raw(child.id() as i32), signal);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,151 @@
+//! Postgres, NATS and a set of services, started together, one database per
+//! service, stopped together (services first) when dropped.
+
+use crate::{Nats, Postgres, ServiceProcess};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use tempfile::TempDir;
+
+/// How to start a [`Stack`].
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Services to start, in order (`users`, `catalog`...).
+    pub services: Vec<String>,
+    /// Fixed listen addresses by service; others bind port 0.
+    pub listen: BTreeMap<String, SocketAddr>,
+    /// Extra environment for every service (`RUST_LOG`...).
+    pub env: Vec<(String, String)>,
+}
+
+/// A running local system.
+pub struct Stack {
+    // Field order is drop order: services stop before NATS and Postgres.
+    services: BTreeMap<String, ServiceProcess>,
+    /// The NATS server.
+    pub nats: Nats,
+    /// The Postgres server.
+    pub postgres: Postgres,
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("services", &self.services)
+            .field("nats", &self.nats)
+            .field("postgres", &self.postgres)
+            .finish()
+    }
+}
+
+impl Stack {
+    /// Starts `services` on free ports.
+    pub async fn start(services: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(StackOptions {
+            services: services.iter().map(|s| s.to_string()).collect(),
+            ..StackOptions::default()
+        })
+        .await
+    }
+
+    /// Starts a stack as `options` say, reporting progress through
+    /// `progress` (one line per step).
+    pub async fn start_with(options: StackOptions) -> anyhow::Result<Self> {
+        Self::start_reporting(options, |_| {}).await
+    }
+
+    /// [`Stack::start_with`], calling `progress` with a line per step.
+    pub async fn start_reporting(
+        options: StackOptions,
+        mut progress: impl FnMut(&str),
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("shop-stack-").tempdir()?;
+        progress("starting postgres");
+        let postgres = Postgres::start().await?;
+        progress(&format!(
+            "postgres ready on 127.0.0.1:{} (pid {})",
+            postgres.port(),
+            postgres.pid().unwrap_or(0)
+        ));
+        progress("starting nats-server with JetStream");
+        let nats = Nats::start().await?;
+        progress(&format!(
+            "nats ready at {} (pid {})",
+            nats.url(),
+            nats.pid().unwrap_or(0)
+        ));
+        let mut stack = Stack {
+            services: BTreeMap::new(),
+            nats,
+            postgres,
+            dir,
+        };
+        for name in &options.services {
+            progress(&format!("starting {name}"));
+            let db_url = stack
+                .postgres
+                .create_database(&format!("shop_{name}"))
+                .await?;
+            let mut env = vec![
+                ("DATABASE_URL".to_string(), db_url),
+                ("NATS_URL".to_string(), stack.nats.url()),
+                (
+                    format!("SHOP_{}__DATABASE__PROBE_INTERVAL", name.to_uppercase()),
+                    "200ms".to_string(),
+                ),
+            ];
+            env.extend(service_env(name));
+            env.extend(options.env.iter().cloned());
+            let listen = options.listen.get(name).copied();
+            let process = ServiceProcess::start(name, env, stack.dir.path(), listen).await?;
+            progress(&format!(
+                "{name} SERVING on {} (pid {})",
+                process.addr(),
+                process.pid().unwrap_or(0)
+            ));
+            stack.services.insert(name.clone(), process);
+        }
+        Ok(stack)
+    }
+
+    /// A service of the stack; panics if it was not started.
+    pub fn service(&self, name: &str) -> &ServiceProcess {
+        self.services
+            .get(name)
+            .unwrap_or_else(|| panic!("service {name} is not part of this stack"))
+    }
+
+    /// A service of the stack, to kill or restart it.
+    pub fn service_mut(&mut self, name: &str) -> &mut ServiceProcess {
+        self.services
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("service {name} is not part of this stack"))
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceProcess> {
+        self.services.values()
+    }
+
+    /// Where logs and address files live.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// What a service needs beyond the database and NATS: its secrets, made up
+/// fresh for each stack.
+fn service_env(name: &str) -> Vec<(String, String)> {
+    match name {
+        "users" => vec![(
+            "SHOP_USERS__AUTH__TOKEN_SECRET".to_string(),
+            format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            ),
+        )],
+        _ => Vec::new(),
+    }
+}
