@@ -22,6 +22,9 @@ use std::time::Duration;
 pub trait Settings: DeserializeOwned + Send + Sync + 'static {
     /// The lowest layer, as TOML: the service's own defaults (its port...).
     const DEFAULTS: &'static str;
+    /// Conventional environment variables and the keys they set.
+    const ENV_ALIASES: &'static [(&'static str, &'static str)] =
+        &[("DATABASE_URL", "database.url")];
     /// Where and how to serve.
     fn server(&self) -> &ServerSettings;
     /// Logging and tracing.
@@ -133,31 +136,43 @@ pub fn file_from_args_or_env(args: impl IntoIterator<Item = String>) -> Option<P
 
 /// The figment a service's settings are extracted from; exposed so tests can
 /// layer their own values on top.
-pub fn figment(service: &str, defaults: &str, file: Option<&Path>) -> Figment {
+pub fn figment(
+    service: &str,
+    defaults: &str,
+    aliases: &[(&'static str, &'static str)],
+    file: Option<&Path>,
+) -> Figment {
     let mut figment = Figment::new().merge(Toml::string(defaults));
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
     }
     let prefix = format!("SHOP_{}__", service.to_uppercase());
-    figment
-        .merge(
-            Env::raw()
-                .only(&["DATABASE_URL"])
-                .map(|_| "database.url".into()),
-        )
-        .merge(Env::prefixed(&prefix).split("__"))
+    for (var, key) in aliases {
+        let key = *key;
+        figment = figment.merge(Env::raw().only(&[var]).map(move |_| key.into()));
+    }
+    figment.merge(Env::prefixed(&prefix).split("__"))
 }
 
 /// Loads a service's settings; the error names the offending key and where
 /// its value came from.
 pub fn load<C: Settings>(service: &str, file: Option<&Path>) -> Result<C, ConfigError> {
-    load_with_defaults(service, C::DEFAULTS, file)
+    load_inner(service, C::DEFAULTS, C::ENV_ALIASES, file)
 }
 
 /// [`load`] for any settings type, with explicit defaults.
 pub fn load_with_defaults<C: DeserializeOwned>(
     service: &str,
     defaults: &str,
+    file: Option<&Path>,
+) -> Result<C, ConfigError> {
+    load_inner(service, defaults, &[("DATABASE_URL", "database.url")], file)
+}
+
+fn load_inner<C: DeserializeOwned>(
+    service: &str,
+    defaults: &str,
+    aliases: &[(&'static str, &'static str)],
     file: Option<&Path>,
 ) -> Result<C, ConfigError> {
     if let Some(file) = file
@@ -168,10 +183,12 @@ pub fn load_with_defaults<C: DeserializeOwned>(
             file.display()
         )));
     }
-    figment(service, defaults, file).extract().map_err(|e| {
-        let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-        ConfigError(messages.join("; "))
-    })
+    figment(service, defaults, aliases, file)
+        .extract()
+        .map_err(|e| {
+            let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError(messages.join("; "))
+        })
 }
 
 /// Settings from `toml` alone on top of the service's defaults, ignoring

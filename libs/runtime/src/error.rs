@@ -63,7 +63,7 @@ impl From<sqlx::Error> for ServiceError {
 
 /// Whether a database error means "the database cannot be reached right now"
 /// rather than "this statement is wrong".
-fn is_unavailable(e: &sqlx::Error) -> bool {
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed

@@ -11,12 +11,14 @@
 
 use crate::config::ServerSettings;
 use anyhow::Context as _;
+use futures::future::BoxFuture;
 use sqlx::PgPool;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -33,8 +35,13 @@ pub struct Application {
     routes: Routes,
     service_names: Vec<&'static str>,
     database: Option<(PgPool, Duration)>,
+    tasks: Vec<(&'static str, BackgroundTask)>,
     grace: Duration,
 }
+
+/// Work a service runs beside its server (an outbox relay, a consumer):
+/// given a token that is cancelled once the server has drained.
+pub type BackgroundTask = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +82,7 @@ impl Application {
             routes: Routes::default(),
             service_names: Vec::new(),
             database: None,
+            tasks: Vec::new(),
             grace: settings.shutdown_grace,
         })
     }
@@ -107,6 +115,17 @@ impl Application {
         self
     }
 
+    /// Runs `task` beside the server from the start; on shutdown it is
+    /// cancelled after the server has drained, and awaited (within the
+    /// grace period).
+    pub fn with_task<F>(mut self, name: &'static str, task: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send + 'static,
+    {
+        self.tasks.push((name, Box::new(task)));
+        self
+    }
+
     /// Serves until `shutdown` resolves, then drains (bounded by the grace
     /// period) and returns.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -117,6 +136,7 @@ impl Application {
             routes,
             service_names,
             database,
+            tasks,
             grace,
         } = self;
 
@@ -142,6 +162,16 @@ impl Application {
             }
         };
 
+        let stop_tasks = CancellationToken::new();
+        let mut running = tokio::task::JoinSet::new();
+        for (task_name, task) in tasks {
+            let future = task(stop_tasks.clone());
+            running.spawn(async move {
+                future.await;
+                tracing::debug!(task = task_name, "background task stopped");
+            });
+        }
+
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
@@ -156,6 +186,7 @@ impl Application {
         tokio::select! {
             result = &mut server => {
                 probe.abort();
+                stop_tasks.cancel();
                 return result.context("server stopped unexpectedly");
             }
             () = shutdown => {}
@@ -165,9 +196,22 @@ impl Application {
         probe.abort();
         health.set(ServingStatus::NotServing).await;
         let _ = stop_tx.send(());
-        match tokio::time::timeout(grace, server).await {
+        let deadline = tokio::time::Instant::now() + grace;
+        match tokio::time::timeout_at(deadline, server).await {
             Ok(result) => result.context("server failed while draining")?,
             Err(_) => tracing::warn!("grace period over; abandoning calls still in flight"),
+        }
+        // Consumers and relays stop after the calls that may have written
+        // outbox rows have finished.
+        stop_tasks.cancel();
+        if tokio::time::timeout_at(deadline, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("grace period over; abandoning background tasks");
+            running.abort_all();
         }
         tracing::info!("stopped");
         Ok(())

@@ -87,3 +87,22 @@ fn otlp_provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
         .with_resource(resource)
         .build())
 }
+
+/// The current span's W3C `traceparent`, for carrying the trace across an
+/// asynchronous hop (an event); `None` when traces are not exported.
+pub fn current_traceparent() -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the remote span a `traceparent` names.
+pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+    let _ = span.set_parent(cx);
+}

@@ -1,0 +1,92 @@
+//! Reading the `dead_letters` table, for each consuming service's
+//! `ListDeadLetters`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use shop_proto::shop::common::v1::DeadLetter;
+use shop_runtime::{FieldViolations, ServiceError};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    dead_letter_id: Uuid,
+    consumer: String,
+    stream: String,
+    subject: String,
+    event_id: Option<String>,
+    event_type: String,
+    delivery_count: i64,
+    last_error: String,
+    payload: Vec<u8>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One page of dead letters, oldest first, and the next page's token.
+pub async fn list(
+    pool: &PgPool,
+    page_size: i32,
+    page_token: &str,
+) -> Result<(Vec<DeadLetter>, String), ServiceError> {
+    let mut v = FieldViolations::new();
+    let limit = match page_size {
+        0 => 20,
+        n @ 1..=100 => i64::from(n),
+        _ => {
+            v.add("page_size", "must be between 0 and 100 (0 means 20)");
+            20
+        }
+    };
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        match URL_SAFE_NO_PAD
+            .decode(page_token)
+            .ok()
+            .and_then(|b| Uuid::from_slice(&b).ok())
+        {
+            Some(id) => Some(id),
+            None => {
+                v.add("page_token", "is not a page token this service issued");
+                None
+            }
+        }
+    };
+    v.into_result()?;
+    let mut rows: Vec<Row> = sqlx::query_as(
+        "SELECT dead_letter_id, consumer, stream, subject, event_id, event_type,
+                delivery_count, last_error, payload, created_at
+         FROM dead_letters
+         WHERE ($1::uuid IS NULL OR dead_letter_id > $1)
+         ORDER BY dead_letter_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        URL_SAFE_NO_PAD.encode(rows.last().expect("limit >= 1").dead_letter_id.as_bytes())
+    } else {
+        String::new()
+    };
+    let letters = rows
+        .into_iter()
+        .map(|r| DeadLetter {
+            dead_letter_id: r.dead_letter_id.to_string(),
+            consumer: r.consumer,
+            stream: r.stream,
+            subject: r.subject,
+            event_id: r.event_id.unwrap_or_default(),
+            event_type: r.event_type,
+            delivery_count: r.delivery_count,
+            last_error: r.last_error,
+            payload: r.payload,
+            create_time: Some(prost_types::Timestamp {
+                seconds: r.created_at.timestamp(),
+                nanos: r.created_at.timestamp_subsec_nanos() as i32,
+            }),
+        })
+        .collect();
+    Ok((letters, next))
+}

@@ -1,0 +1,165 @@
+//! Transactional outbox: events are rows written in the same transaction as
+//! the state change they describe; a relay publishes them.
+//!
+//! The relay takes a transaction-scoped advisory lock, so with several
+//! replicas of a service one relay publishes at a time, in `seq` order. Each
+//! row is published with `Nats-Msg-Id` = event id and marked published only
+//! after JetStream acked it: a crash between the two republishes the row,
+//! and JetStream's de-duplication window drops the copy.
+
+use crate::catalog::DomainEvent;
+use crate::envelope::wrap;
+use crate::settings::RelaySettings;
+use async_nats::jetstream;
+use prost::Message as _;
+use shop_proto::shop::events::v1::Envelope;
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Advisory lock key of the relay ("outbox" in ASCII).
+const RELAY_LOCK: i64 = 0x6f75_7462_6f78;
+
+/// Writes `event` to the outbox inside the caller's transaction and returns
+/// its envelope.
+pub async fn enqueue<E: DomainEvent>(
+    tx: &mut PgConnection,
+    producer: &str,
+    aggregate_id: &str,
+    event: &E,
+    cause: Option<&Envelope>,
+) -> Result<Envelope, sqlx::Error> {
+    let envelope = wrap(producer, aggregate_id, event, cause);
+    let event_id: uuid::Uuid = envelope.event_id.parse().expect("wrap makes UUIDs");
+    sqlx::query(
+        "INSERT INTO outbox (event_id, subject, event_type, envelope, trace_context)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(event_id)
+    .bind(E::SUBJECT)
+    .bind(E::TYPE)
+    .bind(envelope.encode_to_vec())
+    .bind(shop_runtime::telemetry::current_traceparent())
+    .execute(&mut *tx)
+    .await?;
+    Ok(envelope)
+}
+
+pub(crate) struct Relay {
+    pub(crate) js: jetstream::Context,
+    pub(crate) pool: PgPool,
+    pub(crate) settings: RelaySettings,
+    pub(crate) wake: Arc<Notify>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    seq: i64,
+    event_id: uuid::Uuid,
+    subject: String,
+    envelope: Vec<u8>,
+    trace_context: Option<String>,
+}
+
+impl Relay {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+            // Drain everything pending before sleeping again.
+            loop {
+                match self.publish_batch().await {
+                    Ok(0) => {
+                        failures = 0;
+                        break;
+                    }
+                    Ok(_) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        let delay = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
+                        tracing::warn!(error = format!("{e:#}"), ?delay, "outbox relay");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes up to one batch; the number of rows published.
+    async fn publish_batch(&self) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RELAY_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(0);
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, event_id, subject, envelope, trace_context FROM outbox
+             WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(self.settings.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut published = Vec::with_capacity(rows.len());
+        let mut failure = None;
+        for row in rows {
+            match self.publish(&row).await {
+                Ok(()) => published.push(row.seq),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if !published.is_empty() {
+            sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
+                .bind(&published)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(published.len()),
+        }
+    }
+
+    async fn publish(&self, row: &Row) -> anyhow::Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", row.event_id.to_string().as_str());
+        if let Some(tp) = &row.trace_context {
+            headers.insert("traceparent", tp.as_str());
+        }
+        let ack = tokio::time::timeout(self.settings.ack_timeout, async {
+            self.js
+                .publish_with_headers(row.subject.clone(), headers, row.envelope.clone().into())
+                .await?
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("no JetStream ack within {:?}", self.settings.ack_timeout)
+        })??;
+        tracing::debug!(
+            event_id = %row.event_id,
+            subject = %row.subject,
+            stream_seq = ack.sequence,
+            duplicate = ack.duplicate,
+            "published"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! `[events]`: how a service talks to JetStream.
+
+use serde::Deserialize;
+use std::time::Duration;
+
+/// `[events]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSettings {
+    /// `nats://host:port`; `NATS_URL` sets it too.
+    pub nats_url: String,
+    /// How long start-up keeps trying to reach NATS.
+    #[serde(with = "humantime_serde", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// JetStream de-duplication window of the streams (`Nats-Msg-Id`).
+    #[serde(with = "humantime_serde", default = "default_duplicate_window")]
+    pub duplicate_window: Duration,
+    /// `[events.relay]`
+    #[serde(default)]
+    pub relay: RelaySettings,
+    /// `[events.consumer]`
+    #[serde(default)]
+    pub consumer: ConsumerSettings,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// `[events.relay]`: the outbox relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySettings {
+    /// How often the outbox is polled when nobody wakes the relay.
+    #[serde(with = "humantime_serde", default = "default_poll")]
+    pub poll_interval: Duration,
+    /// Rows published per transaction.
+    #[serde(default = "default_batch")]
+    pub batch_size: i64,
+    /// How long to wait for a JetStream ack before retrying.
+    #[serde(with = "humantime_serde", default = "default_ack_timeout")]
+    pub ack_timeout: Duration,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_batch() -> i64 {
+    100
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: default_poll(),
+            batch_size: default_batch(),
+            ack_timeout: default_ack_timeout(),
+        }
+    }
+}
+
+/// `[events.consumer]`: every consumer of the service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// How long JetStream waits for an ack before redelivering.
+    #[serde(with = "humantime_serde", default = "default_ack_wait")]
+    pub ack_wait: Duration,
+    /// Attempts before an event is dead-lettered.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: i64,
+    /// Redelivery delays after the 1st, 2nd, ... failed attempt (the last
+    /// one repeats).
+    #[serde(default = "default_backoff")]
+    pub backoff: Vec<humantime_serde::Serde<Duration>>,
+    /// Prefix of durable consumer names (a new prefix replays the streams
+    /// from the start, e.g. to rebuild a projection).
+    #[serde(default)]
+    pub durable_prefix: Option<String>,
+}
+
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_deliver() -> i64 {
+    5
+}
+fn default_backoff() -> Vec<humantime_serde::Serde<Duration>> {
+    [100, 500, 2000]
+        .into_iter()
+        .map(|ms| Duration::from_millis(ms).into())
+        .collect()
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            ack_wait: default_ack_wait(),
+            max_deliver: default_max_deliver(),
+            backoff: default_backoff(),
+            durable_prefix: None,
+        }
+    }
+}
+
+impl ConsumerSettings {
+    /// The delay before redelivery after failed attempt number `attempt`
+    /// (1-based).
+    pub fn backoff_for(&self, attempt: i64) -> Duration {
+        let i = usize::try_from(attempt.max(1) - 1).unwrap_or(0);
+        self.backoff
+            .get(i)
+            .or(self.backoff.last())
+            .map_or(Duration::from_millis(500), |d| **d)
+    }
+}
