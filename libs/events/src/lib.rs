@@ -126,6 +126,26 @@ impl Events {
         move |shutdown| Box::pin(consumer.run(shutdown))
     }
 
+    /// Publishes `event` straight to JetStream, bypassing any outbox: for
+    /// tests and tools that play the part of another service. Services
+    /// publish through [`outbox::enqueue`].
+    pub async fn publish_now<E: DomainEvent>(
+        &self,
+        aggregate_id: &str,
+        event: &E,
+        cause: Option<&shop_proto::shop::events::v1::Envelope>,
+    ) -> anyhow::Result<shop_proto::shop::events::v1::Envelope> {
+        use prost::Message as _;
+        let envelope = envelope::wrap(self.service, aggregate_id, event, cause);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", envelope.event_id.as_str());
+        self.js
+            .publish_with_headers(E::SUBJECT, headers, envelope.encode_to_vec().into())
+            .await?
+            .await?;
+        Ok(envelope)
+    }
+
     /// The JetStream context, for tests and tools that inspect streams.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js

@@ -1,0 +1,3 @@
+//! `analytics`.
+
+fn main() {}

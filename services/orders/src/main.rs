@@ -1,0 +1,3 @@
+//! `orders`.
+
+fn main() {}
