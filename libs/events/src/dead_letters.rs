@@ -22,7 +22,7 @@ struct Row {
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// One page of dead letters, oldest first, and the next page's token.
+/// One page of dead letters, newest first, and the next page's token.
 pub async fn list(
     pool: &PgPool,
     page_size: i32,
@@ -57,8 +57,8 @@ pub async fn list(
         "SELECT dead_letter_id, consumer, stream, subject, event_id, event_type,
                 delivery_count, last_error, payload, created_at
          FROM dead_letters
-         WHERE ($1::uuid IS NULL OR dead_letter_id > $1)
-         ORDER BY dead_letter_id LIMIT $2",
+         WHERE ($1::uuid IS NULL OR dead_letter_id < $1)
+         ORDER BY dead_letter_id DESC LIMIT $2",
     )
     .bind(after)
     .bind(limit + 1)

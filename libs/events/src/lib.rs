@@ -97,7 +97,7 @@ impl Events {
         &self,
         pool: sqlx::PgPool,
     ) -> impl FnOnce(tokio_util::sync::CancellationToken) -> futures::future::BoxFuture<'static, ()>
-    {
+    + use<> {
         let relay = outbox::Relay {
             js: self.js.clone(),
             pool,
@@ -114,7 +114,7 @@ impl Events {
         spec: ConsumerSpec,
         handler: Arc<dyn Handler>,
     ) -> impl FnOnce(tokio_util::sync::CancellationToken) -> futures::future::BoxFuture<'static, ()>
-    {
+    + use<> {
         let consumer = inbox::Consumer {
             js: self.js.clone(),
             pool,

@@ -16,6 +16,8 @@ pub struct StackOptions {
     pub listen: BTreeMap<String, SocketAddr>,
     /// Extra environment for every service (`RUST_LOG`...).
     pub env: Vec<(String, String)>,
+    /// Extra environment for one service, by name (applied last).
+    pub service_env: BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// A running local system.
@@ -95,8 +97,11 @@ impl Stack {
                     "200ms".to_string(),
                 ),
             ];
-            env.extend(service_env(name));
+            env.extend(service_env(name, &stack.services));
             env.extend(options.env.iter().cloned());
+            if let Some(extra) = options.service_env.get(name) {
+                env.extend(extra.iter().cloned());
+            }
             let listen = options.listen.get(name).copied();
             let process = ServiceProcess::start(name, env, stack.dir.path(), listen).await?;
             progress(&format!(
@@ -135,8 +140,9 @@ impl Stack {
 }
 
 /// What a service needs beyond the database and NATS: its secrets, made up
-/// fresh for each stack.
-fn service_env(name: &str) -> Vec<(String, String)> {
+/// fresh for each stack, and the addresses of the services it calls (which
+/// must have been started before it).
+fn service_env(name: &str, started: &BTreeMap<String, ServiceProcess>) -> Vec<(String, String)> {
     match name {
         "users" => vec![(
             "SHOP_USERS__AUTH__TOKEN_SECRET".to_string(),
@@ -146,6 +152,11 @@ fn service_env(name: &str) -> Vec<(String, String)> {
                 uuid::Uuid::new_v4().simple()
             ),
         )],
+        "orders" => started
+            .get("catalog")
+            .map(|catalog| ("SHOP_ORDERS__CATALOG__ENDPOINT".to_string(), catalog.url()))
+            .into_iter()
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -1,1 +1,85 @@
-//! The orders service (in progress).
+//! The orders service: it records orders and holds the state and timeline
+//! of each order's saga.
+//!
+//! - [`config`]: settings (`[catalog]` upstream, `[saga]` timeout, events).
+//! - `domain`: what a valid order request is, and its fingerprint; pure.
+//! - `store`: orders, lines and saga steps (sqlx), the state transitions
+//!   with their outgoing events in one transaction.
+//! - `saga`: the event handlers that move a saga on, and the sweeper that
+//!   cancels sagas that stopped making progress.
+//! - `catalog`: authoritative prices, read from the catalog service.
+//! - `api`: `shop.orders.v1.OrderService`.
+
+pub mod config;
+
+mod api;
+mod catalog;
+mod domain;
+mod saga;
+mod store;
+
+pub use config::Config;
+
+use shop_events::catalog::{INVENTORY, PAYMENTS};
+use shop_events::{ConsumerSpec, DomainEvent as _, Events};
+use shop_proto::shop::events::v1::{
+    PaymentCaptured, PaymentDeclined, PaymentRefunded, StockRejected, StockReserved,
+};
+use shop_proto::shop::orders::v1::order_service_server::OrderServiceServer;
+use shop_runtime::{Application, db};
+use std::sync::Arc;
+
+/// The service's migrations, from `migrations/orders`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/orders");
+
+/// Connects to the database, NATS and the catalog, and binds the server.
+pub async fn build(config: Config) -> anyhow::Result<Application> {
+    let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    let events = Events::connect("orders", &config.events).await?;
+    let catalog = catalog::Catalog::new(&config.catalog)?;
+    let handler = Arc::new(saga::SagaHandler {
+        timeout: config.saga.timeout,
+    });
+    let api = api::OrdersApi::new(pool.clone(), catalog, events.clone(), config.saga.timeout);
+    let sweeper = saga::Sweeper {
+        pool: pool.clone(),
+        events: events.clone(),
+        interval: config.saga.sweep_interval,
+    };
+    Ok(Application::bind("orders", &config.server)
+        .await?
+        .add_service(OrderServiceServer::new(api))
+        .with_database(pool.clone(), config.database.probe_interval)
+        .with_task("relay", events.relay(pool.clone()))
+        .with_task(
+            "consumer-inventory",
+            events.consumer(
+                pool.clone(),
+                ConsumerSpec::new(
+                    "orders-inventory",
+                    INVENTORY,
+                    &[StockReserved::SUBJECT, StockRejected::SUBJECT],
+                ),
+                handler.clone(),
+            ),
+        )
+        .with_task(
+            "consumer-payments",
+            events.consumer(
+                pool.clone(),
+                ConsumerSpec::new(
+                    "orders-payments",
+                    PAYMENTS,
+                    &[
+                        PaymentCaptured::SUBJECT,
+                        PaymentDeclined::SUBJECT,
+                        PaymentRefunded::SUBJECT,
+                    ],
+                ),
+                handler,
+            ),
+        )
+        .with_task("saga-timeouts", move |shutdown| {
+            Box::pin(sweeper.run(shutdown))
+        }))
+}

@@ -1,3 +1,7 @@
-//! `orders`.
+//! `orders`: serves `shop.orders.v1.OrderService` and runs the order saga's
+//! consumers. Configuration: see [`orders::Config`].
 
-fn main() {}
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    shop_runtime::run("orders", orders::build).await
+}

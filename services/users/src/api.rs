@@ -4,6 +4,7 @@
 use crate::domain::{self, check_password, normalise_display_name, normalise_email};
 use crate::store::{self, UserRow};
 use crate::token::{self, TokenIssuer};
+use shop_proto::shop::events::v1::UserRegistered;
 use shop_proto::shop::users::v1::user_service_server::UserService;
 use shop_proto::shop::users::v1::{
     AuthenticateRequest, AuthenticateResponse, CreateUserRequest, CreateUserResponse,
@@ -22,11 +23,16 @@ const BAD_CREDENTIALS: &str = "invalid email or password";
 pub(crate) struct UsersApi {
     pool: PgPool,
     tokens: TokenIssuer,
+    events: shop_events::Events,
 }
 
 impl UsersApi {
-    pub(crate) fn new(pool: PgPool, tokens: TokenIssuer) -> Self {
-        Self { pool, tokens }
+    pub(crate) fn new(pool: PgPool, tokens: TokenIssuer, events: shop_events::Events) -> Self {
+        Self {
+            pool,
+            tokens,
+            events,
+        }
     }
 }
 
@@ -69,14 +75,26 @@ impl UserService for UsersApi {
         let hash = token::hash_password(req.password)
             .await
             .map_err(ServiceError::Internal)?;
+        // The account and its UserRegistered event commit together.
+        let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
         let row = store::insert(
-            &self.pool,
+            &mut tx,
             Uuid::now_v7(),
             &new.email,
             &new.display_name,
             &hash,
         )
         .await?;
+        let event = UserRegistered {
+            user_id: row.user_id.to_string(),
+            email: row.email.clone(),
+            display_name: row.display_name.clone(),
+        };
+        shop_events::outbox::enqueue(&mut tx, "users", &event.user_id, &event, None)
+            .await
+            .map_err(ServiceError::from)?;
+        tx.commit().await.map_err(ServiceError::from)?;
+        self.events.wake_relay();
         tracing::info!(user_id = %row.user_id, "user created");
         Ok(Response::new(CreateUserResponse {
             user: Some(to_proto(row)),

@@ -18,6 +18,8 @@ pub struct Config {
     pub telemetry: TelemetrySettings,
     /// `[auth]`
     pub auth: AuthSettings,
+    /// `[events]`: UserRegistered is published through the outbox.
+    pub events: shop_events::EventsSettings,
 }
 
 /// `[auth]`: access tokens.
@@ -47,6 +49,10 @@ impl Settings for Config {
         [server]
         listen = "127.0.0.1:7101"
     "#;
+    const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[
+        ("DATABASE_URL", "database.url"),
+        ("NATS_URL", "events.nats_url"),
+    ];
 
     fn server(&self) -> &ServerSettings {
         &self.server

@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: the service's settings (`[auth]` on top of the shared ones).
 //! - `domain`: what a valid email, password and display name are; pure.
-//! - `store`: the `users` table (sqlx).
+//! - `store`: the `users` table (sqlx); UserRegistered goes out through
+//!   the transactional outbox (`shop_events`).
 //! - `token`: access tokens (HS256 JWT) and password hashing.
 //! - `api`: the `shop.users.v1.UserService` handlers; the only module that
 //!   speaks tonic.
@@ -30,9 +31,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let tokens = token::TokenIssuer::new(&config.auth)?;
     let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
-    let api = api::UsersApi::new(pool.clone(), tokens);
+    let events = shop_events::Events::connect("users", &config.events).await?;
+    let api = api::UsersApi::new(pool.clone(), tokens, events.clone());
     Ok(Application::bind("users", &config.server)
         .await?
         .add_service(UserServiceServer::new(api))
-        .with_database(pool, config.database.probe_interval))
+        .with_database(pool.clone(), config.database.probe_interval)
+        .with_task("relay", events.relay(pool)))
 }

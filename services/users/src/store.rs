@@ -42,7 +42,7 @@ fn email_taken(e: sqlx::Error) -> ServiceError {
 }
 
 pub(crate) async fn insert(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     user_id: Uuid,
     email: &str,
     display_name: &str,
@@ -58,7 +58,7 @@ pub(crate) async fn insert(
     .bind(email)
     .bind(display_name)
     .bind(password_hash)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await
     .map_err(email_taken)
 }

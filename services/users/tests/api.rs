@@ -6,8 +6,8 @@ use shop_proto::shop::users::v1::{
     AuthenticateRequest, CreateUserRequest, DeactivateUserRequest, GetUserRequest,
     UpdateUserRequest, User, UserStatus,
 };
-use shop_testkit::Postgres;
 use shop_testkit::inproc::RunningApp;
+use shop_testkit::{Nats, Postgres};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
@@ -16,14 +16,18 @@ const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 
 struct TestApp {
     client: UserServiceClient<Channel>,
+    nats_url: String,
     db: sqlx::PgPool,
     _app: RunningApp,
     _postgres: Postgres,
+    _nats: Nats,
 }
 
 async fn spawn_app() -> TestApp {
     let postgres = Postgres::start().await.expect("postgres starts");
     let url = postgres.create_database("users").await.unwrap();
+    let nats = Nats::start().await.expect("nats starts");
+    let nats_url = nats.url();
     let config: users::Config = shop_runtime::config::from_toml(&format!(
         r#"
         [server]
@@ -33,6 +37,8 @@ async fn spawn_app() -> TestApp {
         [auth]
         token_secret = "{SECRET}"
         token_ttl = "15m"
+        [events]
+        nats_url = "{nats_url}"
         "#
     ))
     .unwrap();
@@ -41,9 +47,11 @@ async fn spawn_app() -> TestApp {
     let db = sqlx::PgPool::connect(&url).await.unwrap();
     TestApp {
         client,
+        nats_url: nats.url(),
         db,
         _app: app,
         _postgres: postgres,
+        _nats: nats,
     }
 }
 
@@ -366,4 +374,36 @@ async fn a_deactivated_user_cannot_authenticate_and_deactivation_is_idempotent()
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(app.user_rows().await, 1, "soft delete keeps the row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_publishes_user_registered_once() {
+    let mut app = spawn_app().await;
+
+    app.create("ada@example.com", "correct horse battery")
+        .await
+        .unwrap();
+    app.create("ada@example.com", "correct horse battery")
+        .await
+        .unwrap_err();
+
+    let settings: shop_events::EventsSettings =
+        serde_json::from_value(serde_json::json!({ "nats_url": app.nats_url })).unwrap();
+    let events = shop_events::Events::connect("test", &settings)
+        .await
+        .unwrap();
+    shop_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        match events.stream_message_count("USERS").await {
+            Ok(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(unpublished, 0);
 }

@@ -17,7 +17,8 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-/// Services in start order, with their offset from the port base.
+/// Services in start order (callees before callers), with their offset from
+/// the port base.
 const SERVICES: &[(&str, u16)] = &[("users", 1), ("catalog", 2)];
 
 struct Args {
@@ -88,6 +89,7 @@ async fn run() -> anyhow::Result<()> {
         services: args.services.clone(),
         listen,
         env: vec![("RUST_LOG".into(), "info".into())],
+        ..StackOptions::default()
     };
     let started = tokio::select! {
         stack = Stack::start_reporting(options, |line| println!("==> {line}")) => stack?,
@@ -98,9 +100,17 @@ async fn run() -> anyhow::Result<()> {
     };
     let stack = started;
 
-    if args.services.iter().any(|s| s == "catalog") {
-        let n = seed_catalog(&stack.service("catalog").url()).await?;
-        println!("==> seeded the demo catalog with {n} products");
+    let has = |name: &str| args.services.iter().any(|s| s == name);
+    let mut products = Vec::new();
+    if has("catalog") {
+        products = seed_catalog(&stack.service("catalog").url()).await?;
+        println!(
+            "==> seeded the demo catalog with {} products",
+            products.len()
+        );
+    }
+    if has("users") && has("inventory") && has("orders") && has("payments") {
+        demo_saga(&stack, &products).await?;
     }
     print_summary(&stack);
     if let Some(path) = &args.state_file {
@@ -198,7 +208,8 @@ fn write_state(stack: &Stack, path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// A small demo catalog: three categories, prices in EUR minor units.
-async fn seed_catalog(url: &str) -> anyhow::Result<usize> {
+/// Returns the product ids.
+async fn seed_catalog(url: &str) -> anyhow::Result<Vec<String>> {
     const PRODUCTS: &[(&str, &str, &str, i64)] = &[
         ("BK-RUST-01", "The Rust Programming Language", "books", 3999),
         (
@@ -217,8 +228,9 @@ async fn seed_catalog(url: &str) -> anyhow::Result<usize> {
         ("GM-CARD-01", "Deck of playing cards", "games", 499),
     ];
     let mut client = CatalogServiceClient::connect(url.to_string()).await?;
+    let mut ids = Vec::new();
     for (sku, name, category, price) in PRODUCTS {
-        client
+        let product = client
             .create_product(CreateProductRequest {
                 sku: sku.to_string(),
                 name: name.to_string(),
@@ -230,7 +242,152 @@ async fn seed_catalog(url: &str) -> anyhow::Result<usize> {
                 }),
             })
             .await
-            .with_context(|| format!("seeding {sku}"))?;
+            .with_context(|| format!("seeding {sku}"))?
+            .into_inner()
+            .product
+            .context("CreateProduct answered no product")?;
+        ids.push(product.product_id);
     }
-    Ok(PRODUCTS.len())
+    Ok(ids)
+}
+
+/// Stocks the demo products, signs up a demo user and places two orders:
+/// one that ends CONFIRMED, one that ends CANCELLED because the payment is
+/// declined; prints both saga timelines.
+async fn demo_saga(stack: &Stack, products: &[String]) -> anyhow::Result<()> {
+    use shop_proto::shop::inventory::v1::SetStockRequest;
+    use shop_proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
+    use shop_proto::shop::orders::v1::order_service_client::OrderServiceClient;
+    use shop_proto::shop::orders::v1::{
+        GetOrderRequest, NewOrderLine, OrderStatus, PlaceOrderRequest, SagaStepStatus, SagaStepType,
+    };
+    use shop_proto::shop::users::v1::CreateUserRequest;
+    use shop_proto::shop::users::v1::user_service_client::UserServiceClient;
+
+    let mut inventory = InventoryServiceClient::connect(stack.service("inventory").url()).await?;
+    for id in products {
+        inventory
+            .set_stock(SetStockRequest {
+                product_id: id.clone(),
+                available: 25,
+            })
+            .await
+            .context("stocking the demo products")?;
+    }
+    let mut users = UserServiceClient::connect(stack.service("users").url()).await?;
+    let user = users
+        .create_user(CreateUserRequest {
+            email: "demo@example.com".into(),
+            password: "demo password 1".into(),
+            display_name: "Demo Shopper".into(),
+        })
+        .await
+        .context("creating the demo user")?
+        .into_inner()
+        .user
+        .context("CreateUser answered no user")?;
+    println!(
+        "==> stocked the demo products (25 each); demo user {} ({})",
+        user.user_id, user.email
+    );
+
+    let mut orders = OrderServiceClient::connect(stack.service("orders").url()).await?;
+    let mut placed = Vec::new();
+    for (label, token, lines) in [
+        ("confirmed", "tok_approve", vec![(0usize, 1i64), (3, 2)]),
+        ("declined", "tok_decline", vec![(6, 1)]),
+    ] {
+        let order = orders
+            .place_order(PlaceOrderRequest {
+                user_id: user.user_id.clone(),
+                lines: lines
+                    .iter()
+                    .filter_map(|(i, q)| {
+                        products.get(*i).map(|p| NewOrderLine {
+                            product_id: p.clone(),
+                            quantity: *q,
+                        })
+                    })
+                    .collect(),
+                payment_token: token.into(),
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+            })
+            .await
+            .with_context(|| format!("placing the {label} demo order"))?
+            .into_inner()
+            .order
+            .context("PlaceOrder answered no order")?;
+        println!(
+            "==> placed demo order {} with payment token {token}",
+            order.order_id
+        );
+        placed.push(order.order_id);
+    }
+    for order_id in placed {
+        let order = shop_testkit::eventually(std::time::Duration::from_secs(60), || {
+            let mut orders = orders.clone();
+            let order_id = order_id.clone();
+            async move {
+                let order = orders
+                    .get_order(GetOrderRequest { order_id })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .order
+                    .ok_or("no order")?;
+                if order.status == OrderStatus::Pending as i32 {
+                    Err("still pending".to_string())
+                } else {
+                    Ok(order)
+                }
+            }
+        })
+        .await
+        .context("waiting for the demo orders to finish")?;
+        let total = order.total.clone().unwrap_or_default();
+        println!(
+            "\n  order {}  {}  total {}.{:02} {}",
+            order.order_id,
+            order.status().as_str_name(),
+            total.amount_minor / 100,
+            total.amount_minor % 100,
+            total.currency_code
+        );
+        for step in &order.timeline {
+            let at = step
+                .occur_time
+                .as_ref()
+                .and_then(|t| chrono_like(t.seconds, t.nanos))
+                .unwrap_or_default();
+            let step_name = SagaStepType::try_from(step.step)
+                .map(|s| {
+                    s.as_str_name()
+                        .trim_start_matches("SAGA_STEP_TYPE_")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            let status = SagaStepStatus::try_from(step.status)
+                .map(|s| {
+                    s.as_str_name()
+                        .trim_start_matches("SAGA_STEP_STATUS_")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            println!("    {at}  {step_name:<16} {status:<10} {}", step.reason);
+        }
+    }
+    println!();
+    Ok(())
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a protobuf timestamp.
+fn chrono_like(seconds: i64, nanos: i32) -> Option<String> {
+    let day = seconds.rem_euclid(86_400);
+    Some(format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60,
+        nanos / 1_000_000
+    ))
 }

@@ -1,0 +1,396 @@
+//! `shop.orders.v1.OrderService`.
+
+use crate::catalog::Catalog;
+use crate::domain::{self, CatalogPrice, OrderRequest};
+use crate::saga;
+use crate::store::{self, NewOrder, OrderRow};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use shop_events::{Events, outbox};
+use shop_proto::shop::common::v1::{CancellationReason, Money};
+use shop_proto::shop::events::v1::{OrderLine as EventLine, OrderPlaced};
+use shop_proto::shop::orders::v1::order_service_server::OrderService;
+use shop_proto::shop::orders::v1::{
+    CancelOrderRequest, CancelOrderResponse, GetOrderRequest, GetOrderResponse,
+    ListDeadLettersRequest, ListDeadLettersResponse, ListOrdersRequest, ListOrdersResponse, Order,
+    OrderLine, OrderStatus, PlaceOrderRequest, PlaceOrderResponse, SagaStep, SagaStepStatus,
+    SagaStepType,
+};
+use shop_runtime::{FieldViolations, ServiceError};
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub(crate) struct OrdersApi {
+    pool: PgPool,
+    catalog: Catalog,
+    events: Events,
+    saga_timeout: Duration,
+}
+
+impl OrdersApi {
+    pub(crate) fn new(
+        pool: PgPool,
+        catalog: Catalog,
+        events: Events,
+        saga_timeout: Duration,
+    ) -> Self {
+        Self {
+            pool,
+            catalog,
+            events,
+            saga_timeout,
+        }
+    }
+
+    async fn load(&self, order_id: Uuid) -> Result<Order, ServiceError> {
+        let mut conn = self.pool.acquire().await?;
+        let row = store::get(&mut conn, order_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("order", order_id))?;
+        Ok(to_proto(&mut conn, row).await?)
+    }
+
+    /// A repeated PlaceOrder: the same body gets the same order back.
+    async fn replay(
+        &self,
+        existing: OrderRow,
+        request: &OrderRequest,
+    ) -> Result<Order, ServiceError> {
+        if existing.request_fingerprint != request.fingerprint {
+            return Err(ServiceError::AlreadyExists(
+                "this idempotency_key was already used for a different order".into(),
+            ));
+        }
+        self.load(existing.order_id).await
+    }
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn status_of(row: &OrderRow) -> OrderStatus {
+    match row.status.as_str() {
+        "pending" => OrderStatus::Pending,
+        "confirmed" => OrderStatus::Confirmed,
+        "cancelled" => OrderStatus::Cancelled,
+        _ => OrderStatus::Unspecified,
+    }
+}
+
+async fn to_proto(conn: &mut PgConnection, row: OrderRow) -> sqlx::Result<Order> {
+    let money = |amount_minor: i64| Money {
+        amount_minor,
+        currency_code: row.currency.clone(),
+    };
+    let lines = store::lines(conn, row.order_id)
+        .await?
+        .into_iter()
+        .map(|l| OrderLine {
+            product_id: l.product_id.to_string(),
+            quantity: l.quantity,
+            unit_price: Some(money(l.unit_price_minor)),
+            line_total: Some(money(l.unit_price_minor * l.quantity)),
+            sku: l.sku,
+            product_name: l.product_name,
+        })
+        .collect();
+    let timeline = store::steps(conn, row.order_id)
+        .await?
+        .into_iter()
+        .map(|s| SagaStep {
+            step: i32::from(s.step),
+            status: i32::from(s.status),
+            reason: s.reason,
+            occur_time: Some(timestamp(s.occurred_at)),
+            event_id: s.event_id.map(|e| e.to_string()).unwrap_or_default(),
+        })
+        .collect();
+    Ok(Order {
+        order_id: row.order_id.to_string(),
+        user_id: row.user_id.to_string(),
+        status: status_of(&row) as i32,
+        lines,
+        total: Some(money(row.total_minor)),
+        idempotency_key: row.idempotency_key.to_string(),
+        cancellation_reason: row.cancel_reason.map_or(0, i32::from),
+        cancellation_detail: row.cancel_detail.clone(),
+        timeline,
+        create_time: Some(timestamp(row.created_at)),
+        update_time: Some(timestamp(row.updated_at)),
+    })
+}
+
+fn parse_order_id(raw: &str) -> Result<Uuid, ServiceError> {
+    Uuid::parse_str(raw).map_err(|_| ServiceError::invalid("order_id", "must be a UUID"))
+}
+
+/// ListOrders page token: the last order id seen plus a fingerprint of the
+/// filters it was issued for.
+fn list_token_filter(user_id: Uuid, status: i32) -> [u8; 8] {
+    let mut f = [0u8; 8];
+    f[..4].copy_from_slice(&user_id.as_bytes()[12..]);
+    f[4..].copy_from_slice(&status.to_be_bytes());
+    f
+}
+
+#[tonic::async_trait]
+impl OrderService for OrdersApi {
+    async fn place_order(
+        &self,
+        request: Request<PlaceOrderRequest>,
+    ) -> Result<Response<PlaceOrderResponse>, Status> {
+        let req = request.into_inner();
+        let lines: Vec<(String, i64)> = req
+            .lines
+            .iter()
+            .map(|l| (l.product_id.clone(), l.quantity))
+            .collect();
+        let order = domain::validate(
+            &req.user_id,
+            &lines,
+            &req.payment_token,
+            &req.idempotency_key,
+        )
+        .map_err(ServiceError::InvalidArgument)?;
+        if let Some(existing) = store::find_by_key(&self.pool, order.idempotency_key)
+            .await
+            .map_err(ServiceError::from)?
+        {
+            let order = self.replay(existing, &order).await?;
+            return Ok(Response::new(PlaceOrderResponse { order: Some(order) }));
+        }
+
+        // Prices come from the catalog, never from the client.
+        let products = self
+            .catalog
+            .products(order.lines.iter().map(|(p, _)| p.to_string()).collect())
+            .await?;
+        let by_id: HashMap<Uuid, _> = products
+            .into_iter()
+            .filter_map(|p| Uuid::parse_str(&p.product_id).ok().map(|id| (id, p)))
+            .collect();
+        let (priced, total, currency) = domain::price(&order.lines, |id| {
+            by_id.get(id).and_then(|p| {
+                p.price.as_ref().map(|m| CatalogPrice {
+                    sku: p.sku.clone(),
+                    name: p.name.clone(),
+                    amount_minor: m.amount_minor,
+                    currency: m.currency_code.clone(),
+                })
+            })
+        })
+        .map_err(ServiceError::InvalidArgument)?;
+
+        let order_id = Uuid::now_v7();
+        let now = chrono::Utc::now();
+        let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
+        let inserted = store::insert(
+            &mut tx,
+            &NewOrder {
+                order_id,
+                user_id: order.user_id,
+                total_minor: total,
+                currency: &currency,
+                idempotency_key: order.idempotency_key,
+                fingerprint: &order.fingerprint,
+                deadline: now + self.saga_timeout,
+            },
+        )
+        .await
+        .map_err(ServiceError::from)?;
+        if !inserted {
+            // The same key won a race with us: answer as a retry would.
+            tx.rollback().await.map_err(ServiceError::from)?;
+            let existing = store::find_by_key(&self.pool, order.idempotency_key)
+                .await
+                .map_err(ServiceError::from)?
+                .ok_or_else(|| ServiceError::Internal(anyhow::anyhow!("order vanished")))?;
+            let order = self.replay(existing, &order).await?;
+            return Ok(Response::new(PlaceOrderResponse { order: Some(order) }));
+        }
+        for (i, line) in priced.iter().enumerate() {
+            store::insert_line(&mut tx, order_id, i as i32, line)
+                .await
+                .map_err(ServiceError::from)?;
+        }
+        let event = OrderPlaced {
+            order_id: order_id.to_string(),
+            user_id: order.user_id.to_string(),
+            lines: priced
+                .iter()
+                .map(|l| EventLine {
+                    product_id: l.product_id.to_string(),
+                    quantity: l.quantity,
+                    unit_price: Some(Money {
+                        amount_minor: l.unit_price_minor,
+                        currency_code: currency.clone(),
+                    }),
+                })
+                .collect(),
+            total: Some(Money {
+                amount_minor: total,
+                currency_code: currency.clone(),
+            }),
+            payment_token: order.payment_token.clone(),
+        };
+        let envelope = outbox::enqueue(&mut tx, "orders", &order_id.to_string(), &event, None)
+            .await
+            .map_err(ServiceError::from)?;
+        store::add_step(
+            &mut tx,
+            order_id,
+            SagaStepType::PlaceOrder as i32,
+            SagaStepStatus::Succeeded as i32,
+            "",
+            envelope.event_id.parse().ok(),
+            now,
+        )
+        .await
+        .map_err(ServiceError::from)?;
+        tx.commit().await.map_err(ServiceError::from)?;
+        self.events.wake_relay();
+        tracing::info!(order_id = %order_id, total, currency = %currency, "order placed");
+        let order = self.load(order_id).await?;
+        Ok(Response::new(PlaceOrderResponse { order: Some(order) }))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<GetOrderResponse>, Status> {
+        let id = parse_order_id(&request.get_ref().order_id)?;
+        let order = self.load(id).await?;
+        Ok(Response::new(GetOrderResponse { order: Some(order) }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = FieldViolations::new();
+        let user_id = Uuid::parse_str(&req.user_id)
+            .map_err(|_| v.add("user_id", "must be a UUID"))
+            .ok();
+        let limit = match req.page_size {
+            0 => 20,
+            n @ 1..=100 => i64::from(n),
+            _ => {
+                v.add("page_size", "must be between 0 and 100 (0 means 20)");
+                20
+            }
+        };
+        let status = match OrderStatus::try_from(req.status) {
+            Ok(OrderStatus::Unspecified) => None,
+            Ok(OrderStatus::Pending) => Some("pending"),
+            Ok(OrderStatus::Confirmed) => Some("confirmed"),
+            Ok(OrderStatus::Cancelled) => Some("cancelled"),
+            Err(_) => {
+                v.add("status", "is not an OrderStatus");
+                None
+            }
+        };
+        let before = match (&user_id, req.page_token.is_empty()) {
+            (_, true) => None,
+            (Some(user_id), false) => {
+                let filter = list_token_filter(*user_id, req.status);
+                match URL_SAFE_NO_PAD.decode(&req.page_token) {
+                    Ok(b) if b.len() == 24 && b[16..] == filter => {
+                        Some(Uuid::from_slice(&b[..16]).expect("16 bytes"))
+                    }
+                    _ => {
+                        v.add(
+                            "page_token",
+                            "is not a page token this service issued for these filters",
+                        );
+                        None
+                    }
+                }
+            }
+            (None, false) => None,
+        };
+        v.into_result()?;
+        let user_id = user_id.expect("checked");
+        let mut rows = store::list(&self.pool, user_id, status, before, limit + 1)
+            .await
+            .map_err(ServiceError::from)?;
+        let next_page_token = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            let mut b = rows
+                .last()
+                .expect("limit >= 1")
+                .order_id
+                .as_bytes()
+                .to_vec();
+            b.extend_from_slice(&list_token_filter(user_id, req.status));
+            URL_SAFE_NO_PAD.encode(b)
+        } else {
+            String::new()
+        };
+        let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in rows {
+            orders.push(to_proto(&mut conn, row).await.map_err(ServiceError::from)?);
+        }
+        Ok(Response::new(ListOrdersResponse {
+            orders,
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<CancelOrderRequest>,
+    ) -> Result<Response<CancelOrderResponse>, Status> {
+        let req = request.into_inner();
+        let id = parse_order_id(&req.order_id)?;
+        let detail = req.detail.trim();
+        if detail.chars().count() > 500 {
+            return Err(ServiceError::invalid("detail", "must be at most 500 characters").into());
+        }
+        let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
+        let order = store::lock(&mut tx, id)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| ServiceError::not_found("order", id))?;
+        if order.status != "cancelled" {
+            saga::cancel(
+                &mut tx,
+                &order,
+                CancellationReason::UserRequested,
+                detail,
+                None,
+                chrono::Utc::now(),
+            )
+            .await
+            .map_err(|e| match e.downcast::<sqlx::Error>() {
+                Ok(db) => ServiceError::from(db),
+                Err(e) => ServiceError::Internal(e),
+            })?;
+        }
+        tx.commit().await.map_err(ServiceError::from)?;
+        self.events.wake_relay();
+        let order = self.load(id).await?;
+        Ok(Response::new(CancelOrderResponse { order: Some(order) }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<ListDeadLettersRequest>,
+    ) -> Result<Response<ListDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let (dead_letters, next_page_token) =
+            shop_events::dead_letters::list(&self.pool, req.page_size, &req.page_token).await?;
+        Ok(Response::new(ListDeadLettersResponse {
+            dead_letters,
+            next_page_token,
+        }))
+    }
+}

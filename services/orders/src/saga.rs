@@ -1,0 +1,309 @@
+//! The order saga, seen from the orders service: the handlers of inventory's
+//! and payments' events, the confirm and cancel transitions, and the sweeper
+//! that cancels sagas that stopped making progress.
+//!
+//! State machine of an order (every change under the order's row lock, in
+//! the same transaction as the step it records and the event it emits):
+//!
+//! ```text
+//! PENDING --StockReserved--> PENDING (step recorded, deadline pushed back)
+//! PENDING --PaymentCaptured--> CONFIRMED            (emits OrderConfirmed)
+//! PENDING --StockRejected | PaymentDeclined | timeout | user--> CANCELLED
+//! CONFIRMED --user--> CANCELLED                     (emits OrderCancelled)
+//! CANCELLED --anything--> CANCELLED (steps recorded; payments refunds a
+//!                                    capture that lands late)
+//! ```
+
+use crate::store::{self, OrderRow};
+use chrono::{DateTime, Utc};
+use shop_events::{Events, Handler, Received, outbox};
+use shop_proto::shop::common::v1::{CancellationReason, Money};
+use shop_proto::shop::events::v1::{
+    Envelope, OrderCancelled, OrderConfirmed, OrderLine, PaymentCaptured, PaymentDeclined,
+    PaymentRefunded, StockRejected, StockReserved,
+};
+use shop_proto::shop::orders::v1::{SagaStepStatus, SagaStepType};
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PRODUCER: &str = "orders";
+
+/// The lines and total of an order, as events carry them.
+async fn event_lines(
+    conn: &mut PgConnection,
+    order: &OrderRow,
+) -> sqlx::Result<(Vec<OrderLine>, Money)> {
+    let lines = store::lines(conn, order.order_id)
+        .await?
+        .into_iter()
+        .map(|l| OrderLine {
+            product_id: l.product_id.to_string(),
+            quantity: l.quantity,
+            unit_price: Some(Money {
+                amount_minor: l.unit_price_minor,
+                currency_code: order.currency.clone(),
+            }),
+        })
+        .collect();
+    let total = Money {
+        amount_minor: order.total_minor,
+        currency_code: order.currency.clone(),
+    };
+    Ok((lines, total))
+}
+
+fn reason_text(reason: CancellationReason) -> &'static str {
+    match reason {
+        CancellationReason::UserRequested => "cancelled at the user's request",
+        CancellationReason::OutOfStock => "out of stock",
+        CancellationReason::PaymentDeclined => "payment declined",
+        CancellationReason::SagaTimeout => "the saga made no progress in time",
+        CancellationReason::Unspecified => "cancelled",
+    }
+}
+
+/// Cancels `order` (which must be locked and not cancelled) and emits
+/// OrderCancelled: inventory releases, payments refunds.
+pub(crate) async fn cancel(
+    conn: &mut PgConnection,
+    order: &OrderRow,
+    reason: CancellationReason,
+    detail: &str,
+    cause: Option<&Envelope>,
+    at: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    store::set_cancelled(conn, order.order_id, reason as i32, detail).await?;
+    let (lines, total) = event_lines(conn, order).await?;
+    let envelope = outbox::enqueue(
+        conn,
+        PRODUCER,
+        &order.order_id.to_string(),
+        &OrderCancelled {
+            order_id: order.order_id.to_string(),
+            user_id: order.user_id.to_string(),
+            reason: reason as i32,
+            detail: detail.to_string(),
+            lines,
+            total: Some(total),
+        },
+        cause,
+    )
+    .await?;
+    let text = if detail.is_empty() {
+        reason_text(reason).to_string()
+    } else {
+        format!("{}: {detail}", reason_text(reason))
+    };
+    store::add_step(
+        conn,
+        order.order_id,
+        SagaStepType::CancelOrder as i32,
+        SagaStepStatus::Succeeded as i32,
+        &text,
+        envelope.event_id.parse().ok(),
+        at,
+    )
+    .await?;
+    tracing::info!(order_id = %order.order_id, reason = reason.as_str_name(), "order cancelled");
+    Ok(())
+}
+
+/// Handles inventory's and payments' events for the saga.
+pub(crate) struct SagaHandler {
+    pub(crate) timeout: Duration,
+}
+
+fn parse_order_id(raw: &str) -> anyhow::Result<Uuid> {
+    Uuid::parse_str(raw).map_err(|_| anyhow::anyhow!("event names order {raw:?}, not a UUID"))
+}
+
+#[async_trait::async_trait]
+impl Handler for SagaHandler {
+    async fn handle(&self, tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+        let at = event.occurred_at();
+        let event_id = Some(event.event_id);
+        let cause = Some(&event.envelope);
+        let deadline = Utc::now() + self.timeout;
+        let (order_id, step, status, reason) = if event.is::<StockReserved>() {
+            let e = event.decode::<StockReserved>()?;
+            (
+                e.order_id,
+                SagaStepType::ReserveStock,
+                SagaStepStatus::Succeeded,
+                String::new(),
+            )
+        } else if event.is::<StockRejected>() {
+            let e = event.decode::<StockRejected>()?;
+            let mut reason = e.detail.clone();
+            if reason.is_empty() {
+                reason = e.reason().as_str_name().to_string();
+            }
+            (
+                e.order_id,
+                SagaStepType::ReserveStock,
+                SagaStepStatus::Failed,
+                reason,
+            )
+        } else if event.is::<PaymentCaptured>() {
+            let e = event.decode::<PaymentCaptured>()?;
+            (
+                e.order_id,
+                SagaStepType::CapturePayment,
+                SagaStepStatus::Succeeded,
+                String::new(),
+            )
+        } else if event.is::<PaymentDeclined>() {
+            let e = event.decode::<PaymentDeclined>()?;
+            let mut reason = e.detail.clone();
+            if reason.is_empty() {
+                reason = e.reason().as_str_name().to_string();
+            }
+            (
+                e.order_id,
+                SagaStepType::CapturePayment,
+                SagaStepStatus::Failed,
+                reason,
+            )
+        } else if event.is::<PaymentRefunded>() {
+            let e = event.decode::<PaymentRefunded>()?;
+            (
+                e.order_id,
+                SagaStepType::RefundPayment,
+                SagaStepStatus::Succeeded,
+                String::new(),
+            )
+        } else {
+            anyhow::bail!("orders does not handle {}", event.envelope.event_type);
+        };
+        let order_id = parse_order_id(&order_id)?;
+        let Some(order) = store::lock(tx, order_id).await? else {
+            anyhow::bail!("event {} names unknown order {order_id}", event.event_id);
+        };
+        store::add_step(
+            tx,
+            order_id,
+            step as i32,
+            status as i32,
+            &reason,
+            event_id,
+            at,
+        )
+        .await?;
+        if !order.is_pending() {
+            // Late news for a finished saga: recorded on the timeline only.
+            // (A capture that lands after a cancellation is refunded by
+            // payments when it sees OrderCancelled.)
+            return Ok(());
+        }
+        match (step, status) {
+            (SagaStepType::ReserveStock, SagaStepStatus::Succeeded) => {
+                store::progressed(tx, order_id, deadline).await?;
+            }
+            (SagaStepType::ReserveStock, SagaStepStatus::Failed) => {
+                cancel(
+                    tx,
+                    &order,
+                    CancellationReason::OutOfStock,
+                    &reason,
+                    cause,
+                    at,
+                )
+                .await?;
+            }
+            (SagaStepType::CapturePayment, SagaStepStatus::Succeeded) => {
+                let captured = event.decode::<PaymentCaptured>()?;
+                let payment_id = Uuid::parse_str(&captured.payment_id)
+                    .map_err(|_| anyhow::anyhow!("payment id {:?}", captured.payment_id))?;
+                store::set_confirmed(tx, order_id, payment_id).await?;
+                let (lines, total) = event_lines(tx, &order).await?;
+                let envelope = outbox::enqueue(
+                    tx,
+                    PRODUCER,
+                    &order_id.to_string(),
+                    &OrderConfirmed {
+                        order_id: order_id.to_string(),
+                        user_id: order.user_id.to_string(),
+                        lines,
+                        total: Some(total),
+                        payment_id: payment_id.to_string(),
+                    },
+                    cause,
+                )
+                .await?;
+                store::add_step(
+                    tx,
+                    order_id,
+                    SagaStepType::ConfirmOrder as i32,
+                    SagaStepStatus::Succeeded as i32,
+                    "",
+                    envelope.event_id.parse().ok(),
+                    at,
+                )
+                .await?;
+                tracing::info!(order_id = %order_id, "order confirmed");
+            }
+            (SagaStepType::CapturePayment, SagaStepStatus::Failed) => {
+                cancel(
+                    tx,
+                    &order,
+                    CancellationReason::PaymentDeclined,
+                    &reason,
+                    cause,
+                    at,
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Cancels PENDING sagas whose deadline passed.
+pub(crate) struct Sweeper {
+    pub(crate) pool: PgPool,
+    pub(crate) events: Events,
+    pub(crate) interval: Duration,
+}
+
+impl Sweeper {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.interval) => {}
+            }
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(cancelled = n, "timed-out sagas cancelled");
+                    self.events.wake_relay();
+                }
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "saga timeout sweep failed"),
+            }
+        }
+    }
+
+    async fn sweep(&self) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let overdue = store::lock_overdue(&mut tx, 100).await?;
+        for order_id in &overdue {
+            let order = store::lock(&mut tx, *order_id)
+                .await?
+                .expect("locked rows exist");
+            cancel(
+                &mut tx,
+                &order,
+                CancellationReason::SagaTimeout,
+                "",
+                None,
+                Utc::now(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(overdue.len())
+    }
+}
