@@ -1,3 +1,7 @@
-//! `analytics`.
+//! `analytics`: serves `shop.analytics.v1.AnalyticsService` and projects
+//! every event stream. Configuration: see [`analytics::Config`].
 
-fn main() {}
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    shop_runtime::run("analytics", analytics::build).await
+}

@@ -1,0 +1,39 @@
+//! Settings of the analytics service.
+
+use serde::Deserialize;
+use shop_events::EventsSettings;
+use shop_runtime::{DatabaseSettings, ServerSettings, Settings, TelemetrySettings};
+
+/// Everything the analytics service reads at start.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerSettings,
+    /// `[database]`
+    pub database: DatabaseSettings,
+    /// `[telemetry]`
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    /// `[events]`
+    pub events: EventsSettings,
+}
+
+impl Settings for Config {
+    const DEFAULTS: &'static str = r#"
+        [server]
+        listen = "127.0.0.1:7107"
+    "#;
+    const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[
+        ("DATABASE_URL", "database.url"),
+        ("NATS_URL", "events.nats_url"),
+    ];
+
+    fn server(&self) -> &ServerSettings {
+        &self.server
+    }
+
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
+}
