@@ -8,7 +8,7 @@ root := justfile_directory()
 export PATH := root / ".tools/bin" + ":" + root / ".tools/pg/bin" + ":" + env_var('PATH')
 
 # services the local stack runs
-services := "users,catalog"
+services := "users,catalog,inventory,payments,orders,notifications,analytics"
 
 # show the recipes
 default:

@@ -106,7 +106,20 @@ async fn ctrl_c_on_the_local_stack_stops_every_process_it_started() {
         })
         .collect();
     let names: Vec<_> = pids.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["postgres", "nats", "catalog", "users"]);
+    assert_eq!(
+        names,
+        [
+            "postgres",
+            "nats",
+            "analytics",
+            "catalog",
+            "inventory",
+            "notifications",
+            "orders",
+            "payments",
+            "users"
+        ]
+    );
     assert!(pids.iter().all(|(_, pid)| alive(*pid)));
 
     kill(Pid::from_raw(-(child.id() as i32)), Signal::SIGINT).unwrap();

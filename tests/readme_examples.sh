@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# Runs the grpcurl walkthrough of README.md exactly as written: the block
-# between the readme-examples markers. Against a running `just up` by
-# default; USERS_ADDR / CATALOG_ADDR point it at another stack (tests do).
+# Runs the grpcurl walkthrough of README.md exactly as written: every shell
+# block between readme-examples markers, in order, in one shell. Against a
+# running `just up` by default; <SERVICE>_ADDR variables (USERS_ADDR,
+# CATALOG_ADDR, ...) point it at another stack, as the end-to-end test does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-block=$(sed -n '/<!-- readme-examples:start -->/,/<!-- readme-examples:end -->/p' README.md \
-  | sed '1,2d;$d' | sed '$d')
-block=${block//127.0.0.1:7101/${USERS_ADDR:-127.0.0.1:7101}}
-block=${block//127.0.0.1:7102/${CATALOG_ADDR:-127.0.0.1:7102}}
-bash -euo pipefail -c "$block"
+script=$(python3 - <<'PY'
+import os, re
+text = open("README.md").read()
+ports = {"7101": "USERS", "7102": "CATALOG", "7103": "INVENTORY", "7104": "ORDERS",
+         "7105": "PAYMENTS", "7106": "NOTIFICATIONS", "7107": "ANALYTICS"}
+blocks = re.findall(r"<!-- readme-examples:start -->\s*```sh\n(.*?)```\s*<!-- readme-examples:end -->",
+                    text, re.S)
+script = "\n".join(blocks)
+for port, name in ports.items():
+    script = script.replace("127.0.0.1:" + port,
+                            os.environ.get(name + "_ADDR", "127.0.0.1:" + port))
+print(script)
+PY
+)
+bash -euo pipefail -c "$script"

@@ -49,7 +49,10 @@ async fn a_service_logs_json_and_exports_its_spans_over_otlp() {
         "catalog",
         vec![
             ("DATABASE_URL".into(), db),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://{otlp}")),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://{otlp}"),
+            ),
             ("SHOP_CATALOG__TELEMETRY__LOG_FORMAT".into(), "json".into()),
             ("RUST_LOG".into(), "info".into()),
         ],
@@ -85,7 +88,8 @@ async fn a_service_logs_json_and_exports_its_spans_over_otlp() {
         for resource_spans in &request.resource_spans {
             for attr in resource_spans.resource.iter().flat_map(|r| &r.attributes) {
                 if attr.key == "service.name"
-                    && let Some(Value::StringValue(s)) = attr.value.as_ref().and_then(|v| v.value.clone())
+                    && let Some(Value::StringValue(s)) =
+                        attr.value.as_ref().and_then(|v| v.value.clone())
                 {
                     service_names.push(s);
                 }
@@ -104,7 +108,10 @@ async fn a_service_logs_json_and_exports_its_spans_over_otlp() {
             }
         }
     }
-    assert!(service_names.iter().any(|s| s == "catalog"), "{service_names:?}");
+    assert!(
+        service_names.iter().any(|s| s == "catalog"),
+        "{service_names:?}"
+    );
     assert!(
         span_methods
             .iter()

@@ -74,6 +74,11 @@ async fn grpcurl_lists_each_service_with_health_and_reflection() {
     for (name, service) in [
         ("users", "shop.users.v1.UserService"),
         ("catalog", "shop.catalog.v1.CatalogService"),
+        ("inventory", "shop.inventory.v1.InventoryService"),
+        ("orders", "shop.orders.v1.OrderService"),
+        ("payments", "shop.payments.v1.PaymentService"),
+        ("notifications", "shop.notifications.v1.NotificationService"),
+        ("analytics", "shop.analytics.v1.AnalyticsService"),
     ] {
         let addr = &stack.addrs[name];
         let list = grpcurl(&["-plaintext", addr, "list"]);
@@ -105,12 +110,12 @@ async fn grpcurl_lists_each_service_with_health_and_reflection() {
 async fn the_readme_walkthrough_works_as_written() {
     let stack = LocalStack::start().await;
 
-    let out = Command::new("bash")
-        .arg(tools::repo_root().join("tests/readme_examples.sh"))
-        .env("USERS_ADDR", &stack.addrs["users"])
-        .env("CATALOG_ADDR", &stack.addrs["catalog"])
-        .output()
-        .unwrap();
+    let mut script = Command::new("bash");
+    script.arg(tools::repo_root().join("tests/readme_examples.sh"));
+    for (name, addr) in &stack.addrs {
+        script.env(format!("{}_ADDR", name.to_uppercase()), addr);
+    }
+    let out = script.output().unwrap();
 
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -120,4 +125,10 @@ async fn the_readme_walkthrough_works_as_written() {
     assert!(stdout.contains("\"nextPageToken\""), "{stdout}");
     assert!(stderr.contains("Code: InvalidArgument"), "{stderr}");
     assert!(stderr.contains("email: must contain an @"), "{stderr}");
+    // The order's saga ran to CONFIRMED, and the cancellation was accepted.
+    assert!(stdout.contains("ORDER_STATUS_CONFIRMED"), "{stdout}");
+    assert!(
+        stdout.contains("CANCELLATION_REASON_USER_REQUESTED"),
+        "{stdout}"
+    );
 }

@@ -1,1 +1,60 @@
-//! The payments service (in progress).
+//! The payments service: charges orders with a simulated card processor
+//! when their stock is reserved, refunds them when they are cancelled, and
+//! answers questions about payments.
+//!
+//! - [`config`]: the service's settings, `[processor]` included.
+//! - `domain`: the simulated processor and its test tokens, what a
+//!   chargeable StockReserved is, the listing's page token; pure.
+//! - `store`: the `payments`, `refunds` and `cancelled_orders` tables (sqlx).
+//! - `consumers`: charges on StockReserved, refunds on OrderCancelled, each
+//!   serialised per order and applied once per event.
+//! - `api`: the `shop.payments.v1.PaymentService` handlers.
+
+pub mod config;
+
+mod api;
+mod consumers;
+mod domain;
+mod store;
+
+pub use config::{Config, ProcessorSettings};
+
+use shop_events::Events;
+use shop_proto::shop::payments::v1::payment_service_server::PaymentServiceServer;
+use shop_runtime::{Application, db};
+use std::sync::Arc;
+
+/// The service's migrations, from `migrations/payments`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/payments");
+
+/// Connects to the database (applying migrations) and to JetStream, and
+/// binds the server with the outbox relay and both consumers beside it.
+pub async fn build(config: Config) -> anyhow::Result<Application> {
+    let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    let events = Events::connect("payments", &config.events).await?;
+    let charges = consumers::Charges {
+        processor: domain::Processor {
+            slow_delay: config.processor.slow_delay,
+            max_attempts: config.events.consumer.max_deliver,
+        },
+    };
+    Ok(Application::bind("payments", &config.server)
+        .await?
+        .add_service(PaymentServiceServer::new(api::PaymentsApi::new(
+            pool.clone(),
+        )))
+        .with_database(pool.clone(), config.database.probe_interval)
+        .with_task("relay", events.relay(pool.clone()))
+        .with_task(
+            "consumer-inventory",
+            events.consumer(pool.clone(), consumers::charges_spec(), Arc::new(charges)),
+        )
+        .with_task(
+            "consumer-orders",
+            events.consumer(
+                pool,
+                consumers::refunds_spec(),
+                Arc::new(consumers::Refunds),
+            ),
+        ))
+}

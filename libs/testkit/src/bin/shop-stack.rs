@@ -19,7 +19,15 @@ use std::process::ExitCode;
 
 /// Services in start order (callees before callers), with their offset from
 /// the port base.
-const SERVICES: &[(&str, u16)] = &[("users", 1), ("catalog", 2)];
+const SERVICES: &[(&str, u16)] = &[
+    ("users", 1),
+    ("catalog", 2),
+    ("inventory", 3),
+    ("payments", 5),
+    ("orders", 4),
+    ("notifications", 6),
+    ("analytics", 7),
+];
 
 struct Args {
     services: Vec<String>,
@@ -173,6 +181,9 @@ fn print_summary(stack: &Stack) {
             ),
             "catalog" => println!(
                 "    grpcurl -plaintext -d '{{\"page_size\":4}}' {addr} shop.catalog.v1.CatalogService/ListProducts"
+            ),
+            "analytics" => println!(
+                "    grpcurl -plaintext {addr} shop.analytics.v1.AnalyticsService/GetSalesReport"
             ),
             _ => {}
         }

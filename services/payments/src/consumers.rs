@@ -1,0 +1,248 @@
+//! The two consumers: charges on StockReserved, refunds on OrderCancelled.
+//!
+//! They run concurrently, so each takes the order's advisory lock as its
+//! first statement: for one order, one handler at a time, and the second
+//! sees what the first committed. That is what makes the race between a
+//! capture and a cancellation come out right in either arrival order:
+//!
+//! - StockReserved first: the payment is captured; OrderCancelled then finds
+//!   it captured and refunds it.
+//! - OrderCancelled first: the order is recorded in `cancelled_orders`;
+//!   StockReserved then finds it there and charges nothing.
+//!
+//! Every effect and the events it publishes are written in the transaction
+//! that also records the event in the inbox (see `shop_events::inbox`).
+
+use crate::domain::{self, Charge, DeclineReason, Processor};
+use crate::store::{self, NewPayment};
+use anyhow::Context as _;
+use shop_events::{ConsumerSpec, DomainEvent, Handler, Received, catalog, outbox};
+use shop_proto::shop::common::v1::{CancellationReason, Money, PaymentDeclineReason};
+use shop_proto::shop::events::v1::{
+    OrderCancelled, PaymentCaptured, PaymentDeclined, PaymentRefunded, StockReserved,
+};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// The publisher name on outgoing envelopes.
+const SERVICE: &str = "payments";
+
+/// `payments-inventory`: StockReserved from the INVENTORY stream.
+pub(crate) fn charges_spec() -> ConsumerSpec {
+    ConsumerSpec::new(
+        "payments-inventory",
+        catalog::INVENTORY,
+        &[StockReserved::SUBJECT],
+    )
+}
+
+/// `payments-orders`: OrderCancelled from the ORDERS stream.
+pub(crate) fn refunds_spec() -> ConsumerSpec {
+    ConsumerSpec::new(
+        "payments-orders",
+        catalog::ORDERS,
+        &[OrderCancelled::SUBJECT],
+    )
+}
+
+pub(crate) fn decline_reason_to_proto(r: DeclineReason) -> PaymentDeclineReason {
+    match r {
+        DeclineReason::CardDeclined => PaymentDeclineReason::CardDeclined,
+        DeclineReason::InvalidToken => PaymentDeclineReason::InvalidToken,
+        DeclineReason::ProcessorUnavailable => PaymentDeclineReason::ProcessorUnavailable,
+    }
+}
+
+// === impl Charges ===
+
+/// Charges an order once its stock is reserved.
+pub(crate) struct Charges {
+    pub(crate) processor: Processor,
+}
+
+#[async_trait::async_trait]
+impl Handler for Charges {
+    async fn handle(&self, tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+        let reserved = event.decode::<StockReserved>()?;
+        let request = domain::charge_request(
+            &reserved.order_id,
+            &reserved.user_id,
+            reserved
+                .total
+                .as_ref()
+                .map(|m| (m.amount_minor, m.currency_code.as_str())),
+        )
+        .map_err(|e| anyhow::anyhow!("malformed StockReserved: {e}"))?;
+        let order_id = request.order_id;
+
+        store::lock_order(tx, &domain::order_lock_key(order_id)).await?;
+        if store::payment_exists(tx, order_id).await? {
+            tracing::info!(%order_id, "order already has a payment; nothing to charge");
+            return Ok(());
+        }
+        if store::is_cancelled(tx, order_id).await? {
+            tracing::info!(%order_id, "order was cancelled; not charging it");
+            return Ok(());
+        }
+
+        let charge = self
+            .processor
+            .charge(&reserved.payment_token, event.delivered)
+            .await;
+        let (status, decline) = match charge {
+            // Nothing written: the transaction rolls back, the delivery is
+            // nak'ed and JetStream delivers the event again after a backoff.
+            Charge::RetryLater(why) => anyhow::bail!("{why}"),
+            Charge::Captured => ("captured", None),
+            Charge::Declined { reason, detail } => ("declined", Some((reason, detail))),
+        };
+        let payment = store::insert_payment(
+            tx,
+            NewPayment {
+                payment_id: Uuid::now_v7(),
+                order_id,
+                user_id: request.user_id,
+                amount_minor: request.amount_minor,
+                currency: &request.currency,
+                token: &reserved.payment_token,
+                status,
+                decline_reason: decline.as_ref().map(|(r, _)| r.as_str()),
+                detail: decline.as_ref().map_or("", |(_, d)| d.as_str()),
+                attempt_count: i32::try_from(event.delivered).unwrap_or(i32::MAX).max(1),
+            },
+        )
+        .await
+        .context("storing the payment")?;
+
+        let payment_id = payment.payment_id.to_string();
+        let amount = Some(Money {
+            amount_minor: payment.amount_minor,
+            currency_code: payment.currency.clone(),
+        });
+        match decline {
+            None => {
+                outbox::enqueue(
+                    tx,
+                    SERVICE,
+                    &payment_id,
+                    &PaymentCaptured {
+                        payment_id: payment_id.clone(),
+                        order_id: order_id.to_string(),
+                        user_id: payment.user_id.to_string(),
+                        amount,
+                    },
+                    Some(&event.envelope),
+                )
+                .await?;
+                tracing::info!(%order_id, %payment_id, "payment captured");
+            }
+            Some((reason, detail)) => {
+                outbox::enqueue(
+                    tx,
+                    SERVICE,
+                    &payment_id,
+                    &PaymentDeclined {
+                        payment_id: payment_id.clone(),
+                        order_id: order_id.to_string(),
+                        user_id: payment.user_id.to_string(),
+                        amount,
+                        reason: decline_reason_to_proto(reason) as i32,
+                        detail,
+                    },
+                    Some(&event.envelope),
+                )
+                .await?;
+                tracing::info!(%order_id, %payment_id, reason = reason.as_str(), "payment declined");
+            }
+        }
+        Ok(())
+    }
+}
+
+// === impl Refunds ===
+
+/// Remembers cancelled orders and refunds what was captured for them.
+pub(crate) struct Refunds;
+
+fn refund_reason(cancelled: &OrderCancelled) -> String {
+    let why = match CancellationReason::try_from(cancelled.reason) {
+        Ok(CancellationReason::UserRequested) => "user requested",
+        Ok(CancellationReason::OutOfStock) => "out of stock",
+        Ok(CancellationReason::PaymentDeclined) => "payment declined",
+        Ok(CancellationReason::SagaTimeout) => "saga timeout",
+        Ok(CancellationReason::Unspecified) | Err(_) => "unspecified reason",
+    };
+    if cancelled.detail.is_empty() {
+        format!("order cancelled: {why}")
+    } else {
+        format!("order cancelled: {why} ({})", cancelled.detail)
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for Refunds {
+    async fn handle(&self, tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+        let cancelled = event.decode::<OrderCancelled>()?;
+        let order_id = Uuid::parse_str(&cancelled.order_id).with_context(|| {
+            format!(
+                "malformed OrderCancelled: order_id {:?} is not a UUID",
+                cancelled.order_id
+            )
+        })?;
+
+        store::lock_order(tx, &domain::order_lock_key(order_id)).await?;
+        store::mark_cancelled(tx, order_id).await?;
+        let Some(payment) = store::captured_payment(tx, order_id).await? else {
+            tracing::info!(%order_id, "order cancelled; nothing captured to refund");
+            return Ok(());
+        };
+
+        let refund_id = Uuid::now_v7();
+        store::refund(tx, refund_id, &payment, &refund_reason(&cancelled))
+            .await
+            .context("storing the refund")?;
+        let payment_id = payment.payment_id.to_string();
+        outbox::enqueue(
+            tx,
+            SERVICE,
+            &payment_id,
+            &PaymentRefunded {
+                refund_id: refund_id.to_string(),
+                payment_id: payment_id.clone(),
+                order_id: order_id.to_string(),
+                user_id: payment.user_id.to_string(),
+                amount: Some(Money {
+                    amount_minor: payment.amount_minor,
+                    currency_code: payment.currency.clone(),
+                }),
+            },
+            Some(&event.envelope),
+        )
+        .await?;
+        tracing::info!(%order_id, %payment_id, %refund_id, "payment refunded");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refund_reasons_name_the_cancellation() {
+        let c = OrderCancelled {
+            reason: CancellationReason::UserRequested as i32,
+            ..Default::default()
+        };
+        assert_eq!(refund_reason(&c), "order cancelled: user requested");
+        let c = OrderCancelled {
+            reason: CancellationReason::SagaTimeout as i32,
+            detail: "no progress in 30s".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            refund_reason(&c),
+            "order cancelled: saga timeout (no progress in 30s)"
+        );
+    }
+}
