@@ -151,7 +151,7 @@ async fn crashes_of_every_service_and_of_nats_lose_nothing_and_charge_nothing_tw
     let products = vec![saga.product(1500, 30).await, saga.product(4200, 15).await];
     let client = saga.orders().await;
 
-    // Four clients keep placing orders (bounded: 15 each) while the
+    // Four clients keep placing orders (bounded: 15 each, ~6 s) while the
     // services and NATS are killed and restarted one after another.
     let requests: Vec<Vec<PlaceOrderRequest>> = (0..4)
         .map(|_| (0..15).map(|_| random_order(&saga, &products)).collect())
@@ -165,7 +165,7 @@ async fn crashes_of_every_service_and_of_nats_lose_nothing_and_charge_nothing_tw
                     let mut ids = Vec::new();
                     for request in batch {
                         ids.push(place_with_retries(&mut client, request).await);
-                        tokio::time::sleep(Duration::from_millis(150)).await;
+                        tokio::time::sleep(Duration::from_millis(400)).await;
                     }
                     ids
                 }

@@ -145,16 +145,16 @@ async fn stop_signal() {
 
 fn print_summary(stack: &Stack) {
     println!();
-    println!("  {:<10} {:<24} {:<8} log", "component", "address", "pid");
+    println!("  {:<13} {:<24} {:<8} log", "component", "address", "pid");
     println!(
-        "  {:<10} {:<24} {:<8} {}",
+        "  {:<13} {:<24} {:<8} {}",
         "postgres",
         format!("127.0.0.1:{}", stack.postgres.port()),
         stack.postgres.pid().unwrap_or(0),
         stack.postgres.log_path().display()
     );
     println!(
-        "  {:<10} {:<24} {:<8} {}",
+        "  {:<13} {:<24} {:<8} {}",
         "nats",
         stack.nats.url(),
         stack.nats.pid().unwrap_or(0),
@@ -162,7 +162,7 @@ fn print_summary(stack: &Stack) {
     );
     for s in stack.services() {
         println!(
-            "  {:<10} {:<24} {:<8} {}",
+            "  {:<13} {:<24} {:<8} {}",
             s.name(),
             s.addr().to_string(),
             s.pid().unwrap_or(0),
