@@ -1,0 +1,672 @@
+//! Mesh policy as configuration, in the shape people know from Istio's
+//! VirtualService/DestinationRule:
+//!
+//! ```toml
+//! [upstreams.catalog]
+//! endpoints = ["http://127.0.0.1:7102"]   # or dns = "catalog.shop.svc.cluster.local:7000"
+//! timeout = "2s"
+//! [upstreams.catalog.retry]
+//! max_attempts = 3
+//! per_try_timeout = "300ms"
+//! on = ["unavailable", "resource_exhausted"]
+//! backoff = { base = "20ms", max = "200ms" }
+//! budget = { ratio = 0.2, min_per_second = 10 }
+//! [upstreams.catalog.outlier]
+//! consecutive_failures = 5
+//! base_ejection = "10s"
+//! max_ejected_percent = 50
+//! [upstreams.catalog.methods.ListProducts]
+//! timeout = "500ms"
+//! ```
+//!
+//! Every struct denies unknown keys; [`UpstreamPolicy::validate`] refuses
+//! values that parse but make no sense, naming the key.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Policy for calls to one upstream service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamPolicy {
+    /// Static endpoints (`http://host:port`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// A DNS name with port (`catalog.shop.svc.cluster.local:7000`),
+    /// re-resolved every `dns_refresh`; one endpoint per address (a
+    /// headless Kubernetes Service gives one per pod).
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// How often `dns` is resolved again.
+    #[serde(with = "humantime_serde", default = "d_dns_refresh")]
+    pub dns_refresh: Duration,
+    /// Overall deadline of a call (all attempts), unless the caller's own
+    /// deadline is sooner.
+    #[serde(with = "humantime_serde", default = "d_timeout")]
+    pub timeout: Duration,
+    /// TCP connect timeout per endpoint.
+    #[serde(with = "humantime_serde", default = "d_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Decay of the peak-EWMA latency estimate.
+    #[serde(with = "humantime_serde", default = "d_ewma_decay")]
+    pub ewma_decay: Duration,
+    /// Retries (only ever for methods whose contract says they are safe).
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Hedging of NO_SIDE_EFFECTS methods; off unless set.
+    #[serde(default)]
+    pub hedge: Option<HedgePolicy>,
+    /// Outlier ejection per endpoint.
+    #[serde(default)]
+    pub outlier: OutlierPolicy,
+    /// Weighted subsets of the endpoints (traffic split); empty: one pool.
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
+    /// Fault injection; off unless set.
+    #[serde(default)]
+    pub fault: FaultPolicy,
+    /// Per-method overrides, by method name (`ListProducts`).
+    #[serde(default)]
+    pub methods: BTreeMap<String, MethodPolicy>,
+}
+
+fn d_dns_refresh() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_connect_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn d_ewma_decay() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `retry`: which failures are retried, how often and how fast.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 disables retries.
+    #[serde(default = "d_max_attempts")]
+    pub max_attempts: u32,
+    /// Deadline of each attempt; none: only the overall deadline.
+    #[serde(with = "humantime_serde", default)]
+    pub per_try_timeout: Option<Duration>,
+    /// gRPC codes that are retried (`unavailable`, `resource_exhausted`...).
+    #[serde(default = "d_retry_on")]
+    pub on: Vec<GrpcCode>,
+    /// Exponential backoff with full jitter.
+    #[serde(default)]
+    pub backoff: BackoffPolicy,
+    /// Retries allowed: `ratio` of calls plus `min_per_second`.
+    #[serde(default)]
+    pub budget: BudgetPolicy,
+    /// Largest request body buffered for replay; larger requests are sent
+    /// once, never retried.
+    #[serde(default = "d_max_buffered")]
+    pub max_buffered_bytes: usize,
+}
+
+fn d_max_attempts() -> u32 {
+    3
+}
+fn d_retry_on() -> Vec<GrpcCode> {
+    vec![GrpcCode(tonic::Code::Unavailable)]
+}
+fn d_max_buffered() -> usize {
+    64 * 1024
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: d_max_attempts(),
+            per_try_timeout: None,
+            on: d_retry_on(),
+            backoff: BackoffPolicy::default(),
+            budget: BudgetPolicy::default(),
+            max_buffered_bytes: d_max_buffered(),
+        }
+    }
+}
+
+/// `retry.backoff`: exponential, `base * 2^n` capped at `max`, full jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffPolicy {
+    /// Delay before the first retry (before jitter).
+    #[serde(with = "humantime_serde", default = "d_backoff_base")]
+    pub base: Duration,
+    /// Largest delay.
+    #[serde(with = "humantime_serde", default = "d_backoff_max")]
+    pub max: Duration,
+}
+
+fn d_backoff_base() -> Duration {
+    Duration::from_millis(25)
+}
+fn d_backoff_max() -> Duration {
+    Duration::from_millis(250)
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            base: d_backoff_base(),
+            max: d_backoff_max(),
+        }
+    }
+}
+
+/// `retry.budget`: retries stay within `ratio` of recent calls plus a floor
+/// of `min_per_second`, so a failing upstream is not hammered.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetPolicy {
+    /// Retries per call allowed (0.2: one retry per five calls).
+    #[serde(default = "d_ratio")]
+    pub ratio: f64,
+    /// Retries per second allowed whatever the ratio.
+    #[serde(default = "d_min_per_second")]
+    pub min_per_second: u32,
+    /// Window over which calls are counted.
+    #[serde(with = "humantime_serde", default = "d_ttl")]
+    pub ttl: Duration,
+}
+
+fn d_ratio() -> f64 {
+    0.2
+}
+fn d_min_per_second() -> u32 {
+    10
+}
+fn d_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for BudgetPolicy {
+    fn default() -> Self {
+        Self {
+            ratio: d_ratio(),
+            min_per_second: d_min_per_second(),
+            ttl: d_ttl(),
+        }
+    }
+}
+
+/// `hedge`: for NO_SIDE_EFFECTS methods, a second attempt sent after
+/// `delay` if the first has not answered; the first answer wins.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgePolicy {
+    /// How long to wait before hedging.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// Extra attempts at most.
+    #[serde(default = "d_max_hedges")]
+    pub max_hedges: u32,
+}
+
+fn d_max_hedges() -> u32 {
+    1
+}
+
+/// `outlier`: when an endpoint is taken out of the pool, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierPolicy {
+    /// Eject after this many failures in a row (0: never for this reason).
+    #[serde(default = "d_consecutive")]
+    pub consecutive_failures: u32,
+    /// Eject when the failure rate over `interval` reaches this (0..1).
+    #[serde(default)]
+    pub failure_rate: Option<f64>,
+    /// Requests in `interval` before the failure rate is judged.
+    #[serde(default = "d_rate_min")]
+    pub failure_rate_min_requests: u32,
+    /// Window of the failure rate.
+    #[serde(with = "humantime_serde", default = "d_interval")]
+    pub interval: Duration,
+    /// First ejection time; the n-th ejection lasts n times as long.
+    #[serde(with = "humantime_serde", default = "d_base_ejection")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(with = "humantime_serde", default = "d_max_ejection")]
+    pub max_ejection: Duration,
+    /// Never eject more than this share of the endpoints.
+    #[serde(default = "d_max_ejected")]
+    pub max_ejected_percent: u32,
+}
+
+fn d_consecutive() -> u32 {
+    5
+}
+fn d_rate_min() -> u32 {
+    20
+}
+fn d_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_base_ejection() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_max_ejected() -> u32 {
+    50
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: d_consecutive(),
+            failure_rate: None,
+            failure_rate_min_requests: d_rate_min(),
+            interval: d_interval(),
+            base_ejection: d_base_ejection(),
+            max_ejection: d_max_ejection(),
+            max_ejected_percent: d_max_ejected(),
+        }
+    }
+}
+
+/// `[[subsets]]`: a named, weighted share of the traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subset {
+    /// Name (`v1`, `canary`).
+    pub name: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Its endpoints (each must also be in `endpoints`).
+    pub endpoints: Vec<String>,
+}
+
+/// `fault`: injected delays and aborts, by percentage of calls.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultPolicy {
+    /// Share of calls delayed, 0 to 100.
+    #[serde(default)]
+    pub delay_percent: f64,
+    /// How long.
+    #[serde(with = "humantime_serde", default)]
+    pub delay: Duration,
+    /// Share of calls aborted, 0 to 100.
+    #[serde(default)]
+    pub abort_percent: f64,
+    /// With which code.
+    #[serde(default = "d_abort_code")]
+    pub abort_code: GrpcCode,
+}
+
+fn d_abort_code() -> GrpcCode {
+    GrpcCode(tonic::Code::Unavailable)
+}
+
+impl FaultPolicy {
+    /// Whether any fault can be injected.
+    pub fn is_active(&self) -> bool {
+        self.delay_percent > 0.0 || self.abort_percent > 0.0
+    }
+}
+
+/// `[methods.<Name>]`: overrides for one method.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodPolicy {
+    /// Overall deadline.
+    #[serde(with = "humantime_serde", default)]
+    pub timeout: Option<Duration>,
+    /// Retries.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Hedging.
+    #[serde(default)]
+    pub hedge: Option<HedgePolicy>,
+    /// Fault injection.
+    #[serde(default)]
+    pub fault: Option<FaultPolicy>,
+}
+
+/// The policy that applies to one call: upstream policy with the method's
+/// overrides applied, and what the contract says about retrying.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EffectivePolicy {
+    /// Overall deadline.
+    pub timeout: Duration,
+    /// Retries; `max_attempts` is 1 when the method is not safe to retry.
+    pub retry: RetryPolicy,
+    /// Hedging, only for NO_SIDE_EFFECTS methods.
+    pub hedge: Option<HedgePolicy>,
+    /// Fault injection.
+    pub fault: FaultPolicy,
+    /// The contract's idempotency level (`None`: not in any contract).
+    pub idempotency: Option<shop_proto::Idempotency>,
+}
+
+impl UpstreamPolicy {
+    /// The policy for the method at HTTP/2 `path`
+    /// (`/shop.catalog.v1.CatalogService/ListProducts`).
+    pub fn effective(&self, path: &str) -> EffectivePolicy {
+        let name = path.rsplit('/').next().unwrap_or("");
+        let over = self.methods.get(name);
+        let idempotency = shop_proto::idempotency_level(path);
+        let mut retry = over
+            .and_then(|m| m.retry.clone())
+            .unwrap_or_else(|| self.retry.clone());
+        if !idempotency.is_some_and(|i| i.is_retry_safe()) {
+            retry.max_attempts = 1;
+        }
+        let hedge = over
+            .and_then(|m| m.hedge)
+            .or(self.hedge)
+            .filter(|_| idempotency == Some(shop_proto::Idempotency::NoSideEffects));
+        EffectivePolicy {
+            timeout: over.and_then(|m| m.timeout).unwrap_or(self.timeout),
+            retry,
+            hedge,
+            fault: over.and_then(|m| m.fault).unwrap_or(self.fault),
+            idempotency,
+        }
+    }
+
+    /// Refuses values that parse but cannot work, naming the key under
+    /// `upstreams.<name>`.
+    pub fn validate(&self, name: &str) -> Result<(), PolicyError> {
+        let key = |k: &str| format!("upstreams.{name}.{k}");
+        let err = |k: &str, m: &str| Err(PolicyError { key: key(k), message: m.into() });
+        if self.endpoints.is_empty() && self.dns.is_none() {
+            return err("endpoints", "give endpoints or dns");
+        }
+        if !self.endpoints.is_empty() && self.dns.is_some() {
+            return err("dns", "give endpoints or dns, not both");
+        }
+        for e in &self.endpoints {
+            if e.parse::<http::Uri>().map(|u| u.host().is_none()).unwrap_or(true) {
+                return err("endpoints", &format!("{e:?} is not an http://host:port URI"));
+            }
+        }
+        if self.timeout.is_zero() {
+            return err("timeout", "must be positive");
+        }
+        check_retry(&self.retry, &key("retry"))?;
+        for (method, m) in &self.methods {
+            if let Some(r) = &m.retry {
+                check_retry(r, &key(&format!("methods.{method}.retry")))?;
+            }
+            if let Some(f) = &m.fault {
+                check_fault(f, &key(&format!("methods.{method}.fault")))?;
+            }
+        }
+        let o = &self.outlier;
+        if o.max_ejected_percent > 100 {
+            return err("outlier.max_ejected_percent", "must be 0 to 100");
+        }
+        if o.failure_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return err("outlier.failure_rate", "must be between 0 and 1");
+        }
+        if o.base_ejection.is_zero() || o.max_ejection < o.base_ejection {
+            return err("outlier.base_ejection", "must be positive and at most max_ejection");
+        }
+        check_fault(&self.fault, &key("fault"))?;
+        if !self.subsets.is_empty() {
+            if self.subsets.iter().all(|s| s.weight == 0) {
+                return err("subsets", "at least one subset needs a weight above 0");
+            }
+            for s in &self.subsets {
+                if s.endpoints.is_empty() {
+                    return err(&format!("subsets.{}", s.name), "has no endpoints");
+                }
+                if self.dns.is_none() && s.endpoints.iter().any(|e| !self.endpoints.contains(e)) {
+                    return err(
+                        &format!("subsets.{}.endpoints", s.name),
+                        "every subset endpoint must be one of the upstream's endpoints",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_retry(r: &RetryPolicy, key: &str) -> Result<(), PolicyError> {
+    let err = |k: &str, m: &str| {
+        Err(PolicyError {
+            key: format!("{key}.{k}"),
+            message: m.into(),
+        })
+    };
+    if r.max_attempts == 0 || r.max_attempts > 10 {
+        return err("max_attempts", "must be 1 to 10");
+    }
+    if r.per_try_timeout.is_some_and(|t| t.is_zero()) {
+        return err("per_try_timeout", "must be positive");
+    }
+    if !(0.0..=10.0).contains(&r.budget.ratio) {
+        return err("budget.ratio", "must be between 0 and 10");
+    }
+    if r.backoff.base.is_zero() || r.backoff.max < r.backoff.base {
+        return err("backoff", "base must be positive and at most max");
+    }
+    Ok(())
+}
+
+fn check_fault(f: &FaultPolicy, key: &str) -> Result<(), PolicyError> {
+    for (k, p) in [("delay_percent", f.delay_percent), ("abort_percent", f.abort_percent)] {
+        if !(0.0..=100.0).contains(&p) {
+            return Err(PolicyError {
+                key: format!("{key}.{k}"),
+                message: "must be 0 to 100".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A policy that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct PolicyError {
+    /// The offending key (`upstreams.catalog.retry.max_attempts`).
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Server-side policy (`[mesh_server]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPolicy {
+    /// Calls served at once; beyond it calls are shed with
+    /// RESOURCE_EXHAUSTED and a pushback.
+    #[serde(default = "d_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Pushback sent with a shed call (`grpc-retry-pushback-ms`).
+    #[serde(with = "humantime_serde", default = "d_shed_pushback")]
+    pub shed_pushback: Duration,
+    /// Fault injection for every method.
+    #[serde(default)]
+    pub fault: FaultPolicy,
+    /// Fault injection per method name.
+    #[serde(default)]
+    pub methods: BTreeMap<String, FaultPolicy>,
+}
+
+fn d_max_concurrency() -> usize {
+    1024
+}
+fn d_shed_pushback() -> Duration {
+    Duration::from_millis(100)
+}
+
+impl Default for ServerPolicy {
+    fn default() -> Self {
+        Self {
+            max_concurrency: d_max_concurrency(),
+            shed_pushback: d_shed_pushback(),
+            fault: FaultPolicy::default(),
+            methods: BTreeMap::new(),
+        }
+    }
+}
+
+/// A gRPC status code, written in configuration as its lower-case name
+/// (`unavailable`, `resource_exhausted`, `deadline_exceeded`...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcCode(pub tonic::Code);
+
+const CODES: &[(&str, tonic::Code)] = &[
+    ("ok", tonic::Code::Ok),
+    ("cancelled", tonic::Code::Cancelled),
+    ("unknown", tonic::Code::Unknown),
+    ("invalid_argument", tonic::Code::InvalidArgument),
+    ("deadline_exceeded", tonic::Code::DeadlineExceeded),
+    ("not_found", tonic::Code::NotFound),
+    ("already_exists", tonic::Code::AlreadyExists),
+    ("permission_denied", tonic::Code::PermissionDenied),
+    ("resource_exhausted", tonic::Code::ResourceExhausted),
+    ("failed_precondition", tonic::Code::FailedPrecondition),
+    ("aborted", tonic::Code::Aborted),
+    ("out_of_range", tonic::Code::OutOfRange),
+    ("unimplemented", tonic::Code::Unimplemented),
+    ("internal", tonic::Code::Internal),
+    ("unavailable", tonic::Code::Unavailable),
+    ("data_loss", tonic::Code::DataLoss),
+    ("unauthenticated", tonic::Code::Unauthenticated),
+];
+
+impl Default for GrpcCode {
+    /// `unavailable`, the usual code of an injected abort.
+    fn default() -> Self {
+        GrpcCode(tonic::Code::Unavailable)
+    }
+}
+
+impl GrpcCode {
+    /// The configuration name of the code.
+    pub fn name(self) -> &'static str {
+        CODES
+            .iter()
+            .find(|(_, c)| *c == self.0)
+            .map_or("unknown", |(n, _)| n)
+    }
+}
+
+impl Serialize for GrpcCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for GrpcCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        CODES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+            .map(|(_, c)| GrpcCode(*c))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown gRPC code {name:?}; expected one of {}",
+                    CODES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> UpstreamPolicy {
+        UpstreamPolicy {
+            endpoints: vec!["http://127.0.0.1:7102".into()],
+            dns: None,
+            dns_refresh: d_dns_refresh(),
+            timeout: d_timeout(),
+            connect_timeout: d_connect_timeout(),
+            ewma_decay: d_ewma_decay(),
+            retry: RetryPolicy::default(),
+            hedge: Some(HedgePolicy {
+                delay: Duration::from_millis(50),
+                max_hedges: 1,
+            }),
+            outlier: OutlierPolicy::default(),
+            subsets: vec![],
+            fault: FaultPolicy::default(),
+            methods: BTreeMap::from([(
+                "ListProducts".to_string(),
+                MethodPolicy {
+                    timeout: Some(Duration::from_millis(500)),
+                    ..MethodPolicy::default()
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn only_methods_the_contract_marks_safe_are_retried_or_hedged() {
+        let p = policy();
+        let read = p.effective("/shop.catalog.v1.CatalogService/GetProduct");
+        assert_eq!(read.retry.max_attempts, 3);
+        assert!(read.hedge.is_some());
+        let idempotent = p.effective("/shop.catalog.v1.CatalogService/UpdateProduct");
+        assert_eq!(idempotent.retry.max_attempts, 3);
+        assert!(idempotent.hedge.is_none(), "hedging is for reads only");
+        let create = p.effective("/shop.catalog.v1.CatalogService/CreateProduct");
+        assert_eq!(create.retry.max_attempts, 1);
+        let unknown = p.effective("/other.v1.Other/Do");
+        assert_eq!(unknown.retry.max_attempts, 1);
+    }
+
+    #[test]
+    fn method_overrides_apply() {
+        let p = policy();
+        assert_eq!(
+            p.effective("/shop.catalog.v1.CatalogService/ListProducts").timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            p.effective("/shop.catalog.v1.CatalogService/GetProduct").timeout,
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn invalid_policies_name_the_key() {
+        let mut p = policy();
+        p.retry.max_attempts = 0;
+        assert_eq!(
+            p.validate("catalog").unwrap_err().key,
+            "upstreams.catalog.retry.max_attempts"
+        );
+        let mut p = policy();
+        p.outlier.max_ejected_percent = 150;
+        assert_eq!(
+            p.validate("catalog").unwrap_err().key,
+            "upstreams.catalog.outlier.max_ejected_percent"
+        );
+        let mut p = policy();
+        p.endpoints = vec!["not a uri".into()];
+        assert_eq!(p.validate("catalog").unwrap_err().key, "upstreams.catalog.endpoints");
+        assert!(policy().validate("catalog").is_ok());
+    }
+
+    #[test]
+    fn codes_are_written_by_name() {
+        let code: GrpcCode = serde_json_like("\"resource_exhausted\"");
+        assert_eq!(code.0, tonic::Code::ResourceExhausted);
+    }
+
+    fn serde_json_like(s: &str) -> GrpcCode {
+        use serde::de::IntoDeserializer;
+        let name = s.trim_matches('"').to_string();
+        let d: serde::de::value::StringDeserializer<serde::de::value::Error> =
+            name.into_deserializer();
+        GrpcCode::deserialize(d).unwrap()
+    }
+}

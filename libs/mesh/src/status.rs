@@ -1,0 +1,139 @@
+//! gRPC statuses and headers on `http` messages.
+//!
+//! A failed unary call answered by tonic is "trailers-only": `grpc-status`
+//! travels in the response headers. That is what the layers classify on
+//! (an OK response carries its status in the trailers, after the body).
+
+use http::HeaderValue;
+use std::time::Duration;
+use tonic::Code;
+
+/// `grpc-timeout` header name.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// `grpc-retry-pushback-ms` header name.
+pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// The gRPC code in a response's headers: `Some(code)` for a trailers-only
+/// response, `None` when the status will come in the trailers (a normal,
+/// successful unary response).
+pub fn header_code<B>(response: &http::Response<B>) -> Option<Code> {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from_i32)
+}
+
+/// Whether a response is a failure for outlier detection and retries: a
+/// trailers-only status other than OK, or an HTTP status other than 200.
+pub fn is_failure<B>(response: &http::Response<B>) -> bool {
+    response.status() != http::StatusCode::OK
+        || header_code(response).is_some_and(|c| c != Code::Ok)
+}
+
+/// A trailers-only response carrying `status`.
+pub fn response(status: tonic::Status) -> crate::Response {
+    status.into_http()
+}
+
+/// What the server said about retrying, through `grpc-retry-pushback-ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushback {
+    /// Retry no sooner than after this delay.
+    After(Duration),
+    /// Do not retry (a negative or malformed value, per the gRPC spec).
+    Never,
+}
+
+/// The server's pushback, if it sent one.
+pub fn pushback<B>(response: &http::Response<B>) -> Option<Pushback> {
+    let value = response.headers().get(PUSHBACK)?;
+    Some(
+        match value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()) {
+            Some(ms) if ms >= 0 => Pushback::After(Duration::from_millis(ms as u64)),
+            _ => Pushback::Never,
+        },
+    )
+}
+
+/// Parses a `grpc-timeout` value (`100m`, `2S`, `500000u`...).
+pub fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let s = value.to_str().ok()?;
+    if s.len() < 2 || s.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = s.split_at(s.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Formats a duration as a `grpc-timeout` value (at most 8 digits, as the
+/// spec requires), rounding down to the finest unit that fits.
+pub fn format_grpc_timeout(d: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let nanos = d.as_nanos();
+    let (value, unit) = if nanos <= MAX {
+        (nanos, "n")
+    } else if nanos / 1_000 <= MAX {
+        (nanos / 1_000, "u")
+    } else if nanos / 1_000_000 <= MAX {
+        (nanos / 1_000_000, "m")
+    } else if nanos / 1_000_000_000 <= MAX {
+        (nanos / 1_000_000_000, "S")
+    } else {
+        ((nanos / 1_000_000_000 / 3600).min(MAX), "H")
+    };
+    HeaderValue::from_str(&format!("{value}{unit}")).expect("digits and a unit letter")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_round_trip() {
+        for d in [
+            Duration::from_millis(300),
+            Duration::from_secs(2),
+            Duration::from_micros(1500),
+            Duration::from_secs(3 * 3600),
+        ] {
+            let parsed = parse_grpc_timeout(&format_grpc_timeout(d)).unwrap();
+            assert!(parsed <= d && d - parsed < Duration::from_millis(1), "{d:?}");
+        }
+        assert_eq!(
+            parse_grpc_timeout(&HeaderValue::from_static("100m")),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(parse_grpc_timeout(&HeaderValue::from_static("x")), None);
+        assert_eq!(parse_grpc_timeout(&HeaderValue::from_static("123456789S")), None);
+    }
+
+    #[test]
+    fn failures_are_trailers_only_errors() {
+        let ok = http::Response::new(());
+        assert!(!is_failure(&ok));
+        let err = response(tonic::Status::unavailable("down"));
+        assert!(is_failure(&err));
+        assert_eq!(header_code(&err), Some(Code::Unavailable));
+    }
+
+    #[test]
+    fn pushback_is_read_as_the_spec_says() {
+        let mut r = http::Response::new(());
+        assert_eq!(pushback(&r), None);
+        r.headers_mut().insert(PUSHBACK, HeaderValue::from_static("250"));
+        assert_eq!(pushback(&r), Some(Pushback::After(Duration::from_millis(250))));
+        r.headers_mut().insert(PUSHBACK, HeaderValue::from_static("-1"));
+        assert_eq!(pushback(&r), Some(Pushback::Never));
+    }
+}
