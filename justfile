@@ -23,7 +23,7 @@ up: bootstrap
     @echo "==> building the services (the first build takes a few minutes)"
     cargo build --bins
     @echo "==> starting the stack"
-    exec target/debug/shop-stack --services {{services}}
+    exec target/debug/shop-stack --services {{services}} --replicas catalog=2
 
 # every check CI runs: format, lints, contracts, unit, integration and end-to-end tests
 test: bootstrap lint unit integration
@@ -60,3 +60,11 @@ integration:
 # the README's grpcurl examples against a running `just up`
 demo:
     bash tests/readme_examples.sh
+
+# benchmarks (not tests): `just bench mesh` compares bare tonic, the full mesh and an haproxy sidecar path
+bench what="mesh":
+    @test "{{what}}" = mesh || (echo "unknown benchmark {{what}}; known: mesh" && exit 2)
+    command -v haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq haproxy)
+    cargo build --release -p shop-bench
+    taskset -c 0 target/release/shop-bench mesh --conns 16 --streams 1 --out target/bench/mesh-16x1.txt
+    taskset -c 0 target/release/shop-bench mesh --conns 16 --streams 10 --out target/bench/mesh-16x10.txt

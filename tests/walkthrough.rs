@@ -90,6 +90,7 @@ async fn grpcurl_lists_each_service_with_health_and_reflection() {
                 "grpc.reflection.v1.ServerReflection",
                 "grpc.reflection.v1alpha.ServerReflection",
                 service,
+                "shop.mesh.v1.MeshAdminService",
             ],
             "{name}"
         );

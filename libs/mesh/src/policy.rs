@@ -378,7 +378,12 @@ impl UpstreamPolicy {
     /// `upstreams.<name>`.
     pub fn validate(&self, name: &str) -> Result<(), PolicyError> {
         let key = |k: &str| format!("upstreams.{name}.{k}");
-        let err = |k: &str, m: &str| Err(PolicyError { key: key(k), message: m.into() });
+        let err = |k: &str, m: &str| {
+            Err(PolicyError {
+                key: key(k),
+                message: m.into(),
+            })
+        };
         if self.endpoints.is_empty() && self.dns.is_none() {
             return err("endpoints", "give endpoints or dns");
         }
@@ -386,8 +391,14 @@ impl UpstreamPolicy {
             return err("dns", "give endpoints or dns, not both");
         }
         for e in &self.endpoints {
-            if e.parse::<http::Uri>().map(|u| u.host().is_none()).unwrap_or(true) {
-                return err("endpoints", &format!("{e:?} is not an http://host:port URI"));
+            if e.parse::<http::Uri>()
+                .map(|u| u.host().is_none())
+                .unwrap_or(true)
+            {
+                return err(
+                    "endpoints",
+                    &format!("{e:?} is not an http://host:port URI"),
+                );
             }
         }
         if self.timeout.is_zero() {
@@ -410,7 +421,10 @@ impl UpstreamPolicy {
             return err("outlier.failure_rate", "must be between 0 and 1");
         }
         if o.base_ejection.is_zero() || o.max_ejection < o.base_ejection {
-            return err("outlier.base_ejection", "must be positive and at most max_ejection");
+            return err(
+                "outlier.base_ejection",
+                "must be positive and at most max_ejection",
+            );
         }
         check_fault(&self.fault, &key("fault"))?;
         if !self.subsets.is_empty() {
@@ -456,7 +470,10 @@ fn check_retry(r: &RetryPolicy, key: &str) -> Result<(), PolicyError> {
 }
 
 fn check_fault(f: &FaultPolicy, key: &str) -> Result<(), PolicyError> {
-    for (k, p) in [("delay_percent", f.delay_percent), ("abort_percent", f.abort_percent)] {
+    for (k, p) in [
+        ("delay_percent", f.delay_percent),
+        ("abort_percent", f.abort_percent),
+    ] {
         if !(0.0..=100.0).contains(&p) {
             return Err(PolicyError {
                 key: format!("{key}.{k}"),
@@ -627,11 +644,13 @@ mod tests {
     fn method_overrides_apply() {
         let p = policy();
         assert_eq!(
-            p.effective("/shop.catalog.v1.CatalogService/ListProducts").timeout,
+            p.effective("/shop.catalog.v1.CatalogService/ListProducts")
+                .timeout,
             Duration::from_millis(500)
         );
         assert_eq!(
-            p.effective("/shop.catalog.v1.CatalogService/GetProduct").timeout,
+            p.effective("/shop.catalog.v1.CatalogService/GetProduct")
+                .timeout,
             Duration::from_secs(2)
         );
     }
@@ -652,7 +671,10 @@ mod tests {
         );
         let mut p = policy();
         p.endpoints = vec!["not a uri".into()];
-        assert_eq!(p.validate("catalog").unwrap_err().key, "upstreams.catalog.endpoints");
+        assert_eq!(
+            p.validate("catalog").unwrap_err().key,
+            "upstreams.catalog.endpoints"
+        );
         assert!(policy().validate("catalog").is_ok());
     }
 

@@ -1,1 +1,362 @@
-//! (being written)
+//! Traffic split: weighted subsets of an upstream's endpoints (v1/v2, a
+//! canary), as Istio's VirtualService route weights.
+//!
+//! [`Split`] holds one service per subset (in the client stack, a
+//! [`Balancer`] over the subset's endpoints) and sends each request (each
+//! attempt: the retry layer sits above) to subset `i` with probability
+//! `weight_i / sum of weights`. The choice is made in `poll_ready` and
+//! kept until the `call` it readies, so the subset polled ready is the one
+//! called.
+//!
+//! The random source is shared by all clones of a [`Split`] (behind a
+//! mutex): a per-clone generator cloned from one seed would make every
+//! fresh clone (tonic clients are cloned per call) draw the same number and
+//! send everything to the same subset.
+//!
+//! Weights of zero are allowed (that subset gets nothing); if every weight
+//! is zero the subsets share the traffic equally. Subsets name static
+//! endpoints; an upstream found through DNS has no subsets, and the
+//! subsets and weights are those of the policy at construction (a changed
+//! split needs a new client).
+
+use crate::balance::Balancer;
+use crate::discovery::{self, Factory};
+use crate::policy::UpstreamPolicy;
+use crate::stats::UpstreamStats;
+use crate::{BoxError, Request, Response};
+use rand::{Rng, RngCore, SeedableRng};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::sync::watch;
+use tower::Service;
+
+/// Sends each request to one of several subsets, chosen by weight.
+pub struct Split<S = Balancer> {
+    subsets: Vec<S>,
+    names: Arc<[String]>,
+    /// Running sums of the weights; the last is the total.
+    cumulative: Arc<[u64]>,
+    rng: Arc<Mutex<dyn RngCore + Send>>,
+    /// The subset chosen by `poll_ready`, for the next `call`.
+    chosen: Option<usize>,
+}
+
+// === impl Split ===
+
+impl Split<Balancer> {
+    /// The split a policy describes: one [`Balancer`] per subset of
+    /// `policy.subsets` over its endpoints, or, without subsets, one
+    /// balancer over all the upstream's endpoints (static or DNS). Endpoint
+    /// services are made by `factory`; `watch` and `stats` are handed to
+    /// the balancers. Draws from an OS-seeded generator.
+    ///
+    /// Spawns the balancer tasks: call from within a tokio runtime.
+    pub fn new<E>(
+        policy: &UpstreamPolicy,
+        factory: Factory<E>,
+        watch: watch::Receiver<Arc<UpstreamPolicy>>,
+        stats: Arc<UpstreamStats>,
+    ) -> Self
+    where
+        E: Service<Request, Response = Response> + Send + 'static,
+        E::Error: Into<BoxError> + fmt::Display,
+        E::Future: Send + 'static,
+    {
+        Self::with_rng(
+            policy,
+            factory,
+            watch,
+            stats,
+            rand::rngs::StdRng::from_os_rng(),
+        )
+    }
+
+    /// [`Split::new`], drawing from `rng`.
+    pub fn with_rng<E>(
+        policy: &UpstreamPolicy,
+        factory: Factory<E>,
+        watch: watch::Receiver<Arc<UpstreamPolicy>>,
+        stats: Arc<UpstreamStats>,
+        rng: impl RngCore + Send + 'static,
+    ) -> Self
+    where
+        E: Service<Request, Response = Response> + Send + 'static,
+        E::Error: Into<BoxError> + fmt::Display,
+        E::Future: Send + 'static,
+    {
+        let subsets = if policy.subsets.is_empty() {
+            let all = discovery::from_policy(policy, factory);
+            vec![("all".to_string(), 1, Balancer::new(all, watch, stats))]
+        } else {
+            policy
+                .subsets
+                .iter()
+                .map(|subset| {
+                    let f = factory.clone();
+                    let endpoints =
+                        discovery::static_list(subset.endpoints.iter().cloned(), move |a: &str| {
+                            f(a)
+                        });
+                    let balancer = Balancer::new(endpoints, watch.clone(), stats.clone());
+                    (subset.name.clone(), subset.weight, balancer)
+                })
+                .collect()
+        };
+        Self::from_subsets(subsets, rng)
+    }
+}
+
+impl<S> Split<S> {
+    /// A split between `(name, weight, service)` subsets, drawing from
+    /// `rng`.
+    ///
+    /// # Panics
+    ///
+    /// If `subsets` is empty.
+    pub fn from_subsets(
+        subsets: Vec<(String, u32, S)>,
+        rng: impl RngCore + Send + 'static,
+    ) -> Self {
+        assert!(!subsets.is_empty(), "a split needs at least one subset");
+        let mut total = 0u64;
+        let mut names = Vec::with_capacity(subsets.len());
+        let mut cumulative = Vec::with_capacity(subsets.len());
+        let mut services = Vec::with_capacity(subsets.len());
+        for (name, weight, svc) in subsets {
+            total += u64::from(weight);
+            names.push(name);
+            cumulative.push(total);
+            services.push(svc);
+        }
+        Self {
+            subsets: services,
+            names: names.into(),
+            cumulative: cumulative.into(),
+            rng: Arc::new(Mutex::new(rng)),
+            chosen: None,
+        }
+    }
+
+    /// The subsets' names, in order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Draws a subset: by weight, or uniformly if every weight is zero.
+    fn pick(&self) -> usize {
+        let n = self.subsets.len();
+        if n == 1 {
+            return 0;
+        }
+        let total = *self.cumulative.last().expect("not empty");
+        let mut rng = self.rng.lock().expect("not poisoned");
+        if total == 0 {
+            return rng.random_range(0..n);
+        }
+        let r = rng.random_range(0..total);
+        self.cumulative.partition_point(|&c| c <= r)
+    }
+}
+
+impl<S: Clone> Clone for Split<S> {
+    /// Shares the weights and the random source; not ready (the clone has
+    /// chosen nothing yet).
+    fn clone(&self) -> Self {
+        Self {
+            subsets: self.subsets.clone(),
+            names: self.names.clone(),
+            cumulative: self.cumulative.clone(),
+            rng: self.rng.clone(),
+            chosen: None,
+        }
+    }
+}
+
+impl<S, Req> Service<Req> for Split<S>
+where
+    S: Service<Req>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let i = match self.chosen {
+            Some(i) => i,
+            None => *self.chosen.insert(self.pick()),
+        };
+        self.subsets[i].poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let i = self.chosen.take().expect("poll_ready must be called first");
+        self.subsets[i].call(request)
+    }
+}
+
+impl<S> fmt::Debug for Split<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Split")
+            .field("subsets", &self.names)
+            .field("cumulative_weights", &self.cumulative)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outlier::tests::policy;
+    use crate::policy::Subset;
+    use rand::rngs::StdRng;
+    use std::collections::BTreeMap;
+    use std::convert::Infallible;
+    use tower::ServiceExt;
+
+    /// A subset that answers its own index.
+    fn subset(i: usize) -> impl Service<(), Response = usize, Error = Infallible> + Clone {
+        tower::service_fn(move |()| async move { Ok::<_, Infallible>(i) })
+    }
+
+    /// Shares of `calls` calls per subset, in percent, each call through a
+    /// fresh clone (as tonic clients are used).
+    async fn shares(weights: &[u32], calls: usize, seed: u64) -> Vec<f64> {
+        let subsets = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("s{i}"), *w, subset(i)))
+            .collect();
+        let split = Split::from_subsets(subsets, StdRng::seed_from_u64(seed));
+        let mut counts = vec![0usize; weights.len()];
+        for _ in 0..calls {
+            counts[split.clone().oneshot(()).await.unwrap()] += 1;
+        }
+        counts
+            .iter()
+            .map(|&c| 100.0 * c as f64 / calls as f64)
+            .collect()
+    }
+
+    fn assert_within_two_points(shares: &[f64], weights: &[u32]) {
+        let total: u32 = weights.iter().sum();
+        for (share, w) in shares.iter().zip(weights) {
+            let expected = 100.0 * f64::from(*w) / f64::from(total);
+            assert!(
+                (share - expected).abs() <= 2.0,
+                "{shares:?} for weights {weights:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_90_10_split_holds_its_weights_within_two_points() {
+        for seed in [1, 2, 3] {
+            let s = shares(&[90, 10], 10_000, seed).await;
+            assert_within_two_points(&s, &[90, 10]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_50_30_20_split_holds_its_weights_within_two_points() {
+        for seed in [1, 2, 3] {
+            let s = shares(&[50, 30, 20], 10_000, seed).await;
+            assert_within_two_points(&s, &[50, 30, 20]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_zero_weight_subset_gets_nothing_and_all_zero_is_even() {
+        let s = shares(&[0, 1], 1_000, 7).await;
+        assert_eq!(s, [0.0, 100.0]);
+        let s = shares(&[0, 0], 10_000, 7).await;
+        assert_within_two_points(&s, &[1, 1]);
+    }
+
+    /// A policy over three endpoints, and a factory of endpoints that name
+    /// themselves in an `endpoint` header.
+    fn three_endpoints(
+        subsets: Vec<Subset>,
+    ) -> (
+        UpstreamPolicy,
+        Factory<
+            impl Service<Request, Response = Response, Error = Infallible, Future: Send> + Send + use<>,
+        >,
+    ) {
+        let mut p = policy();
+        p.endpoints = ["http://a:1", "http://b:1", "http://c:1"]
+            .map(String::from)
+            .to_vec();
+        p.subsets = subsets;
+        let factory: Factory<_> = Arc::new(|address: &str| {
+            let address = address.to_string();
+            tower::service_fn(move |_: Request| {
+                let mut rsp = Response::new(crate::Body::empty());
+                rsp.headers_mut()
+                    .insert("endpoint", address.parse().unwrap());
+                async move { Ok::<_, Infallible>(rsp) }
+            })
+        });
+        (p, factory)
+    }
+
+    async fn tally<S>(split: &Split<S>, calls: usize) -> BTreeMap<String, usize>
+    where
+        S: Service<Request, Response = Response, Error = BoxError> + Clone,
+    {
+        let mut seen = BTreeMap::new();
+        for _ in 0..calls {
+            let rsp = split
+                .clone()
+                .oneshot(http::Request::new(crate::Body::empty()))
+                .await
+                .unwrap();
+            let who = rsp.headers()["endpoint"].to_str().unwrap().to_string();
+            *seen.entry(who).or_default() += 1;
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subsets_of_a_policy_route_to_their_own_endpoints_by_weight() {
+        let (p, factory) = three_endpoints(vec![
+            Subset {
+                name: "v1".into(),
+                weight: 75,
+                endpoints: vec!["http://a:1".into(), "http://b:1".into()],
+            },
+            Subset {
+                name: "v2".into(),
+                weight: 25,
+                endpoints: vec!["http://c:1".into()],
+            },
+        ]);
+        let stats = crate::stats::MeshStats::default().upstream("catalog");
+        let watch = watch::channel(Arc::new(p.clone())).1;
+        let split = Split::with_rng(&p, factory, watch, stats, StdRng::seed_from_u64(5));
+        assert_eq!(split.names(), ["v1", "v2"]);
+
+        let seen = tally(&split, 4_000).await;
+        let v2 = 100.0 * seen["http://c:1"] as f64 / 4_000.0;
+        assert!((v2 - 25.0).abs() <= 2.0, "{seen:?}");
+        assert!(seen["http://a:1"] > 0 && seen["http://b:1"] > 0, "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_subsets_one_balancer_covers_every_endpoint() {
+        let (p, factory) = three_endpoints(vec![]);
+        let stats = crate::stats::MeshStats::default().upstream("catalog");
+        let watch = watch::channel(Arc::new(p.clone())).1;
+        let split = Split::new(&p, factory, watch, stats.clone());
+        assert_eq!(split.names(), ["all"]);
+        let seen = tally(&split, 300).await;
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(stats.endpoints().len(), 3);
+    }
+
+    #[test]
+    fn a_split_of_balancers_can_be_shared_between_tasks() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<Split>();
+    }
+}

@@ -80,7 +80,10 @@ impl UpstreamStats {
 
     /// Forgets an endpoint discovery no longer returns.
     pub fn remove_endpoint(&self, address: &str) {
-        self.endpoints.write().expect("not poisoned").remove(address);
+        self.endpoints
+            .write()
+            .expect("not poisoned")
+            .remove(address);
     }
 
     /// Every endpoint, by address.

@@ -50,7 +50,11 @@ pub enum Pushback {
 pub fn pushback<B>(response: &http::Response<B>) -> Option<Pushback> {
     let value = response.headers().get(PUSHBACK)?;
     Some(
-        match value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()) {
+        match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        {
             Some(ms) if ms >= 0 => Pushback::After(Duration::from_millis(ms as u64)),
             _ => Pushback::Never,
         },
@@ -108,14 +112,20 @@ mod tests {
             Duration::from_secs(3 * 3600),
         ] {
             let parsed = parse_grpc_timeout(&format_grpc_timeout(d)).unwrap();
-            assert!(parsed <= d && d - parsed < Duration::from_millis(1), "{d:?}");
+            assert!(
+                parsed <= d && d - parsed < Duration::from_millis(1),
+                "{d:?}"
+            );
         }
         assert_eq!(
             parse_grpc_timeout(&HeaderValue::from_static("100m")),
             Some(Duration::from_millis(100))
         );
         assert_eq!(parse_grpc_timeout(&HeaderValue::from_static("x")), None);
-        assert_eq!(parse_grpc_timeout(&HeaderValue::from_static("123456789S")), None);
+        assert_eq!(
+            parse_grpc_timeout(&HeaderValue::from_static("123456789S")),
+            None
+        );
     }
 
     #[test]
@@ -131,9 +141,14 @@ mod tests {
     fn pushback_is_read_as_the_spec_says() {
         let mut r = http::Response::new(());
         assert_eq!(pushback(&r), None);
-        r.headers_mut().insert(PUSHBACK, HeaderValue::from_static("250"));
-        assert_eq!(pushback(&r), Some(Pushback::After(Duration::from_millis(250))));
-        r.headers_mut().insert(PUSHBACK, HeaderValue::from_static("-1"));
+        r.headers_mut()
+            .insert(PUSHBACK, HeaderValue::from_static("250"));
+        assert_eq!(
+            pushback(&r),
+            Some(Pushback::After(Duration::from_millis(250)))
+        );
+        r.headers_mut()
+            .insert(PUSHBACK, HeaderValue::from_static("-1"));
         assert_eq!(pushback(&r), Some(Pushback::Never));
     }
 }

@@ -44,6 +44,10 @@ pub struct ServerSettings {
     /// How long in-flight calls may take to finish after a shutdown signal.
     #[serde(with = "humantime_serde", default = "default_grace")]
     pub shutdown_grace: Duration,
+    /// `[server.mesh]`: the mesh's server side (concurrency limit and
+    /// shedding, fault injection); reloaded live.
+    #[serde(default)]
+    pub mesh: shop_mesh::policy::ServerPolicy,
 }
 
 fn default_grace() -> Duration {
@@ -189,6 +193,53 @@ fn load_inner<C: DeserializeOwned>(
             let messages: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
             ConfigError(messages.join("; "))
         })
+}
+
+/// Where a service's configuration comes from, to read it again.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The service (`orders`): the environment prefix.
+    pub service: &'static str,
+    /// Its built-in defaults.
+    pub defaults: &'static str,
+    /// Its conventional environment variables.
+    pub aliases: &'static [(&'static str, &'static str)],
+    /// The file, watched for changes.
+    pub file: PathBuf,
+}
+
+/// The parts of a configuration the mesh reloads live: `[server.mesh]`
+/// and `[upstreams.*]`. Other keys are ignored here (they were checked at
+/// start and are not reloaded).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MeshView {
+    /// `[server]`, of which only `mesh` is read.
+    #[serde(default)]
+    pub server: MeshServerView,
+    /// `[upstreams.<name>]`
+    #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, shop_mesh::policy::UpstreamPolicy>,
+}
+
+/// `[server.mesh]` alone.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MeshServerView {
+    /// `[server.mesh]`
+    #[serde(default)]
+    pub mesh: shop_mesh::policy::ServerPolicy,
+}
+
+/// Reads the live-reloadable mesh policies from the same layers as
+/// [`load`].
+pub fn load_mesh_view(
+    service: &str,
+    defaults: &str,
+    aliases: &[(&'static str, &'static str)],
+    file: Option<&Path>,
+) -> Result<MeshView, ConfigError> {
+    figment(service, defaults, aliases, file)
+        .extract()
+        .map_err(|e| ConfigError(e.to_string()))
 }
 
 /// Settings from `toml` alone on top of the service's defaults, ignoring

@@ -28,6 +28,9 @@ pub enum ServiceError {
     /// The caller's credentials are missing or wrong.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The call's deadline passed while waiting on a dependency.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
     /// A dependency (the database, an upstream) does not answer; retrying
     /// later may succeed.
     #[error("dependency unavailable: {0}")]
@@ -94,6 +97,7 @@ impl From<ServiceError> for Status {
             ServiceError::AlreadyExists(m) => Status::already_exists(m),
             ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
             ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
+            ServiceError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             ServiceError::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "dependency unavailable");
                 Status::unavailable("a dependency of this service is unavailable; retry later")

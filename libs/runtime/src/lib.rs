@@ -11,11 +11,14 @@
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 //! - [`error`]: [`error::ServiceError`], the one mapping from service errors
 //!   to `tonic::Status`.
+//! - [`mesh`]: the mesh inside the service: server layer, upstream
+//!   clients, admin API, live policy reload.
 //! - [`run`]: the whole life of a service binary in one call.
 
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod mesh;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
@@ -56,7 +59,15 @@ where
         }
     };
     let app = match build(settings).await {
-        Ok(app) => app,
+        Ok(app) => match &file {
+            Some(file) => app.watch_config(config::ConfigSource {
+                service,
+                defaults: C::DEFAULTS,
+                aliases: C::ENV_ALIASES,
+                file: file.clone(),
+            }),
+            None => app,
+        },
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "start-up failed");
             return ExitCode::FAILURE;

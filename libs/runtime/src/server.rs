@@ -9,13 +9,15 @@
 //! back when it returns. On shutdown everything goes NOT_SERVING first, then
 //! the listener closes and in-flight calls get `shutdown_grace` to finish.
 
-use crate::config::ServerSettings;
+use crate::config::{ConfigSource, ServerSettings};
+use crate::mesh::MeshRuntime;
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,7 @@ pub struct Application {
     database: Option<(PgPool, Duration)>,
     tasks: Vec<(&'static str, BackgroundTask)>,
     grace: Duration,
+    mesh: Arc<MeshRuntime>,
 }
 
 /// Work a service runs beside its server (an outbox relay, a consumer):
@@ -84,12 +87,28 @@ impl Application {
             database: None,
             tasks: Vec::new(),
             grace: settings.shutdown_grace,
+            mesh: MeshRuntime::new(settings.mesh.clone()),
         })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The service's mesh: build upstream clients with
+    /// [`MeshRuntime::upstream`].
+    pub fn mesh(&self) -> Arc<MeshRuntime> {
+        self.mesh.clone()
+    }
+
+    /// Watches the configuration file and applies changed mesh policies
+    /// without a restart; an invalid change is logged and ignored.
+    pub fn watch_config(self, source: ConfigSource) -> Self {
+        let mesh = self.mesh.clone();
+        self.with_task("config-watch", move |shutdown| {
+            Box::pin(watch_config(source, mesh, shutdown))
+        })
     }
 
     /// Serves a generated tonic service; its health entry follows the
@@ -138,12 +157,18 @@ impl Application {
             database,
             tasks,
             grace,
+            mesh,
         } = self;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = reflection(&service_names).build_v1()?;
         let reflection_v1alpha = reflection(&service_names).build_v1alpha()?;
         let routes = routes
+            .add_service(
+                shop_proto::shop::mesh::v1::mesh_admin_service_server::MeshAdminServiceServer::from_arc(
+                    mesh.admin(),
+                ),
+            )
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
@@ -176,6 +201,10 @@ impl Application {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            // The mesh's server side: deadline from grpc-timeout, concurrency
+            // limit with shedding, fault injection (health and reflection
+            // are never shed or faulted).
+            .layer(mesh.server_layer())
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
@@ -232,7 +261,8 @@ fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Build
         .include_reflection_service(false)
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
-        .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+        .with_service_name("shop.mesh.v1.MeshAdminService");
     for name in service_names {
         builder = builder.with_service_name(*name);
     }
@@ -270,6 +300,41 @@ async fn probe_loop(health: Health, pool: PgPool, interval: Duration) {
                 health.set(ServingStatus::NotServing).await;
             }
             current = Some(up);
+        }
+    }
+}
+
+/// Polls the configuration file's modification time; on a change, reads the
+/// mesh policies again and applies them.
+async fn watch_config(source: ConfigSource, mesh: Arc<MeshRuntime>, shutdown: CancellationToken) {
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut last = modified(&source.file);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let now = modified(&source.file);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let view = crate::config::load_mesh_view(
+            source.service,
+            source.defaults,
+            source.aliases,
+            Some(&source.file),
+        );
+        match view.map_err(|e| e.to_string()).and_then(|v| {
+            mesh.apply(v.server.mesh, &v.upstreams)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(changed) => {
+                tracing::info!(changed, file = %source.file.display(), "mesh policy reloaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, file = %source.file.display(), "invalid mesh policy change ignored; keeping the previous policy")
+            }
         }
     }
 }

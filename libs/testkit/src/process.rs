@@ -21,6 +21,7 @@ use tonic_health::pb::health_client::HealthClient;
 /// A running (or deliberately stopped) service process.
 pub struct ServiceProcess {
     name: String,
+    service: String,
     bin: PathBuf,
     dir: PathBuf,
     env: Vec<(String, String)>,
@@ -47,9 +48,22 @@ impl ServiceProcess {
         dir: &Path,
         listen: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
+        Self::start_instance(name, name, env, dir, listen).await
+    }
+
+    /// Starts instance `instance` (`catalog-2`) of service `service`: a
+    /// replica, with its own address and log.
+    pub async fn start_instance(
+        service: &str,
+        instance: &str,
+        env: Vec<(String, String)>,
+        dir: &Path,
+        listen: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
         let mut process = ServiceProcess {
-            name: name.to_string(),
-            bin: tools::service_binary(name)?,
+            name: instance.to_string(),
+            service: service.to_string(),
+            bin: tools::service_binary(service)?,
             dir: dir.to_path_buf(),
             env,
             addr: listen,
@@ -59,9 +73,14 @@ impl ServiceProcess {
         Ok(process)
     }
 
-    /// The service's name (`users`).
+    /// The instance's name (`users`, `catalog-2`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The service it is an instance of (`catalog`).
+    pub fn service(&self) -> &str {
+        &self.service
     }
 
     /// The address the service listens on.
@@ -137,7 +156,7 @@ impl ServiceProcess {
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {
-        let prefix = format!("SHOP_{}__SERVER__", self.name.to_uppercase());
+        let prefix = format!("SHOP_{}__SERVER__", self.service.to_uppercase());
         let addr_file = self.dir.join(format!("{}.addr", self.name));
         let _ = std::fs::remove_file(&addr_file);
         let listen = self

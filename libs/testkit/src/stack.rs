@@ -18,6 +18,11 @@ pub struct StackOptions {
     pub env: Vec<(String, String)>,
     /// Extra environment for one service, by name (applied last).
     pub service_env: BTreeMap<String, Vec<(String, String)>>,
+    /// Extra environment for one instance (`catalog-2`), applied last.
+    pub instance_env: BTreeMap<String, Vec<(String, String)>>,
+    /// Instances per service when more than one (`catalog` -> 3 starts
+    /// `catalog`, `catalog-2`, `catalog-3` on one database).
+    pub replicas: BTreeMap<String, usize>,
 }
 
 /// A running local system.
@@ -102,14 +107,28 @@ impl Stack {
             if let Some(extra) = options.service_env.get(name) {
                 env.extend(extra.iter().cloned());
             }
-            let listen = options.listen.get(name).copied();
-            let process = ServiceProcess::start(name, env, stack.dir.path(), listen).await?;
-            progress(&format!(
-                "{name} SERVING on {} (pid {})",
-                process.addr(),
-                process.pid().unwrap_or(0)
-            ));
-            stack.services.insert(name.clone(), process);
+            let instances = options.replicas.get(name).copied().unwrap_or(1).max(1);
+            for i in 1..=instances {
+                let instance = if i == 1 {
+                    name.clone()
+                } else {
+                    format!("{name}-{i}")
+                };
+                let listen = options.listen.get(&instance).copied();
+                let mut env = env.clone();
+                if let Some(extra) = options.instance_env.get(&instance) {
+                    env.extend(extra.iter().cloned());
+                }
+                let process =
+                    ServiceProcess::start_instance(name, &instance, env, stack.dir.path(), listen)
+                        .await?;
+                progress(&format!(
+                    "{instance} SERVING on {} (pid {})",
+                    process.addr(),
+                    process.pid().unwrap_or(0)
+                ));
+                stack.services.insert(instance, process);
+            }
         }
         Ok(stack)
     }
@@ -152,11 +171,22 @@ fn service_env(name: &str, started: &BTreeMap<String, ServiceProcess>) -> Vec<(S
                 uuid::Uuid::new_v4().simple()
             ),
         )],
-        "orders" => started
-            .get("catalog")
-            .map(|catalog| ("SHOP_ORDERS__CATALOG__ENDPOINT".to_string(), catalog.url()))
-            .into_iter()
-            .collect(),
+        "orders" => {
+            // Every catalog instance, for the mesh to balance over.
+            let catalogs: Vec<String> = started
+                .values()
+                .filter(|p| p.service() == "catalog")
+                .map(|p| format!("\"{}\"", p.url()))
+                .collect();
+            if catalogs.is_empty() {
+                Vec::new()
+            } else {
+                vec![(
+                    "SHOP_ORDERS__UPSTREAMS__CATALOG__ENDPOINTS".to_string(),
+                    format!("[{}]", catalogs.join(", ")),
+                )]
+            }
+        }
         _ => Vec::new(),
     }
 }

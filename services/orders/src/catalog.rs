@@ -1,27 +1,22 @@
 //! Authoritative prices: the catalog service's BatchGetProducts.
 
-use crate::config::CatalogSettings;
-use anyhow::Context as _;
+use shop_mesh::client::MeshChannel;
 use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
 use shop_proto::shop::catalog::v1::{BatchGetProductsRequest, Product};
 use shop_runtime::ServiceError;
-use tonic::transport::{Channel, Endpoint};
 
 #[derive(Clone)]
 pub(crate) struct Catalog {
-    client: CatalogServiceClient<Channel>,
+    client: CatalogServiceClient<MeshChannel>,
 }
 
 impl Catalog {
-    pub(crate) fn new(settings: &CatalogSettings) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(settings.endpoint.clone())
-            .context("catalog.endpoint is not a URI")?
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .connect_lazy();
-        Ok(Self {
+    /// Calls go through `channel`: the mesh client of upstream `catalog`
+    /// (deadline, retries, balancing over every replica, ejection).
+    pub(crate) fn new(channel: MeshChannel) -> Self {
+        Self {
             client: CatalogServiceClient::new(channel),
-        })
+        }
     }
 
     /// The products the catalog knows among `ids` (unknown ones are absent).
@@ -32,8 +27,10 @@ impl Catalog {
             .batch_get_products(BatchGetProductsRequest { product_ids: ids })
             .await
             .map_err(|status| match status.code() {
+                tonic::Code::DeadlineExceeded => {
+                    ServiceError::DeadlineExceeded(format!("catalog: {}", status.message()))
+                }
                 tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
                 | tonic::Code::ResourceExhausted
                 | tonic::Code::Cancelled => {
                     ServiceError::Unavailable(anyhow::anyhow!("catalog: {}", status.message()))

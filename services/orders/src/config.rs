@@ -18,26 +18,19 @@ pub struct Config {
     pub telemetry: TelemetrySettings,
     /// `[events]`
     pub events: EventsSettings,
-    /// `[catalog]`: where authoritative prices come from.
-    pub catalog: CatalogSettings,
+    /// `[upstreams.*]`: the services orders calls, through the mesh.
+    pub upstreams: Upstreams,
     /// `[saga]`
     #[serde(default)]
     pub saga: SagaSettings,
 }
 
-/// `[catalog]`
+/// `[upstreams]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CatalogSettings {
-    /// `http://host:port` of the catalog service.
-    pub endpoint: String,
-    /// Deadline of one catalog call.
-    #[serde(with = "humantime_serde", default = "default_catalog_timeout")]
-    pub timeout: Duration,
-}
-
-fn default_catalog_timeout() -> Duration {
-    Duration::from_secs(2)
+pub struct Upstreams {
+    /// `[upstreams.catalog]`: where authoritative prices come from.
+    pub catalog: shop_mesh::policy::UpstreamPolicy,
 }
 
 /// `[saga]`
@@ -73,8 +66,19 @@ impl Settings for Config {
     const DEFAULTS: &'static str = r#"
         [server]
         listen = "127.0.0.1:7104"
-        [catalog]
-        endpoint = "http://127.0.0.1:7102"
+        [upstreams.catalog]
+        endpoints = ["http://127.0.0.1:7102"]
+        timeout = "2s"
+        [upstreams.catalog.retry]
+        max_attempts = 3
+        per_try_timeout = "500ms"
+        on = ["unavailable", "resource_exhausted"]
+        backoff = { base = "20ms", max = "200ms" }
+        budget = { ratio = 0.2, min_per_second = 10 }
+        [upstreams.catalog.outlier]
+        consecutive_failures = 3
+        base_ejection = "5s"
+        max_ejected_percent = 50
     "#;
     const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[
         ("DATABASE_URL", "database.url"),

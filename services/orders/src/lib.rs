@@ -1,13 +1,15 @@
 //! The orders service: it records orders and holds the state and timeline
 //! of each order's saga.
 //!
-//! - [`config`]: settings (`[catalog]` upstream, `[saga]` timeout, events).
+//! - [`config`]: settings (`[upstreams.catalog]` mesh policy, `[saga]`
+//!   timeout, events).
 //! - `domain`: what a valid order request is, and its fingerprint; pure.
 //! - `store`: orders, lines and saga steps (sqlx), the state transitions
 //!   with their outgoing events in one transaction.
 //! - `saga`: the event handlers that move a saga on, and the sweeper that
 //!   cancels sagas that stopped making progress.
-//! - `catalog`: authoritative prices, read from the catalog service.
+//! - `catalog`: authoritative prices, read from the catalog service through
+//!   the mesh.
 //! - `api`: `shop.orders.v1.OrderService`.
 
 pub mod config;
@@ -36,7 +38,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
     let events = Events::connect("orders", &config.events).await?;
-    let catalog = catalog::Catalog::new(&config.catalog)?;
+    let app = Application::bind("orders", &config.server).await?;
+    let catalog = catalog::Catalog::new(app.mesh().upstream("catalog", &config.upstreams.catalog)?);
     let handler = Arc::new(saga::SagaHandler {
         timeout: config.saga.timeout,
     });
@@ -46,8 +49,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         events: events.clone(),
         interval: config.saga.sweep_interval,
     };
-    Ok(Application::bind("orders", &config.server)
-        .await?
+    Ok(app
         .add_service(OrderServiceServer::new(api))
         .with_database(pool.clone(), config.database.probe_interval)
         .with_task("relay", events.relay(pool.clone()))

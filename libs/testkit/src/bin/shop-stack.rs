@@ -5,7 +5,9 @@
 //! prints where everything is, and stops it all on Ctrl-C or SIGTERM.
 //!
 //! Flags: `--services users,catalog`, `--port-base 7100` (`0` for free
-//! ports), `--state-file PATH` (writes `name pid addr` lines once ready).
+//! ports), `--replicas catalog=3` (more instances of a service, on ports
+//! base+offset+10, +20...; orders balances over every catalog instance),
+//! `--state-file PATH` (writes `name pid addr` lines once ready).
 
 use anyhow::Context as _;
 use shop_proto::shop::catalog::v1::CreateProductRequest;
@@ -31,6 +33,7 @@ const SERVICES: &[(&str, u16)] = &[
 
 struct Args {
     services: Vec<String>,
+    replicas: BTreeMap<String, usize>,
     port_base: u16,
     state_file: Option<std::path::PathBuf>,
 }
@@ -38,6 +41,7 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         services: SERVICES.iter().map(|(s, _)| s.to_string()).collect(),
+        replicas: BTreeMap::new(),
         port_base: 7100,
         state_file: None,
     };
@@ -49,10 +53,19 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.services = value()?.split(',').map(str::to_string).collect();
             }
             "--port-base" => args.port_base = value()?.parse().context("--port-base")?,
+            "--replicas" => {
+                let spec = value()?;
+                let (name, n) = spec
+                    .split_once('=')
+                    .with_context(|| format!("--replicas {spec}: expected service=count"))?;
+                let n: usize = n.parse().context("--replicas count")?;
+                anyhow::ensure!((1..=9).contains(&n), "--replicas count must be 1 to 9");
+                args.replicas.insert(name.to_string(), n);
+            }
             "--state-file" => args.state_file = Some(value()?.into()),
             "-h" | "--help" => {
                 println!(
-                    "shop-stack [--services users,catalog] [--port-base 7100] [--state-file PATH]"
+                    "shop-stack [--services users,catalog,...] [--port-base 7100] [--replicas catalog=3] [--state-file PATH]"
                 );
                 std::process::exit(0);
             }
@@ -91,12 +104,17 @@ async fn run() -> anyhow::Result<()> {
         for (name, offset) in SERVICES {
             let addr: SocketAddr = ([127, 0, 0, 1], args.port_base + offset).into();
             listen.insert(name.to_string(), addr);
+            for k in 2..=args.replicas.get(*name).copied().unwrap_or(1) {
+                let port = args.port_base + offset + 10 * (k as u16 - 1);
+                listen.insert(format!("{name}-{k}"), ([127, 0, 0, 1], port).into());
+            }
         }
     }
     let options = StackOptions {
         services: args.services.clone(),
         listen,
         env: vec![("RUST_LOG".into(), "info".into())],
+        replicas: args.replicas.clone(),
         ..StackOptions::default()
     };
     let started = tokio::select! {

@@ -1,0 +1,34 @@
+//! `bench-server`: the same gRPC service (`grpc.health.v1.Health`) on two
+//! ports of one process: the first bare tonic, the second behind the mesh's
+//! server stack (deadline, concurrency limit with shedding, fault
+//! injection off). Prints `bare=<addr> mesh=<addr>` once both listen.
+
+use std::sync::Arc;
+use tokio_stream::wrappers::TcpListenerStream;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let meshed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("bare={} mesh={}", bare.local_addr()?, meshed.local_addr()?);
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let stats = Arc::new(shop_mesh::stats::MeshStats::default());
+    let (_policy_tx, policy_rx) =
+        tokio::sync::watch::channel(Arc::new(shop_mesh::policy::ServerPolicy::default()));
+    let layer = shop_mesh::server::ServerLayer::new(policy_rx, stats);
+
+    let a = tonic::transport::Server::builder()
+        .add_service(health.clone())
+        .serve_with_incoming(TcpListenerStream::new(bare));
+    let b = tonic::transport::Server::builder()
+        .layer(layer)
+        .add_service(health)
+        .serve_with_incoming(TcpListenerStream::new(meshed));
+    tokio::try_join!(a, b)?;
+    Ok(())
+}

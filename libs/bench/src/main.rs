@@ -1,0 +1,417 @@
+//! `shop-bench mesh`: one run comparing, on the same unary RPC
+//! (`grpc.health.v1.Health/Check`) of the same server process,
+//!
+//! - (a) **bare**: plain tonic channels to the server's bare port;
+//! - (b) **mesh**: the full mesh client stack (deadline, retry with budget,
+//!   per-try timeout, split, p2c/peak-EWMA balance, outlier ejection, fault
+//!   injection off) to the server's port behind the mesh server stack;
+//! - (c) **sidecar**: plain tonic channels through two HAProxy h2c hops
+//!   (client-side and server-side proxy), as a sidecar mesh places them.
+//!
+//! Method (see shared/BENCH.md): variants interleaved (a b c a b c ...),
+//! `--reps` repetitions after a warm-up, median and min-max per variant;
+//! the load generator runs here (pin it with `taskset -c 0`), the server and
+//! proxies are pinned to core 1; a rep waits for an idle machine first.
+//! gRPC statuses are counted, not HTTP ones. CPU per request is the server's
+//! (plus the proxies') utime+stime over the requests served.
+
+use anyhow::{Context as _, bail};
+use hdrhistogram::Histogram;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+struct Args {
+    duration: Duration,
+    reps: usize,
+    conns: usize,
+    streams: usize,
+    out: std::path::PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        duration: Duration::from_secs(4),
+        reps: 3,
+        conns: 16,
+        streams: 1,
+        out: "target/bench/mesh.txt".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "mesh" => {}
+            "--duration-secs" => args.duration = Duration::from_secs_f64(v()?.parse()?),
+            "--reps" => args.reps = v()?.parse()?,
+            "--conns" => args.conns = v()?.parse()?,
+            "--streams" => args.streams = v()?.parse()?,
+            "--out" => args.out = v()?.into(),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(args)
+}
+
+/// A child process killed (by PID) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pinned(core: &str, program: &std::path::Path) -> Command {
+    if std::path::Path::new("/usr/bin/taskset").exists() {
+        let mut c = Command::new("/usr/bin/taskset");
+        c.arg("-c").arg(core).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // After the command name: state is field 0; utime 11, stime 12.
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Busy share of all CPUs over `window`, from /proc/stat.
+fn busy_share(window: Duration) -> f64 {
+    fn read() -> (u64, u64) {
+        let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let v: Vec<u64> = s
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+        (v.iter().sum(), idle)
+    }
+    let (t0, i0) = read();
+    std::thread::sleep(window);
+    let (t1, i1) = read();
+    let total = (t1 - t0).max(1) as f64;
+    1.0 - (i1 - i0) as f64 / total
+}
+
+fn wait_idle() {
+    for _ in 0..20 {
+        if busy_share(Duration::from_millis(200)) < 0.15 {
+            return;
+        }
+    }
+}
+
+fn haproxy_hop(
+    listen: u16,
+    upstream: &str,
+    dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<Proc> {
+    let cfg = dir.join(format!("{name}.cfg"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  nbthread 1\n  maxconn 4096\n\
+             defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend fe\n  bind 127.0.0.1:{listen} proto h2\n  default_backend be\n\
+             backend be\n  server s1 {upstream} proto h2\n"
+        ),
+    )?;
+    let child = pinned("1", std::path::Path::new("haproxy"))
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting haproxy (apt-get install haproxy)")?;
+    Ok(Proc(child))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_port(addr: &str) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{addr} never accepted a connection")
+}
+
+/// One measurement of one variant.
+#[derive(Debug, Clone)]
+struct Sample {
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    cpu_us_per_req: f64,
+    errors: u64,
+}
+
+async fn drive<T>(
+    clients: Vec<HealthClient<T>>,
+    streams: usize,
+    duration: Duration,
+    cpu_pids: &[u32],
+) -> Sample
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    // Warm-up, discarded.
+    let warm = Instant::now() + Duration::from_millis(500);
+    let _ = run_loops(&clients, streams, warm).await;
+    let cpu0: f64 = cpu_pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let start = Instant::now();
+    let (hist, ok, errors) = run_loops(&clients, streams, start + duration).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu1: f64 = cpu_pids.iter().map(|p| cpu_seconds(*p)).sum();
+    Sample {
+        rps: ok as f64 / elapsed,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        cpu_us_per_req: (cpu1 - cpu0) * 1e6 / ok.max(1) as f64,
+        errors,
+    }
+}
+
+async fn run_loops<T>(
+    clients: &[HealthClient<T>],
+    streams: usize,
+    until: Instant,
+) -> (Histogram<u64>, u64, u64)
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let mut tasks = Vec::new();
+    for client in clients {
+        for _ in 0..streams {
+            let mut client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+                let (mut ok, mut errors) = (0u64, 0u64);
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    match client
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                    {
+                        Ok(_) => {
+                            ok += 1;
+                            let _ = hist.record(t.elapsed().as_micros() as u64);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (hist, ok, errors)
+            }));
+        }
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let (h, o, e) = t.await.expect("load task");
+        hist.add(h).expect("same bounds");
+        ok += o;
+        errors += e;
+    }
+    (hist, ok, errors)
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let dir = std::env::temp_dir().join(format!("shop-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let server_bin = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .join("bench-server");
+    let mut server = pinned("1", &server_bin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting bench-server")?;
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let server = Proc(server);
+    let (bare, meshed) = {
+        let mut parts = line.split_whitespace();
+        let bare = parts
+            .next()
+            .and_then(|p| p.strip_prefix("bare="))
+            .context("bare addr")?
+            .to_string();
+        let meshed = parts
+            .next()
+            .and_then(|p| p.strip_prefix("mesh="))
+            .context("mesh addr")?
+            .to_string();
+        (bare, meshed)
+    };
+    let server_side = free_port()?;
+    let client_side = free_port()?;
+    let hop2 = haproxy_hop(server_side, &bare, &dir, "server-side")?;
+    let hop1 = haproxy_hop(
+        client_side,
+        &format!("127.0.0.1:{server_side}"),
+        &dir,
+        "client-side",
+    )?;
+    let sidecar = format!("127.0.0.1:{client_side}");
+    wait_port(&bare).await?;
+    wait_port(&meshed).await?;
+    wait_port(&sidecar).await?;
+
+    let connect = |addr: String| async move {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    let mut bare_clients = Vec::new();
+    let mut sidecar_clients = Vec::new();
+    let mut mesh_clients = Vec::new();
+    let stats = Arc::new(shop_mesh::stats::MeshStats::default());
+    for i in 0..args.conns {
+        bare_clients.push(HealthClient::new(connect(bare.clone()).await?));
+        sidecar_clients.push(HealthClient::new(connect(sidecar.clone()).await?));
+        let policy = shop_mesh::client::bench_policy(&format!("http://{meshed}"));
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
+        std::mem::forget(_tx);
+        let channel = shop_mesh::client::MeshChannel::new(&format!("bench-{i}"), rx, stats.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        mesh_clients.push(HealthClient::new(channel));
+    }
+
+    let server_pid = [server.0.id()];
+    let proxy_pids = [server.0.id(), hop1.0.id(), hop2.0.id()];
+    let mut samples: Vec<(&str, Vec<Sample>)> =
+        vec![("bare", vec![]), ("mesh", vec![]), ("sidecar", vec![])];
+    for rep in 0..args.reps {
+        for (name, list) in samples.iter_mut() {
+            wait_idle();
+            let s = match *name {
+                "bare" => {
+                    drive(
+                        bare_clients.clone(),
+                        args.streams,
+                        args.duration,
+                        &server_pid,
+                    )
+                    .await
+                }
+                "mesh" => {
+                    drive(
+                        mesh_clients.clone(),
+                        args.streams,
+                        args.duration,
+                        &server_pid,
+                    )
+                    .await
+                }
+                _ => {
+                    drive(
+                        sidecar_clients.clone(),
+                        args.streams,
+                        args.duration,
+                        &proxy_pids,
+                    )
+                    .await
+                }
+            };
+            eprintln!(
+                "rep {rep} {name:<8} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  {:>5.1} us CPU/req  {} errors",
+                s.rps, s.p50_us, s.p99_us, s.cpu_us_per_req, s.errors
+            );
+            list.push(s);
+        }
+    }
+
+    let mut report = String::new();
+    report.push_str(&format!(
+        "shop-bench mesh: grpc.health.v1.Health/Check, {} conns x {} streams, {} reps of {:?} (medians; min-max)\n",
+        args.conns, args.streams, args.reps, args.duration
+    ));
+    report.push_str(
+        "variant    req/s (min-max)              p50 us  p99 us  p99.9 us  CPU us/req  errors\n",
+    );
+    let mut medians = std::collections::BTreeMap::new();
+    for (name, list) in &samples {
+        let (rps, lo, hi) = median(list.iter().map(|s| s.rps).collect());
+        let (p50, _, _) = median(list.iter().map(|s| s.p50_us as f64).collect());
+        let (p99, _, _) = median(list.iter().map(|s| s.p99_us as f64).collect());
+        let (p999, _, _) = median(list.iter().map(|s| s.p999_us as f64).collect());
+        let (cpu, _, _) = median(list.iter().map(|s| s.cpu_us_per_req).collect());
+        let errors: u64 = list.iter().map(|s| s.errors).sum();
+        report.push_str(&format!(
+            "{name:<10} {rps:>9.0} ({lo:>7.0}-{hi:>7.0})  {p50:>8.0} {p99:>7.0} {p999:>9.0} {cpu:>11.1} {errors:>7}\n"
+        ));
+        medians.insert(*name, (rps, p99));
+    }
+    let (a, b, c) = (medians["bare"], medians["mesh"], medians["sidecar"]);
+    report.push_str(&format!(
+        "ratios: mesh/bare req/s = {:.2}; mesh/sidecar req/s = {:.2}; p99 mesh {:.0} us vs sidecar {:.0} us\n",
+        b.0 / a.0,
+        b.0 / c.0,
+        b.1,
+        c.1
+    ));
+    print!("{report}");
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::File::create(&args.out)?.write_all(report.as_bytes())?;
+    eprintln!("written to {}", args.out.display());
+    drop((hop1, hop2, server));
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}

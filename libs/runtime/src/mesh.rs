@@ -1,0 +1,161 @@
+//! The mesh inside a service: its server policy and upstream policies, the
+//! clients it builds for upstreams, the admin API, and live policy reload.
+//!
+//! Policies are configuration (`[server.mesh]`, `[upstreams.<name>]`) read
+//! with the rest at start (an invalid policy stops the service, naming the
+//! key). While running, the configuration file is watched: a changed
+//! policy is validated and swapped in without a restart; an invalid change
+//! is logged and the previous policy kept.
+
+use shop_mesh::client::MeshChannel;
+use shop_mesh::policy::{PolicyError, ServerPolicy, UpstreamPolicy};
+use shop_mesh::stats::MeshStats;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// One process's mesh: stats, policies, and the means to change them.
+pub struct MeshRuntime {
+    stats: Arc<MeshStats>,
+    server: watch::Sender<Arc<ServerPolicy>>,
+    upstreams: Mutex<BTreeMap<String, watch::Sender<Arc<UpstreamPolicy>>>>,
+    admin: Arc<shop_mesh::admin::MeshAdmin>,
+}
+
+impl std::fmt::Debug for MeshRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshRuntime").finish_non_exhaustive()
+    }
+}
+
+impl MeshRuntime {
+    /// A mesh with `server` as the server-side policy.
+    pub fn new(server: ServerPolicy) -> Arc<Self> {
+        let stats = Arc::new(MeshStats::default());
+        let (server, server_rx) = watch::channel(Arc::new(server));
+        let admin = Arc::new(shop_mesh::admin::MeshAdmin::new(stats.clone(), server_rx));
+        Arc::new(Self {
+            stats,
+            server,
+            upstreams: Mutex::new(BTreeMap::new()),
+            admin,
+        })
+    }
+
+    /// Counters and endpoint states.
+    pub fn stats(&self) -> Arc<MeshStats> {
+        self.stats.clone()
+    }
+
+    /// The server-side layer to install in front of the service.
+    pub fn server_layer(&self) -> shop_mesh::server::ServerLayer {
+        shop_mesh::server::ServerLayer::new(self.server.subscribe(), self.stats.clone())
+    }
+
+    /// `shop.mesh.v1.MeshAdminService` over this mesh.
+    pub fn admin(&self) -> Arc<shop_mesh::admin::MeshAdmin> {
+        self.admin.clone()
+    }
+
+    /// A client channel for upstream `name` under `policy` (validated: the
+    /// error names the key). Hand it to a generated tonic client.
+    pub fn upstream(&self, name: &str, policy: &UpstreamPolicy) -> anyhow::Result<MeshChannel> {
+        policy.validate(name)?;
+        let (tx, rx) = watch::channel(Arc::new(policy.clone()));
+        self.admin.register_upstream(name, rx.clone());
+        self.upstreams
+            .lock()
+            .expect("not poisoned")
+            .insert(name.to_string(), tx);
+        let trace: shop_mesh::client::TraceContext =
+            Arc::new(crate::telemetry::current_traceparent);
+        MeshChannel::with_trace_context(name, rx, self.stats.clone(), Some(trace))
+            .map_err(|e| anyhow::anyhow!("building the mesh client for {name}: {e}"))
+    }
+
+    /// Applies reloaded policies: all or nothing. Upstreams that were not
+    /// configured at start are ignored (their clients do not exist).
+    pub fn apply(
+        &self,
+        server: ServerPolicy,
+        upstreams: &BTreeMap<String, UpstreamPolicy>,
+    ) -> Result<usize, PolicyError> {
+        for (name, policy) in upstreams {
+            policy.validate(name)?;
+        }
+        let mut changed = 0;
+        if **self.server.borrow() != server {
+            self.server.send_replace(Arc::new(server));
+            changed += 1;
+        }
+        let senders = self.upstreams.lock().expect("not poisoned");
+        for (name, policy) in upstreams {
+            match senders.get(name) {
+                Some(tx) if **tx.borrow() != *policy => {
+                    tx.send_replace(Arc::new(policy.clone()));
+                    changed += 1;
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(upstream = %name, "new upstream in reloaded config ignored; restart to add it")
+                }
+            }
+        }
+        if changed > 0 {
+            self.admin.policy_reloaded();
+        }
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(endpoint: &str) -> UpstreamPolicy {
+        shop_mesh::client::bench_policy(endpoint)
+    }
+
+    #[tokio::test]
+    async fn a_valid_change_is_applied_and_an_invalid_one_keeps_the_previous_policy() {
+        let mesh = MeshRuntime::new(ServerPolicy::default());
+        let _client = mesh
+            .upstream("catalog", &policy("http://127.0.0.1:7102"))
+            .unwrap();
+        let rx = mesh.upstreams.lock().unwrap()["catalog"].subscribe();
+
+        let mut changed = policy("http://127.0.0.1:7102");
+        changed.timeout = std::time::Duration::from_millis(750);
+        let n = mesh
+            .apply(
+                ServerPolicy::default(),
+                &BTreeMap::from([("catalog".into(), changed.clone())]),
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(rx.borrow().timeout, changed.timeout);
+
+        let mut invalid = changed.clone();
+        invalid.retry.max_attempts = 0;
+        let err = mesh
+            .apply(
+                ServerPolicy::default(),
+                &BTreeMap::from([("catalog".into(), invalid)]),
+            )
+            .unwrap_err();
+        assert_eq!(err.key, "upstreams.catalog.retry.max_attempts");
+        assert_eq!(**rx.borrow(), changed, "the previous policy is kept");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_policy_at_start_is_refused_naming_the_key() {
+        let mesh = MeshRuntime::new(ServerPolicy::default());
+        let mut bad = policy("http://127.0.0.1:7102");
+        bad.outlier.max_ejected_percent = 101;
+        let err = mesh.upstream("catalog", &bad).unwrap_err().to_string();
+        assert!(
+            err.contains("upstreams.catalog.outlier.max_ejected_percent"),
+            "{err}"
+        );
+    }
+}
