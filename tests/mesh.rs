@@ -295,7 +295,7 @@ async fn a_slow_replica_barely_moves_the_callers_p99() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_replicas_failing_fail_fast_within_budget_and_deadlines_cross_every_hop() {
+async fn all_replicas_failing_make_calls_fail_fast_within_the_retry_budget() {
     let mesh = Mesh::start(vec![]).await;
     for replica in REPLICAS {
         mesh.set_server_policy(
@@ -337,36 +337,41 @@ async fn all_replicas_failing_fail_fast_within_budget_and_deadlines_cross_every_
         counters.retries,
         counters.calls
     );
+}
 
-    // A deadline given at the edge crosses orders to the catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_given_at_the_edge_is_honoured_across_every_hop() {
+    let mesh = Mesh::start(vec![]).await;
     for replica in REPLICAS {
         mesh.set_server_policy(
             replica,
-            "[server.mesh.fault]\ndelay_percent = 100.0\ndelay = \"2s\"",
+            "[server.mesh.fault]\ndelay_percent = 100.0\ndelay = \"3s\"",
         )
         .await;
     }
-    // The deadline as the edge client sends it (`grpc-timeout`), without a
-    // client-side timer racing the server's answer.
+
+    // The deadline as the edge client sends it (`grpc-timeout`).
     let mut request = tonic::Request::new(mesh.request());
     request
         .metadata_mut()
-        .insert("grpc-timeout", "300m".parse().unwrap());
+        .insert("grpc-timeout", "1000m".parse().unwrap());
     let t = Instant::now();
     let err = mesh.orders().await.place_order(request).await.unwrap_err();
+
     // tonic's channel enforces the same grpc-timeout on the client side, so
     // the caller sees its own timer (CANCELLED "Timeout expired") or the
-    // server's DEADLINE_EXCEEDED, whichever lands first; both end the call
-    // at the edge's deadline, and the replicas see it below.
+    // server's DEADLINE_EXCEEDED, whichever lands first.
     assert!(
         matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{err:?}"
     );
     assert!(
-        t.elapsed() < Duration::from_millis(1500),
+        t.elapsed() < Duration::from_millis(2500),
         "{:?}",
         t.elapsed()
     );
+    // The replicas orders called gave up too: each attempt carried what was
+    // left of the edge's deadline (or less, the per-try timeout).
     eventually(Duration::from_secs(10), || async {
         let mut seen = 0;
         for replica in REPLICAS {
