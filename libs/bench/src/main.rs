@@ -30,6 +30,7 @@ struct Args {
     conns: usize,
     streams: usize,
     out: std::path::PathBuf,
+    variants: Vec<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -39,6 +40,7 @@ fn parse_args() -> anyhow::Result<Args> {
         conns: 16,
         streams: 1,
         out: "target/bench/mesh.txt".into(),
+        variants: vec!["bare".into(), "mesh".into(), "sidecar".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -50,6 +52,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--conns" => args.conns = v()?.parse()?,
             "--streams" => args.streams = v()?.parse()?,
             "--out" => args.out = v()?.into(),
+            "--variants" => args.variants = v()?.split(',').map(str::to_string).collect(),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -338,6 +341,9 @@ async fn main() -> anyhow::Result<()> {
         vec![("bare", vec![]), ("mesh", vec![]), ("sidecar", vec![])];
     for rep in 0..args.reps {
         for (name, list) in samples.iter_mut() {
+            if !args.variants.iter().any(|v| v == name) {
+                continue;
+            }
             wait_idle();
             let s = match *name {
                 "bare" => {
@@ -386,6 +392,9 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut medians = std::collections::BTreeMap::new();
     for (name, list) in &samples {
+        if list.is_empty() {
+            continue;
+        }
         let (rps, lo, hi) = median(list.iter().map(|s| s.rps).collect());
         let (p50, _, _) = median(list.iter().map(|s| s.p50_us as f64).collect());
         let (p99, _, _) = median(list.iter().map(|s| s.p99_us as f64).collect());
@@ -397,14 +406,19 @@ async fn main() -> anyhow::Result<()> {
         ));
         medians.insert(*name, (rps, p99));
     }
-    let (a, b, c) = (medians["bare"], medians["mesh"], medians["sidecar"]);
-    report.push_str(&format!(
+    if let (Some(a), Some(b), Some(c)) = (
+        medians.get("bare").copied(),
+        medians.get("mesh").copied(),
+        medians.get("sidecar").copied(),
+    ) {
+        report.push_str(&format!(
         "ratios: mesh/bare req/s = {:.2}; mesh/sidecar req/s = {:.2}; p99 mesh {:.0} us vs sidecar {:.0} us\n",
         b.0 / a.0,
         b.0 / c.0,
         b.1,
         c.1
     ));
+    }
     print!("{report}");
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
