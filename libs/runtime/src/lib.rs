@@ -4,6 +4,7 @@
 //!   environment (figment lives here and nowhere else).
 //! - [`telemetry`]: tracing subscriber, pretty or JSON logs, OTLP export when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set (opentelemetry lives here only).
+//! - [`convert`]: timestamps and ids at the API edge.
 //! - [`db`]: the Postgres pool, migrations at start, and the probe that keeps
 //!   health truthful.
 //! - [`server`]: [`server::Application`] binds (port 0 works), adds health and
@@ -16,6 +17,7 @@
 //! - [`run`]: the whole life of a service binary in one call.
 
 pub mod config;
+pub mod convert;
 pub mod db;
 pub mod error;
 pub mod mesh;

@@ -10,6 +10,7 @@ use shop_proto::shop::analytics::v1::{
     OrderOutcomeCounts, ProductUnits,
 };
 use shop_proto::shop::common::v1::Money;
+use shop_runtime::convert::timestamp;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
@@ -20,13 +21,6 @@ pub(crate) struct AnalyticsApi {
 impl AnalyticsApi {
     pub(crate) fn new(pool: PgPool) -> Self {
         Self { pool }
-    }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 

@@ -9,6 +9,7 @@ use shop_proto::shop::catalog::v1::{
     UpdateProductRequest, UpdateProductResponse,
 };
 use shop_proto::shop::common::v1::Money;
+use shop_runtime::convert::{parse_uuid as parse_id, timestamp};
 use shop_runtime::{FieldViolations, ServiceError};
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -22,17 +23,6 @@ pub(crate) struct CatalogApi {
 impl CatalogApi {
     pub(crate) fn new(pool: PgPool) -> Self {
         Self { pool }
-    }
-}
-
-fn parse_id(field: &str, raw: &str) -> Result<Uuid, ServiceError> {
-    Uuid::parse_str(raw).map_err(|_| ServiceError::invalid(field, "must be a UUID"))
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 

@@ -10,6 +10,7 @@ use shop_proto::shop::inventory::v1::{
     ListDeadLettersRequest, ListDeadLettersResponse, ReservationLine, ReservationStatus,
     SetStockRequest, SetStockResponse, StockLevel,
 };
+use shop_runtime::convert::{parse_uuid as parse_id, timestamp};
 use shop_runtime::{FieldViolations, ServiceError};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
@@ -29,22 +30,11 @@ impl InventoryApi {
     }
 }
 
-fn parse_id(field: &str, raw: &str) -> Result<Uuid, ServiceError> {
-    Uuid::parse_str(raw).map_err(|_| ServiceError::invalid(field, "must be a UUID"))
-}
-
 /// Parses `raw` as a UUID, recording a violation for `field` if it is not.
 fn check_id(v: &mut FieldViolations, field: &str, raw: &str) -> Option<Uuid> {
     let id = Uuid::parse_str(raw).ok();
     v.check(id.is_some(), field, "must be a UUID");
     id
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
 }
 
 fn stock_level(row: StockRow) -> StockLevel {

@@ -9,6 +9,7 @@ use shop_proto::shop::notifications::v1::{
     ListNotificationsResponse, Notification, NotificationKind,
 };
 use shop_runtime::FieldViolations;
+use shop_runtime::convert::timestamp;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -20,13 +21,6 @@ pub(crate) struct NotificationsApi {
 impl NotificationsApi {
     pub(crate) fn new(pool: PgPool) -> Self {
         Self { pool }
-    }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 

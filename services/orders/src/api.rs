@@ -16,6 +16,7 @@ use shop_proto::shop::orders::v1::{
     OrderLine, OrderStatus, PlaceOrderRequest, PlaceOrderResponse, SagaStep, SagaStepStatus,
     SagaStepType,
 };
+use shop_runtime::convert::timestamp;
 use shop_runtime::{FieldViolations, ServiceError};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
@@ -65,13 +66,6 @@ impl OrdersApi {
             ));
         }
         self.load(existing.order_id).await
-    }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 
@@ -128,7 +122,7 @@ async fn to_proto(conn: &mut PgConnection, row: OrderRow) -> sqlx::Result<Order>
 }
 
 fn parse_order_id(raw: &str) -> Result<Uuid, ServiceError> {
-    Uuid::parse_str(raw).map_err(|_| ServiceError::invalid("order_id", "must be a UUID"))
+    shop_runtime::convert::parse_uuid("order_id", raw)
 }
 
 /// ListOrders page token: the last order id seen plus a fingerprint of the

@@ -9,6 +9,7 @@ use shop_proto::shop::payments::v1::{
     GetPaymentRequest, GetPaymentResponse, ListDeadLettersRequest, ListDeadLettersResponse,
     ListPaymentsRequest, ListPaymentsResponse, Payment, PaymentStatus, Refund,
 };
+use shop_runtime::convert::timestamp;
 use shop_runtime::{FieldViolations, ServiceError};
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -38,13 +39,6 @@ impl PaymentsApi {
                 to_proto(row, of_row)
             })
             .collect())
-    }
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 

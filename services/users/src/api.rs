@@ -11,6 +11,7 @@ use shop_proto::shop::users::v1::{
     DeactivateUserRequest, DeactivateUserResponse, GetUserRequest, GetUserResponse,
     UpdateUserRequest, UpdateUserResponse, User, UserStatus,
 };
+use shop_runtime::convert::timestamp;
 use shop_runtime::{FieldViolations, ServiceError};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -37,14 +38,7 @@ impl UsersApi {
 }
 
 fn parse_user_id(raw: &str) -> Result<Uuid, ServiceError> {
-    Uuid::parse_str(raw).map_err(|_| ServiceError::invalid("user_id", "must be a UUID"))
-}
-
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    shop_runtime::convert::parse_uuid("user_id", raw)
 }
 
 fn to_proto(row: UserRow) -> User {
