@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod mesh;
+
 use shop_proto::shop::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use shop_proto::shop::catalog::v1::CreateProductRequest;
 use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;

@@ -284,7 +284,13 @@ where
             let Some(deadline) = deadline else {
                 return future.await;
             };
-            match tokio::time::timeout_at(deadline, future).await {
+            // A caller whose own timer fires first resets the stream and
+            // this future is dropped unanswered: its deadline still passed.
+            let mut watch = DeadlineWatch {
+                deadline,
+                stats: Some(stats.clone()),
+            };
+            let answer = match tokio::time::timeout_at(deadline, future).await {
                 Ok(result) => result,
                 Err(_elapsed) => {
                     stats::incr(&stats.server.deadline_exceeded);
@@ -292,8 +298,32 @@ where
                         "deadline given in grpc-timeout passed",
                     )))
                 }
-            }
+            };
+            watch.stats = None;
+            answer
         })
+    }
+}
+
+/// Counts a call dropped unanswered at its deadline (the caller's own timer
+/// for the same deadline fired first and reset the stream) as
+/// `deadline_exceeded`. The caller's deadline and ours differ by the
+/// network latency, so "at" allows [`DEADLINE_SLACK`].
+const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(5);
+
+struct DeadlineWatch {
+    deadline: Instant,
+    /// `None` once the call was answered.
+    stats: Option<Arc<MeshStats>>,
+}
+
+impl Drop for DeadlineWatch {
+    fn drop(&mut self) {
+        if let Some(stats) = self.stats.take()
+            && Instant::now() + DEADLINE_SLACK >= self.deadline
+        {
+            stats::incr(&stats.server.deadline_exceeded);
+        }
     }
 }
 

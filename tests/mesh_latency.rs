@@ -1,0 +1,32 @@
+//! One replica slowed by 200 ms: the callers' p99 stays within 1.5 times its
+//! healthy value measured in the same test. Its own test binary, so no
+//! other suite loads the machine while it measures.
+
+mod common;
+
+use common::mesh::{Mesh, load, p99};
+use std::time::Duration;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replica_barely_moves_the_callers_p99() {
+    let mesh = Mesh::start(vec![]).await;
+    let _ = load(&mesh, 2, Duration::from_secs(30), 50).await;
+    let healthy = load(&mesh, 4, Duration::from_secs(60), 150).await;
+    assert!(healthy.iter().all(|o| o.code == Code::Ok));
+
+    mesh.set_server_policy(
+        "catalog-3",
+        "[server.mesh.fault]\ndelay_percent = 100.0\ndelay = \"200ms\"",
+    )
+    .await;
+    let _ = load(&mesh, 2, Duration::from_secs(30), 50).await;
+    let slowed = load(&mesh, 4, Duration::from_secs(60), 150).await;
+
+    assert!(slowed.iter().all(|o| o.code == Code::Ok));
+    let (healthy_p99, slowed_p99) = (p99(&healthy), p99(&slowed));
+    assert!(
+        slowed_p99.as_secs_f64() <= 1.5 * healthy_p99.as_secs_f64(),
+        "p99 {slowed_p99:?} with a slow replica vs {healthy_p99:?} healthy"
+    );
+}
