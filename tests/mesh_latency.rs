@@ -12,7 +12,7 @@ use tonic::Code;
 async fn a_slow_replica_barely_moves_the_callers_p99() {
     let mesh = Mesh::start(vec![]).await;
     let _ = load(&mesh, 2, Duration::from_secs(30), 50).await;
-    let healthy = load(&mesh, 4, Duration::from_secs(60), 150).await;
+    let healthy = load(&mesh, 4, Duration::from_secs(60), 250).await;
     assert!(healthy.iter().all(|o| o.code == Code::Ok));
 
     mesh.set_server_policy(
@@ -21,10 +21,11 @@ async fn a_slow_replica_barely_moves_the_callers_p99() {
     )
     .await;
     let _ = load(&mesh, 2, Duration::from_secs(30), 50).await;
-    let slowed = load(&mesh, 4, Duration::from_secs(60), 150).await;
+    let slowed = load(&mesh, 4, Duration::from_secs(60), 250).await;
 
     assert!(slowed.iter().all(|o| o.code == Code::Ok));
     let (healthy_p99, slowed_p99) = (p99(&healthy), p99(&slowed));
+    eprintln!("p99 healthy {healthy_p99:?}, one replica slowed 200 ms {slowed_p99:?}");
     assert!(
         slowed_p99.as_secs_f64() <= 1.5 * healthy_p99.as_secs_f64(),
         "p99 {slowed_p99:?} with a slow replica vs {healthy_p99:?} healthy"
