@@ -75,9 +75,6 @@ impl Settings for Config {
         on = ["unavailable", "resource_exhausted"]
         backoff = { base = "20ms", max = "200ms" }
         budget = { ratio = 0.2, min_per_second = 10 }
-        [upstreams.catalog.hedge]
-        delay = "50ms"
-        max_hedges = 1
         [upstreams.catalog.outlier]
         consecutive_failures = 3
         base_ejection = "5s"
