@@ -8,6 +8,7 @@
 //! - [`process`]: a service binary on a free port, waited on until SERVING.
 //! - [`stack`]: all of the above for a list of services.
 //! - [`inproc`]: a service served inside the test process.
+//! - [`status`]: assertions on gRPC statuses (`violated_fields`).
 //! - [`wait`]: bounded waiting (`eventually`) instead of bare sleeps.
 //!
 //! Everything started is stopped when its handle is dropped, including when
@@ -18,6 +19,7 @@ pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod stack;
+pub mod status;
 pub mod tools;
 pub mod wait;
 

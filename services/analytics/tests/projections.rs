@@ -21,11 +21,10 @@ use shop_proto::shop::events::v1::{
     StockShortfall, UserRegistered,
 };
 use shop_testkit::inproc::RunningApp;
+use shop_testkit::status::violated_fields;
 use shop_testkit::{Nats, Postgres, eventually};
 use std::time::Duration;
-use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
 const MAX_DELIVER: i64 = 2;
@@ -608,17 +607,6 @@ async fn before_any_event_the_reports_are_empty() {
             ..Default::default()
         }
     );
-}
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status
-        .get_details_bad_request()
-        .expect("INVALID_ARGUMENT carries a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

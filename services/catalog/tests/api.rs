@@ -9,10 +9,10 @@ use shop_proto::shop::catalog::v1::{
 use shop_proto::shop::common::v1::Money;
 use shop_testkit::Postgres;
 use shop_testkit::inproc::RunningApp;
+use shop_testkit::status::violated_fields;
 use std::collections::HashSet;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt as _;
 
 struct TestApp {
     client: CatalogServiceClient<Channel>,
@@ -77,17 +77,6 @@ impl TestApp {
             .await
             .unwrap()
     }
-}
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status
-        .get_details_bad_request()
-        .expect("INVALID_ARGUMENT carries a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 #[tokio::test]

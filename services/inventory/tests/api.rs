@@ -4,11 +4,12 @@
 
 mod common;
 
-use common::{spawn_app, violated_fields};
+use common::spawn_app;
 use shop_proto::shop::inventory::v1::{
     AdjustStockRequest, BatchGetStockRequest, GetReservationRequest, GetStockRequest,
     ListDeadLettersRequest, SetStockRequest, StockLevel,
 };
+use shop_testkit::status::violated_fields;
 use tonic::Code;
 use uuid::Uuid;
 

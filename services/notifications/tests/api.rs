@@ -14,11 +14,10 @@ use shop_proto::shop::notifications::v1::{
     NotificationKind,
 };
 use shop_testkit::inproc::RunningApp;
+use shop_testkit::status::violated_fields;
 use shop_testkit::{Nats, Postgres, eventually};
 use std::time::Duration;
-use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
 const MAX_DELIVER: i64 = 2;
@@ -142,17 +141,6 @@ fn received<E: DomainEvent>(aggregate_id: Uuid, event: &E) -> Received {
         stream_sequence: 1,
         delivered: 1,
     }
-}
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status
-        .get_details_bad_request()
-        .expect("INVALID_ARGUMENT carries a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 impl TestApp {

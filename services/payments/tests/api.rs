@@ -10,20 +10,9 @@ use shop_proto::shop::payments::v1::{
     PaymentStatus,
 };
 use shop_testkit::eventually;
+use shop_testkit::status::violated_fields;
 use std::collections::HashSet;
 use tonic::Code;
-use tonic_types::StatusExt as _;
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status
-        .get_details_bad_request()
-        .expect("INVALID_ARGUMENT carries a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
-}
 
 async fn list(
     app: &common::TestApp,

@@ -7,10 +7,10 @@ use shop_proto::shop::users::v1::{
     UpdateUserRequest, User, UserStatus,
 };
 use shop_testkit::inproc::RunningApp;
+use shop_testkit::status::violated_fields;
 use shop_testkit::{Nats, Postgres};
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt as _;
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 
@@ -83,17 +83,6 @@ impl TestApp {
             .await
             .map(|r| r.into_inner().access_token)
     }
-}
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status
-        .get_details_bad_request()
-        .expect("INVALID_ARGUMENT carries a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 #[tokio::test]

@@ -24,7 +24,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
 /// Attempts before inventory dead-letters an event.
@@ -357,16 +356,4 @@ impl TestApp {
             .map(|e| e.event_type.clone())
             .collect()
     }
-}
-
-/// The field names of an INVALID_ARGUMENT's BadRequest.
-pub(crate) fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status
-        .get_details_bad_request()
-        .expect("INVALID_ARGUMENT carries a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
