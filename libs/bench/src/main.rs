@@ -6,7 +6,10 @@
 //!   per-try timeout, split, p2c/peak-EWMA balance, outlier ejection, fault
 //!   injection off) to the server's port behind the mesh server stack;
 //! - (c) **sidecar**: plain tonic channels through two HAProxy h2c hops
-//!   (client-side and server-side proxy), as a sidecar mesh places them.
+//!   (client-side and server-side proxy), as a sidecar mesh places them;
+//! - and, on request (`--variants`), **mesh-client** (the mesh client stack
+//!   to the bare port) and **mesh-server** (plain channels to the mesh
+//!   port), to tell the two halves' costs apart.
 //!
 //! Method (see shared/BENCH.md): variants interleaved (a b c a b c ...),
 //! `--reps` repetitions after a warm-up, median and min-max per variant;
@@ -23,6 +26,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+
+/// Counts the load generator's heap allocations, to report what each client
+/// stack allocates per call.
+#[global_allocator]
+static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+fn allocations() -> usize {
+    GLOBAL.stats().allocations + GLOBAL.stats().reallocations
+}
 
 struct Args {
     duration: Duration,
@@ -181,6 +193,8 @@ struct Sample {
     p99_us: u64,
     p999_us: u64,
     cpu_us_per_req: f64,
+    client_cpu_us_per_req: f64,
+    allocs_per_req: f64,
     errors: u64,
 }
 
@@ -201,16 +215,22 @@ where
     let warm = Instant::now() + Duration::from_millis(500);
     let _ = run_loops(&clients, streams, warm).await;
     let cpu0: f64 = cpu_pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let own0 = cpu_seconds(std::process::id());
+    let allocs0 = allocations();
     let start = Instant::now();
     let (hist, ok, errors) = run_loops(&clients, streams, start + duration).await;
     let elapsed = start.elapsed().as_secs_f64();
     let cpu1: f64 = cpu_pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let own1 = cpu_seconds(std::process::id());
+    let allocs1 = allocations();
     Sample {
         rps: ok as f64 / elapsed,
         p50_us: hist.value_at_quantile(0.5),
         p99_us: hist.value_at_quantile(0.99),
         p999_us: hist.value_at_quantile(0.999),
         cpu_us_per_req: (cpu1 - cpu0) * 1e6 / ok.max(1) as f64,
+        client_cpu_us_per_req: (own1 - own0) * 1e6 / ok.max(1) as f64,
+        allocs_per_req: (allocs1 - allocs0) as f64 / ok.max(1) as f64,
         errors,
     }
 }
@@ -323,6 +343,8 @@ async fn main() -> anyhow::Result<()> {
     let mut bare_clients = Vec::new();
     let mut sidecar_clients = Vec::new();
     let mut mesh_clients = Vec::new();
+    let mut mesh_client_only = Vec::new();
+    let mut mesh_server_only = Vec::new();
     let stats = Arc::new(shop_mesh::stats::MeshStats::default());
     for i in 0..args.conns {
         bare_clients.push(HealthClient::new(connect(bare.clone()).await?));
@@ -333,12 +355,29 @@ async fn main() -> anyhow::Result<()> {
         let channel = shop_mesh::client::MeshChannel::new(&format!("bench-{i}"), rx, stats.clone())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         mesh_clients.push(HealthClient::new(channel));
+        if args.variants.iter().any(|v| v == "mesh-client") {
+            let policy = shop_mesh::client::bench_policy(&format!("http://{bare}"));
+            let (_tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
+            std::mem::forget(_tx);
+            let channel =
+                shop_mesh::client::MeshChannel::new(&format!("bench-c{i}"), rx, stats.clone())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            mesh_client_only.push(HealthClient::new(channel));
+        }
+        if args.variants.iter().any(|v| v == "mesh-server") {
+            mesh_server_only.push(HealthClient::new(connect(meshed.clone()).await?));
+        }
     }
 
     let server_pid = [server.0.id()];
     let proxy_pids = [server.0.id(), hop1.0.id(), hop2.0.id()];
-    let mut samples: Vec<(&str, Vec<Sample>)> =
-        vec![("bare", vec![]), ("mesh", vec![]), ("sidecar", vec![])];
+    let mut samples: Vec<(&str, Vec<Sample>)> = vec![
+        ("bare", vec![]),
+        ("mesh", vec![]),
+        ("sidecar", vec![]),
+        ("mesh-client", vec![]),
+        ("mesh-server", vec![]),
+    ];
     for rep in 0..args.reps {
         for (name, list) in samples.iter_mut() {
             if !args.variants.iter().any(|v| v == name) {
@@ -349,6 +388,24 @@ async fn main() -> anyhow::Result<()> {
                 "bare" => {
                     drive(
                         bare_clients.clone(),
+                        args.streams,
+                        args.duration,
+                        &server_pid,
+                    )
+                    .await
+                }
+                "mesh-client" => {
+                    drive(
+                        mesh_client_only.clone(),
+                        args.streams,
+                        args.duration,
+                        &server_pid,
+                    )
+                    .await
+                }
+                "mesh-server" => {
+                    drive(
+                        mesh_server_only.clone(),
                         args.streams,
                         args.duration,
                         &server_pid,
@@ -375,8 +432,14 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             eprintln!(
-                "rep {rep} {name:<8} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  {:>5.1} us CPU/req  {} errors",
-                s.rps, s.p50_us, s.p99_us, s.cpu_us_per_req, s.errors
+                "rep {rep} {name:<11} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us  {:>5.1} us CPU/req (client {:>5.1}, {:>4.1} allocs)  {} errors",
+                s.rps,
+                s.p50_us,
+                s.p99_us,
+                s.cpu_us_per_req,
+                s.client_cpu_us_per_req,
+                s.allocs_per_req,
+                s.errors
             );
             list.push(s);
         }
@@ -388,7 +451,7 @@ async fn main() -> anyhow::Result<()> {
         args.conns, args.streams, args.reps, args.duration
     ));
     report.push_str(
-        "variant    req/s (min-max)              p50 us  p99 us  p99.9 us  CPU us/req  errors\n",
+        "variant      req/s (min-max)            p50 us  p99 us  p99.9 us  CPU us/req  client CPU us/req  client allocs/req  errors\n",
     );
     let mut medians = std::collections::BTreeMap::new();
     for (name, list) in &samples {
@@ -400,9 +463,11 @@ async fn main() -> anyhow::Result<()> {
         let (p99, _, _) = median(list.iter().map(|s| s.p99_us as f64).collect());
         let (p999, _, _) = median(list.iter().map(|s| s.p999_us as f64).collect());
         let (cpu, _, _) = median(list.iter().map(|s| s.cpu_us_per_req).collect());
+        let (client_cpu, _, _) = median(list.iter().map(|s| s.client_cpu_us_per_req).collect());
+        let (allocs, _, _) = median(list.iter().map(|s| s.allocs_per_req).collect());
         let errors: u64 = list.iter().map(|s| s.errors).sum();
         report.push_str(&format!(
-            "{name:<10} {rps:>9.0} ({lo:>7.0}-{hi:>7.0})  {p50:>8.0} {p99:>7.0} {p999:>9.0} {cpu:>11.1} {errors:>7}\n"
+            "{name:<12} {rps:>7.0} ({lo:>7.0}-{hi:>7.0})  {p50:>8.0} {p99:>7.0} {p999:>9.0} {cpu:>11.1} {client_cpu:>18.1} {allocs:>18.1} {errors:>7}\n"
         ));
         medians.insert(*name, (rps, p99));
     }

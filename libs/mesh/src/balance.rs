@@ -2,29 +2,35 @@
 //! peak-EWMA latency, with outlier ejection per endpoint.
 //!
 //! [`Balancer::new`] takes the endpoints as a discovery stream
-//! ([`crate::discovery`]) and stacks, per endpoint, outer to inner:
+//! ([`crate::discovery`]) and wraps each, outer to inner, in
 //!
-//! 1. [`PeakEwma`](tower::load::PeakEwma) (tower): the load p2c compares,
-//!    the peak-EWMA of response latency times the calls in flight plus one,
-//!    starting from [`DEFAULT_RTT`] and decaying over the policy's
-//!    `ewma_decay`; a call is complete when its response headers arrive
-//!    ([`CompleteOnResponse`]).
-//! 2. [`Outlier`]: not ready while ejected.
-//! 3. [`Track`]: the endpoint's `in_flight` gauge and `ewma_micros` in the
-//!    stats (a peak-EWMA of its own, computed the same way, since tower's is
-//!    private).
+//! 1. [`Outlier`]: not ready while ejected;
+//! 2. [`Track`]: the endpoint's load, the peak-EWMA of its response latency
+//!    (starting from [`DEFAULT_RTT`] until it has answered, decaying over
+//!    the policy's `ewma_decay`, also while idle) times its calls in flight
+//!    plus one, kept in its stats too (`in_flight`, `ewma_micros`); a call
+//!    is complete when its response headers arrive.
 //!
-//! # Why the outlier detector sits inside the load measurement
+//! # Power of two choices
 //!
-//! p2c only ever picks among *ready* endpoints and checks the pick is still
-//! ready right before dispatching, so an ejected endpoint, whose
-//! `poll_ready` is pending, is never chosen whatever its load. And the EWMA
-//! only ever measures real calls: the detector never answers a call itself
-//! (it gates readiness, it does not fail requests), so no instant,
-//! synthetic failure is fed to the EWMA to make an ejected endpoint look
-//! fast. Fast *real* failures (connection refused) do pull its estimate
-//! down, slowly (the decay is seconds, failures take microseconds): they
-//! are the outlier detector's to act on, after a few of them.
+//! For each call, [`P2c`] draws two endpoints at random and tries the one
+//! with the lower load first, then the other; only if neither is ready
+//! does it look at every endpoint (from a random one on) for a ready one.
+//! Readiness is checked right before dispatching, so an ejected endpoint,
+//! whose `poll_ready` is pending, is never called whatever its load.
+//! (tower's p2c does the same over a cache of ready endpoints; keeping the
+//! endpoints in place instead saves every call a re-queueing of its
+//! endpoint, an allocation, and a second EWMA.)
+//!
+//! # Why the outlier detector sits outside the load measurement
+//!
+//! The EWMA only ever measures real calls: the detector never answers a
+//! call itself (it gates readiness, it does not fail requests), so no
+//! instant, synthetic failure is fed to the EWMA to make an ejected
+//! endpoint look fast. Fast *real* failures (connection refused) do pull
+//! its estimate down, slowly (the decay is seconds, failures take
+//! microseconds): they are the outlier detector's to act on, after a few
+//! of them.
 //!
 //! # When no endpoint is ready
 //!
@@ -36,46 +42,100 @@
 //! an endpoint is ready again; it checks at every call, so recovery is
 //! immediate.
 //!
-//! The balancer runs in a [`Buffer`](tower::buffer::Buffer) task (bound
-//! [`BUFFER_CAPACITY`]) so that [`Balancer`] is `Clone` and shared by all
-//! callers of the upstream.
+//! # Sharing one balancer without a task hop
+//!
+//! Every caller of the upstream shares one balancer: [`Balancer`] is an
+//! `Arc` around it behind a mutex, not a [`Buffer`](tower::buffer::Buffer)
+//! task (a buffer costs each call a channel send, a task switch and a
+//! oneshot back, about as much as the rest of the stack together). A
+//! `Balancer` is always ready; its response future takes the lock, drives
+//! the balancer ready and dispatches, in one critical section, so the
+//! endpoint found ready is the one called. When nothing is ready, the
+//! future parks its waker in a list and the balancer is polled with a
+//! waker that wakes the whole list ([`Waiters`]): whichever endpoint,
+//! timer or discovery change makes progress possible wakes every caller
+//! waiting for it, not only the last one to poll.
 
-use crate::outlier::{EjectionPool, Outlier};
+use crate::outlier::{self, EjectionPool, Outlier};
 use crate::policy::UpstreamPolicy;
 use crate::stats::{EndpointStats, UpstreamStats};
 use crate::{BoxError, Request, Response};
-use futures::future::BoxFuture;
-use futures::{FutureExt, TryFutureExt};
+use futures::Stream;
 use pin_project_lite::pin_project;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 use tower::discover::{Change, Discover};
-use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 
 /// The latency assumed of an endpoint before it has answered.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 
-/// Calls waiting for the balancer task at most; more wait for room.
-pub const BUFFER_CAPACITY: usize = 1024;
+/// P2C over peak-EWMA across an upstream's endpoints (each an `E`); `Clone`
+/// (all clones share one balancer); never waits for an endpoint longer
+/// than the policy's `connect_timeout`.
+pub struct Balancer<E> {
+    inner: Arc<Mutex<FailFast<P2c<E>>>>,
+    waiters: Arc<Waiters>,
+}
 
-/// The future of a [`Balancer`] call.
-pub type ResponseFuture =
-    tower::buffer::future::ResponseFuture<BoxFuture<'static, Result<Response, BoxError>>>;
+pin_project! {
+    /// The future of a [`Balancer`] call: waits for an endpoint, then for
+    /// its answer.
+    pub struct ResponseFuture<E: Service<Request>> {
+        balancer: Balancer<E>,
+        #[pin]
+        state: State<FailFastFuture<EndpointFuture<E>>>,
+    }
+}
 
-/// P2C over peak-EWMA across an upstream's endpoints; `Clone` (all clones
-/// share one balancer); never waits for an endpoint longer than the policy's
-/// `connect_timeout`.
-#[derive(Clone)]
-pub struct Balancer {
-    inner: tower::buffer::Buffer<Request, BoxFuture<'static, Result<Response, BoxError>>>,
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Waiting { request: Option<Request> },
+        Calling { #[pin] call: F },
+    }
+}
+
+/// The future of a call to one endpoint (an `E`), as the balancer makes it.
+pub type EndpointFuture<E> = futures::future::MapErr<
+    outlier::ResponseFuture<TrackFuture<<E as Service<Request>>::Future>>,
+    fn(<E as Service<Request>>::Error) -> BoxError,
+>;
+
+/// The callers waiting for the shared balancer to become ready.
+///
+/// The balancer is always polled with a waker made from this list
+/// ([`Waiters::waker`]); waking it wakes every parked caller. `epoch`
+/// counts those wake-ups, so a caller that parks right after one sees it
+/// and polls again instead of sleeping through it.
+#[derive(Default)]
+pub struct Waiters {
+    parked: Mutex<Vec<Waker>>,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+/// A boxed stream of endpoint changes.
+type Changes<E> = Pin<Box<dyn Stream<Item = Result<Change<String, E>, BoxError>> + Send>>;
+
+/// Power of two choices over the endpoints' loads; see the module docs.
+pub struct P2c<E> {
+    discover: Option<Changes<E>>,
+    endpoints: Vec<(String, Outlier<Track<E>>)>,
+    pool: Arc<EjectionPool>,
+    stats: Arc<UpstreamStats>,
+    decay: Duration,
+    rng: SmallRng,
+    /// The endpoint `poll_ready` found ready, for the next `call`.
+    ready: Option<usize>,
 }
 
 /// Fails calls fast with UNAVAILABLE once the inner service has not been
@@ -104,7 +164,18 @@ enum FailFastState {
     Failing,
 }
 
-/// Keeps an endpoint's `in_flight` and `ewma_micros` stats.
+pin_project! {
+    /// The response future of [`FailFast`].
+    #[project = FailFastProj]
+    pub enum FailFastFuture<F> {
+        /// The inner service's call.
+        Inner { #[pin] call: F },
+        /// Answered at once: no endpoint is available.
+        Unavailable { response: Option<Response> },
+    }
+}
+
+/// Keeps an endpoint's load, and its `in_flight` and `ewma_micros` stats.
 #[derive(Debug)]
 pub struct Track<S> {
     inner: S,
@@ -131,114 +202,285 @@ struct InFlight(Arc<EndpointStats>);
 /// A peak-EWMA of latency: a sample above the estimate replaces it, one
 /// below is blended in with a weight that grows with the time since the
 /// last update (`1 - e^(-elapsed/decay)`).
+///
+/// Two estimates follow the same samples: the one p2c compares starts from
+/// the assumed [`DEFAULT_RTT`], so a new endpoint neither draws every call
+/// before it has answered nor is shunned for not having answered yet (as
+/// tower's `PeakEwma`); the one reported in the stats starts from zero, so
+/// it shows what was measured.
 #[derive(Debug)]
 struct Ewma {
+    load_nanos: f64,
     nanos: f64,
     updated_at: Instant,
     decay_nanos: f64,
 }
 
-pin_project! {
-    /// Maps discovered endpoint services to tracked, outlier-guarded ones,
-    /// and forgets the stats of removed endpoints.
-    struct Endpoints<D> {
-        #[pin]
-        discover: D,
-        pool: Arc<EjectionPool>,
-        stats: Arc<UpstreamStats>,
-        decay: Duration,
-    }
-}
-
 // === impl Balancer ===
 
-impl Balancer {
+impl<E> Balancer<E>
+where
+    E: Service<Request, Response = Response> + Send + 'static,
+    E::Error: Into<BoxError> + fmt::Display,
+    E::Future: Send + 'static,
+{
     /// A balancer over the endpoints `discover` yields (plain endpoint
     /// services, keyed by address), each guarded by its own [`Outlier`] in
     /// one [`EjectionPool`], reporting into `stats`. The peak-EWMA decay is
     /// the policy's `ewma_decay` at construction; the outlier settings and
     /// `connect_timeout` are read at each decision.
-    ///
-    /// Spawns the balancer task: call from within a tokio runtime.
-    pub fn new<D, S>(
+    pub fn new<D>(
         discover: D,
         policy: watch::Receiver<Arc<UpstreamPolicy>>,
         stats: Arc<UpstreamStats>,
     ) -> Self
     where
-        D: Discover<Key = String, Service = S> + Send + 'static,
+        D: Discover<Key = String, Service = E> + Send + 'static,
         D::Error: Into<BoxError>,
-        S: Service<Request, Response = Response> + Send + 'static,
-        S::Error: Into<BoxError> + fmt::Display,
-        S::Future: Send + 'static,
     {
         let decay = policy.borrow().ewma_decay;
-        let endpoints = Endpoints {
-            discover,
+        let mut discover = Box::pin(discover);
+        let changes = futures::stream::poll_fn(move |cx| {
+            discover
+                .as_mut()
+                .poll_discover(cx)
+                .map(|change| change.map(|c| c.map_err(Into::into)))
+        });
+        let p2c = P2c {
+            discover: Some(Box::pin(changes)),
+            endpoints: Vec::new(),
             pool: EjectionPool::new(policy.clone(), stats.clone()),
             stats: stats.clone(),
             decay,
+            rng: SmallRng::from_os_rng(),
+            ready: None,
         };
-        let loaded = PeakEwmaDiscover::new::<Request>(
-            endpoints,
-            DEFAULT_RTT,
-            decay,
-            CompleteOnResponse::default(),
-        );
-        let p2c = tower::balance::p2c::Balance::new(Box::pin(loaded));
-        let fail_fast = FailFast::new(p2c, policy, &stats.name);
         Self {
-            inner: tower::buffer::Buffer::new(fail_fast, BUFFER_CAPACITY),
+            inner: Arc::new(Mutex::new(FailFast::new(p2c, policy, &stats.name))),
+            waiters: Arc::default(),
         }
     }
 }
 
-impl Service<Request> for Balancer {
-    type Response = Response;
-    type Error = BoxError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        self.inner.call(request)
+impl<E> Clone for Balancer<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            waiters: self.waiters.clone(),
+        }
     }
 }
 
-impl fmt::Debug for Balancer {
+impl<E> Service<Request> for Balancer<E>
+where
+    E: Service<Request, Response = Response>,
+    E::Error: Into<BoxError> + fmt::Display,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<E>;
+
+    /// Always ready: the response future waits for an endpoint.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        ResponseFuture {
+            balancer: self.clone(),
+            state: State::Waiting {
+                request: Some(request),
+            },
+        }
+    }
+}
+
+impl<E> Future for ResponseFuture<E>
+where
+    E: Service<Request, Response = Response>,
+    E::Error: Into<BoxError> + fmt::Display,
+{
+    type Output = Result<Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let StateProj::Waiting { request } = this.state.as_mut().project() {
+            let Balancer { inner, waiters } = &*this.balancer;
+            let epoch = waiters.epoch.load(Ordering::Acquire);
+            let mut balancer = inner.lock().expect("not poisoned");
+            let waker = waiters.waker();
+            match balancer.poll_ready(&mut Context::from_waker(&waker)) {
+                Poll::Ready(Ok(())) => {
+                    let request = request.take().expect("polled after completion");
+                    let call = balancer.call(request);
+                    drop(balancer);
+                    this.state.set(State::Calling { call });
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {
+                    drop(balancer);
+                    waiters.park(cx.waker(), epoch);
+                    return Poll::Pending;
+                }
+            }
+        }
+        match this.state.project() {
+            StateProj::Calling { call } => call.poll(cx),
+            StateProj::Waiting { .. } => unreachable!("dispatched above"),
+        }
+    }
+}
+
+impl<E> fmt::Debug for Balancer<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balancer").finish_non_exhaustive()
     }
 }
 
-// === impl Endpoints ===
+// === impl Waiters ===
 
-impl<D, S> futures::Stream for Endpoints<D>
+impl Waiters {
+    /// A waker that wakes every parked caller.
+    fn waker(self: &Arc<Self>) -> Waker {
+        Waker::from(self.clone())
+    }
+
+    /// Parks `waker` until the next wake-up; if one happened since `epoch`
+    /// (read before polling), wakes it at once instead.
+    fn park(&self, waker: &Waker, epoch: u64) {
+        let mut parked = self.parked.lock().expect("not poisoned");
+        if !parked.iter().any(|w| w.will_wake(waker)) {
+            parked.push(waker.clone());
+        }
+        drop(parked);
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+impl std::task::Wake for Waiters {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let parked = std::mem::take(&mut *self.parked.lock().expect("not poisoned"));
+        for waker in parked {
+            waker.wake();
+        }
+    }
+}
+
+// === impl P2c ===
+
+impl<E> P2c<E>
 where
-    D: Discover<Key = String, Service = S>,
+    E: Service<Request, Response = Response>,
+    E::Error: fmt::Display,
 {
-    type Item = Result<Change<String, Outlier<Track<S>>>, D::Error>;
+    /// Applies the endpoint changes discovery has ready.
+    fn discover(&mut self, cx: &mut Context<'_>) -> Result<(), BoxError> {
+        while let Some(changes) = self.discover.as_mut() {
+            let change = match changes.as_mut().poll_next(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(None) => {
+                    self.discover = None;
+                    return Ok(());
+                }
+                Poll::Ready(Some(change)) => change?,
+            };
+            match change {
+                Change::Insert(address, svc) => {
+                    let tracked = Track::new(svc, self.stats.endpoint(&address), self.decay);
+                    let guarded = Outlier::new(tracked, &address, &self.pool);
+                    match self.endpoints.iter().position(|(a, _)| *a == address) {
+                        Some(i) => self.endpoints[i].1 = guarded,
+                        None => self.endpoints.push((address, guarded)),
+                    }
+                }
+                Change::Remove(address) => {
+                    if let Some(i) = self.endpoints.iter().position(|(a, _)| *a == address) {
+                        self.endpoints.swap_remove(i);
+                    }
+                    self.stats.remove_endpoint(&address);
+                }
+            }
+        }
+        Ok(())
+    }
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.project();
-        let change = match ready!(this.discover.poll_discover(cx)) {
-            None => return Poll::Ready(None),
-            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-            Some(Ok(change)) => change,
+    /// Whether endpoint `i` is ready to be called now.
+    fn is_ready(&mut self, i: usize, cx: &mut Context<'_>) -> bool {
+        let (address, endpoint) = &mut self.endpoints[i];
+        match endpoint.poll_ready(cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(error)) => {
+                tracing::debug!(endpoint = %address, %error, "endpoint not ready");
+                false
+            }
+            Poll::Pending => false,
+        }
+    }
+}
+
+impl<E> Service<Request> for P2c<E>
+where
+    E: Service<Request, Response = Response>,
+    E::Error: Into<BoxError> + fmt::Display,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = EndpointFuture<E>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.ready = None;
+        self.discover(cx)?;
+        let n = self.endpoints.len();
+        if n == 0 {
+            return Poll::Pending;
+        }
+        let (a, b) = if n == 1 {
+            (0, 0)
+        } else {
+            let a = self.rng.random_range(0..n);
+            let b = (a + self.rng.random_range(1..n)) % n;
+            let now = Instant::now();
+            let load = |i: usize| self.endpoints[i].1.get_ref().load(now);
+            if load(a) <= load(b) { (a, b) } else { (b, a) }
         };
-        Poll::Ready(Some(Ok(match change {
-            Change::Insert(address, svc) => {
-                let tracked = Track::new(svc, this.stats.endpoint(&address), *this.decay);
-                let guarded = Outlier::new(tracked, &address, this.pool);
-                Change::Insert(address, guarded)
+        if self.is_ready(a, cx) {
+            self.ready = Some(a);
+            return Poll::Ready(Ok(()));
+        }
+        if b != a && self.is_ready(b, cx) {
+            self.ready = Some(b);
+            return Poll::Ready(Ok(()));
+        }
+        // Neither choice is ready: any endpoint that is (polling each also
+        // registers for the moment one becomes ready).
+        let start = self.rng.random_range(0..n);
+        for i in (0..n).map(|k| (start + k) % n) {
+            if i != a && i != b && self.is_ready(i, cx) {
+                self.ready = Some(i);
+                return Poll::Ready(Ok(()));
             }
-            Change::Remove(address) => {
-                this.stats.remove_endpoint(&address);
-                Change::Remove(address)
-            }
-        })))
+        }
+        Poll::Pending
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let i = self.ready.take().expect("poll_ready must be called first");
+        futures::TryFutureExt::map_err(self.endpoints[i].1.call(request), Into::into)
+    }
+}
+
+impl<E> fmt::Debug for P2c<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("P2c")
+            .field("endpoints", &self.endpoints.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -260,12 +502,11 @@ impl<S> FailFast<S> {
 impl<S> Service<Request> for FailFast<S>
 where
     S: Service<Request, Response = Response>,
-    S::Error: Into<BoxError> + 'static,
-    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
 {
     type Response = Response;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response, BoxError>>;
+    type Future = FailFastFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.inner.poll_ready(cx) {
@@ -298,11 +539,32 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         if std::mem::take(&mut self.inner_ready) {
-            return self.inner.call(request).map_err(Into::into).boxed();
+            return FailFastFuture::Inner {
+                call: self.inner.call(request),
+            };
         }
         let status =
             tonic::Status::unavailable(format!("no endpoint of {} is available", self.upstream));
-        futures::future::ready(Ok(crate::status::response(status))).boxed()
+        FailFastFuture::Unavailable {
+            response: Some(crate::status::response(status)),
+        }
+    }
+}
+
+impl<F, E> Future for FailFastFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            FailFastProj::Inner { call } => call.poll(cx).map_err(Into::into),
+            FailFastProj::Unavailable { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+        }
     }
 }
 
@@ -330,11 +592,20 @@ impl<S> Track<S> {
             inner,
             stats,
             ewma: Arc::new(Mutex::new(Ewma {
+                load_nanos: DEFAULT_RTT.as_nanos() as f64,
                 nanos: 0.0,
                 updated_at: Instant::now(),
                 decay_nanos: decay.as_nanos().max(1) as f64,
             })),
         }
+    }
+
+    /// The load p2c compares, at `now`: the latency estimate (decayed
+    /// since its last sample) times the calls in flight plus one.
+    pub fn load(&self, now: Instant) -> f64 {
+        let estimate = self.ewma.lock().expect("not poisoned").at(now);
+        let in_flight = self.stats.in_flight.load(Ordering::Relaxed);
+        estimate * (in_flight as f64 + 1.0)
     }
 }
 
@@ -399,19 +670,35 @@ impl Drop for InFlight {
 // === impl Ewma ===
 
 impl Ewma {
-    /// Adds a sample of `rtt` taken at `now`; the new estimate, in
-    /// nanoseconds.
+    /// Adds a sample of `rtt` taken at `now`; the new reported estimate,
+    /// in nanoseconds.
     fn update(&mut self, rtt: Duration, now: Instant) -> f64 {
         let rtt = rtt.as_nanos() as f64;
-        if self.nanos < rtt {
-            self.nanos = rtt;
-        } else {
-            let elapsed = now.saturating_duration_since(self.updated_at).as_nanos() as f64;
-            let keep = (-elapsed / self.decay_nanos).exp();
-            self.nanos = self.nanos * keep + rtt * (1.0 - keep);
-        }
+        let keep = self.keep(now);
+        let peak_ewma = |estimate: f64| {
+            if estimate < rtt {
+                rtt
+            } else {
+                estimate * keep + rtt * (1.0 - keep)
+            }
+        };
+        self.load_nanos = peak_ewma(self.load_nanos);
+        self.nanos = peak_ewma(self.nanos);
         self.updated_at = now;
         self.nanos
+    }
+
+    /// The estimate p2c compares at `now`, decayed towards zero since the
+    /// last sample (so an endpoint left alone after a slow spell is tried
+    /// again).
+    fn at(&self, now: Instant) -> f64 {
+        self.load_nanos * self.keep(now)
+    }
+
+    /// The weight the estimate keeps after the time since the last sample.
+    fn keep(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.updated_at).as_nanos() as f64;
+        (-elapsed / self.decay_nanos).exp()
     }
 }
 
@@ -471,7 +758,10 @@ mod tests {
         (watch::channel(Arc::new(p)).1, stats)
     }
 
-    async fn tally(b: &Balancer, calls: usize) -> BTreeMap<String, usize> {
+    async fn tally<S>(b: &S, calls: usize) -> BTreeMap<String, usize>
+    where
+        S: Service<Request, Response = Response, Error = BoxError> + Clone,
+    {
         let mut seen = BTreeMap::new();
         for _ in 0..calls {
             let rsp = b.clone().oneshot(request()).await.unwrap();
@@ -483,7 +773,7 @@ mod tests {
     #[test]
     fn a_balancer_can_be_shared_between_tasks() {
         fn shareable<T: Clone + Send + Sync + 'static>() {}
-        shareable::<Balancer>();
+        shareable::<Balancer<tonic::transport::Channel>>();
     }
 
     #[tokio::test(start_paused = true)]
@@ -607,6 +897,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn every_caller_waiting_for_an_endpoint_is_woken_when_one_appears() {
+        let (policy, stats) = setup(|p| p.connect_timeout = Duration::from_secs(5));
+        let (tx, rx) = mpsc::unbounded::<Result<Change<String, _>, Infallible>>();
+        let b = Balancer::new(rx, policy, stats);
+        let waiting: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(b.clone().oneshot(request())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            waiting.iter().all(|t| !t.is_finished()),
+            "nothing to call yet"
+        );
+
+        // Readiness comes from another task, as a real connection's would.
+        let a = endpoint("http://a:1", Duration::from_millis(1), false);
+        tokio::spawn(async move {
+            tx.unbounded_send(Ok(Change::Insert("http://a:1".into(), a)))
+                .unwrap();
+            std::future::pending::<()>().await
+        });
+        for call in waiting {
+            let rsp = tokio::time::timeout(Duration::from_secs(1), call)
+                .await
+                .expect("woken well before the connect timeout")
+                .unwrap()
+                .unwrap();
+            assert_eq!(served_by(&rsp), "http://a:1");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn removing_an_endpoint_does_not_break_its_calls_in_flight() {
         let (policy, stats) = setup(|_| {});
         let (tx, rx) = mpsc::unbounded::<Result<Change<String, _>, Infallible>>();
@@ -693,7 +1014,10 @@ mod tests {
     }
 
     /// Real calls through `b`: who answered (`error` for an error).
-    async fn real_calls(b: &Balancer, n: usize) -> BTreeMap<String, usize> {
+    async fn real_calls<S>(b: &S, n: usize) -> BTreeMap<String, usize>
+    where
+        S: Service<Request, Response = Response, Error = BoxError> + Clone,
+    {
         let mut seen = BTreeMap::new();
         for _ in 0..n {
             let mut req = request();

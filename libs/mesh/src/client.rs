@@ -124,8 +124,7 @@ impl Service<http::Request<Body>> for MeshChannel {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let call = self.inner.call(request);
-        Box::pin(call)
+        self.inner.call(request)
     }
 }
 
@@ -144,7 +143,7 @@ where
 {
     type Response = Response;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response, BoxError>>;
+    type Future = tracing::instrument::Instrumented<TraceFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -164,19 +163,36 @@ where
             request.headers_mut().insert("traceparent", value);
         }
         drop(_entered);
-        let future = self.inner.call(request);
-        Box::pin(
-            async move {
-                let result = future.await;
-                let code = match &result {
-                    Ok(r) => crate::status::header_code(r).unwrap_or(tonic::Code::Ok),
-                    Err(_) => tonic::Code::Unavailable,
-                };
-                tracing::Span::current().record("status", tracing::field::debug(code));
-                result
-            }
-            .instrument(span),
-        )
+        TraceFuture {
+            inner: self.inner.call(request),
+        }
+        .instrument(span)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Trace`]: records the call's status on its
+    /// span.
+    pub struct TraceFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> std::future::Future for TraceFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, BoxError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(self.project().inner.poll(cx));
+        let code = match &result {
+            Ok(r) => crate::status::header_code(r).unwrap_or(tonic::Code::Ok),
+            Err(_) => tonic::Code::Unavailable,
+        };
+        tracing::Span::current().record("status", tracing::field::debug(code));
+        Poll::Ready(result)
     }
 }
 

@@ -17,7 +17,7 @@
 //!
 //! Outside [`crate::retry`]: the deadline covers all attempts, not one.
 
-use crate::policy::UpstreamPolicy;
+use crate::policy::{EffectiveCache, UpstreamPolicy};
 use crate::stats::{UpstreamStats, incr};
 use crate::{BoxError, status};
 use pin_project_lite::pin_project;
@@ -25,6 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, Timeout};
 
@@ -39,6 +40,7 @@ pub struct Deadline<S> {
     inner: S,
     policy: watch::Receiver<Arc<UpstreamPolicy>>,
     stats: Arc<UpstreamStats>,
+    effective: Arc<EffectiveCache>,
 }
 
 /// Makes [`Deadline`] services.
@@ -46,6 +48,7 @@ pub struct Deadline<S> {
 pub struct DeadlineLayer {
     policy: watch::Receiver<Arc<UpstreamPolicy>>,
     stats: Arc<UpstreamStats>,
+    effective: Arc<EffectiveCache>,
 }
 
 pin_project! {
@@ -82,6 +85,7 @@ impl<S> Deadline<S> {
             inner,
             policy,
             stats,
+            effective: Arc::default(),
         }
     }
 
@@ -97,8 +101,8 @@ impl<S> Deadline<S> {
 /// The deadline of a call starting `now` to the method at `path`: the
 /// policy's timeout, the incoming call's deadline, the request's own
 /// `grpc-timeout` and an earlier [`CallDeadline`], whichever is soonest.
-fn deadline_of<B>(request: &http::Request<B>, policy: &UpstreamPolicy, now: Instant) -> Instant {
-    let mut deadline = now + policy.effective(request.uri().path()).timeout;
+fn deadline_of<B>(request: &http::Request<B>, timeout: Duration, now: Instant) -> Instant {
+    let mut deadline = now + timeout;
     if let Some(incoming) = crate::context::incoming_deadline() {
         deadline = deadline.min(incoming);
     }
@@ -131,7 +135,11 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         incr(&self.stats.counters.calls);
         let now = Instant::now();
-        let deadline = deadline_of(&request, &self.policy.borrow(), now);
+        let timeout = {
+            let policy = self.policy.borrow();
+            self.effective.get(&policy, request.uri().path()).timeout
+        };
+        let deadline = deadline_of(&request, timeout, now);
         let state = if deadline <= now {
             State::Expired
         } else {
@@ -157,7 +165,11 @@ impl DeadlineLayer {
     /// A layer reading the timeout from the current `policy` on every call
     /// and counting into `stats`.
     pub fn new(policy: watch::Receiver<Arc<UpstreamPolicy>>, stats: Arc<UpstreamStats>) -> Self {
-        Self { policy, stats }
+        Self {
+            policy,
+            stats,
+            effective: Arc::default(),
+        }
     }
 }
 
@@ -165,7 +177,12 @@ impl<S> tower::Layer<S> for DeadlineLayer {
     type Service = Deadline<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Deadline::new(inner, self.policy.clone(), self.stats.clone())
+        Deadline {
+            inner,
+            policy: self.policy.clone(),
+            stats: self.stats.clone(),
+            effective: self.effective.clone(),
+        }
     }
 }
 

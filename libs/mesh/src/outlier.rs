@@ -227,6 +227,11 @@ impl EjectionPool {
 // === impl Outlier ===
 
 impl<S> Outlier<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Wraps the service of endpoint `address`, joining `pool`; reports into
     /// `pool`'s upstream stats under `address`.
     pub fn new(inner: S, address: &str, pool: &Arc<EjectionPool>) -> Self {

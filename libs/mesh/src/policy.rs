@@ -23,7 +23,8 @@
 //! values that parse but make no sense, naming the key.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Policy for calls to one upstream service.
@@ -595,6 +596,51 @@ impl<'de> Deserialize<'de> for GrpcCode {
     }
 }
 
+/// Effective policies per method for one policy version: the layers look
+/// one up on every call, and working it out (two map lookups, a clone of
+/// the retry policy) costs more than the lookup.
+///
+/// A new policy version (a different `Arc`, after a reload) empties the
+/// cache; it holds at most [`EffectiveCache::CAPACITY`] methods (paths come
+/// from generated clients, but nothing bounds what a caller sends).
+#[derive(Debug, Default)]
+pub struct EffectiveCache {
+    inner: Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    version: Option<Arc<UpstreamPolicy>>,
+    by_path: HashMap<Box<str>, Arc<EffectivePolicy>>,
+}
+
+impl EffectiveCache {
+    /// Methods remembered at most; the cache starts over past it.
+    pub const CAPACITY: usize = 256;
+
+    /// `policy.effective(path)`, remembered.
+    pub fn get(&self, policy: &Arc<UpstreamPolicy>, path: &str) -> Arc<EffectivePolicy> {
+        let mut state = self.inner.lock().expect("not poisoned");
+        if !state
+            .version
+            .as_ref()
+            .is_some_and(|v| Arc::ptr_eq(v, policy))
+        {
+            state.version = Some(policy.clone());
+            state.by_path.clear();
+        }
+        if let Some(found) = state.by_path.get(path) {
+            return found.clone();
+        }
+        if state.by_path.len() >= Self::CAPACITY {
+            state.by_path.clear();
+        }
+        let effective = Arc::new(policy.effective(path));
+        state.by_path.insert(path.into(), effective.clone());
+        effective
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -638,6 +684,24 @@ mod tests {
         assert_eq!(create.retry.max_attempts, 1);
         let unknown = p.effective("/other.v1.Other/Do");
         assert_eq!(unknown.retry.max_attempts, 1);
+    }
+
+    #[test]
+    fn the_cache_follows_policy_versions() {
+        let cache = EffectiveCache::default();
+        let path = "/shop.catalog.v1.CatalogService/ListProducts";
+        let first = Arc::new(policy());
+        let a = cache.get(&first, path);
+        assert!(Arc::ptr_eq(&a, &cache.get(&first, path)), "remembered");
+        assert_eq!(*a, first.effective(path));
+        let mut changed = policy();
+        changed.methods.clear();
+        let second = Arc::new(changed);
+        assert_eq!(cache.get(&second, path).timeout, Duration::from_secs(2));
+        for i in 0..EffectiveCache::CAPACITY + 10 {
+            cache.get(&second, &format!("/x.v1.X/M{i}"));
+        }
+        assert!(cache.inner.lock().unwrap().by_path.len() <= EffectiveCache::CAPACITY);
     }
 
     #[test]

@@ -50,7 +50,8 @@ mod budget;
 
 use crate::deadline::CallDeadline;
 use crate::policy::{
-    BackoffPolicy, EffectivePolicy, GrpcCode, HedgePolicy, RetryPolicy, UpstreamPolicy,
+    BackoffPolicy, EffectiveCache, EffectivePolicy, GrpcCode, HedgePolicy, RetryPolicy,
+    UpstreamPolicy,
 };
 use crate::stats::{UpstreamStats, incr};
 use crate::status::{self, Pushback};
@@ -90,6 +91,7 @@ pub struct RetryLayer {
 struct Shared {
     stats: Arc<UpstreamStats>,
     budget: budget::Budget,
+    effective: EffectiveCache,
     /// Jitter. A std mutex: held only to draw one number.
     rng: Mutex<Box<dyn RngCore + Send>>,
 }
@@ -151,7 +153,8 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let (effective, budget) = {
             let policy = self.policy.borrow();
-            (policy.effective(request.uri().path()), policy.retry.budget)
+            let effective = self.shared.effective.get(&policy, request.uri().path());
+            (effective, policy.retry.budget)
         };
         let stats = &self.shared.stats;
         if effective.retry.max_attempts <= 1 && effective.hedge.is_none() {
@@ -187,6 +190,7 @@ impl RetryLayer {
         let shared = Arc::new(Shared {
             stats,
             budget,
+            effective: EffectiveCache::default(),
             rng: Mutex::new(Box::new(rand::rngs::StdRng::from_os_rng())),
         });
         Self { policy, shared }
@@ -304,8 +308,8 @@ struct Attempts<S> {
     service: S,
     head: Head,
     body: body::Replay,
-    retry: RetryPolicy,
-    hedge: Option<HedgePolicy>,
+    /// The method's policy (`retry`, `hedge`).
+    policy: Arc<EffectivePolicy>,
     deadline: Option<Instant>,
     tokens: budget::Tokens,
     shared: Arc<Shared>,
@@ -321,7 +325,7 @@ where
     async fn start(
         ready: S,
         request: Request,
-        effective: EffectivePolicy,
+        effective: Arc<EffectivePolicy>,
         tokens: budget::Tokens,
         shared: Arc<Shared>,
     ) -> Result<Response, BoxError> {
@@ -353,16 +357,20 @@ where
                 extensions: parts.extensions,
             },
             body,
-            retry: effective.retry,
-            hedge: effective.hedge,
+            policy: effective,
             tokens,
             shared: shared.clone(),
         };
-        let answer = match attempts.hedge {
+        let answer = match attempts.policy.hedge {
             Some(hedge) => attempts.hedged(hedge).await,
             None => attempts.retried().await,
         };
         shared.finish(answer)
+    }
+
+    /// The method's retry policy.
+    fn retry(&self) -> &RetryPolicy {
+        &self.policy.retry
     }
 
     /// The retry loop: one attempt at a time, backing off between them.
@@ -374,13 +382,13 @@ where
                 Verdict::Final(answer) => return answer,
                 Verdict::Retryable(last) => last,
             };
-            if n >= self.retry.max_attempts {
+            if n >= self.retry().max_attempts {
                 return last;
             }
             let delay = match pushback(&last) {
                 Some(Pushback::Never) => return last,
                 Some(Pushback::After(delay)) => delay,
-                None => self.shared.backoff(&self.retry.backoff, n),
+                None => self.shared.backoff(&self.retry().backoff, n),
             };
             if self.deadline.is_some_and(|d| Instant::now() + delay >= d) {
                 return last;
@@ -458,7 +466,7 @@ where
     fn send(&mut self) -> impl Future<Output = Outcome> + Send + 'static {
         incr(&self.shared.stats.counters.attempts);
         let now = Instant::now();
-        let per_try = self.retry.per_try_timeout.map(|t| now + t);
+        let per_try = self.retry().per_try_timeout.map(|t| now + t);
         let until = match (per_try, self.deadline) {
             (Some(own), Some(call)) if own < call => Some((own, false)),
             (_, Some(call)) => Some((call, true)),
@@ -487,7 +495,7 @@ where
 
     /// What `outcome` means under `retry.on`.
     fn judge(&self, outcome: Outcome) -> Verdict {
-        let retryable = |code: Code| self.retry.on.contains(&GrpcCode(code));
+        let retryable = |code: Code| self.retry().on.contains(&GrpcCode(code));
         match outcome {
             Outcome::Answer(response) => match status::header_code(&response) {
                 Some(code) if retryable(code) => Verdict::Retryable(Ok(response)),

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tower::Service;
 
 /// Sends each request to one of several subsets, chosen by weight.
-pub struct Split<S = Balancer> {
+pub struct Split<S> {
     subsets: Vec<S>,
     names: Arc<[String]>,
     /// Running sums of the weights; the last is the total.
@@ -44,25 +44,24 @@ pub struct Split<S = Balancer> {
 
 // === impl Split ===
 
-impl Split<Balancer> {
+impl<E> Split<Balancer<E>>
+where
+    E: Service<Request, Response = Response> + Send + 'static,
+    E::Error: Into<BoxError> + fmt::Display,
+    E::Future: Send + 'static,
+{
     /// The split a policy describes: one [`Balancer`] per subset of
     /// `policy.subsets` over its endpoints, or, without subsets, one
     /// balancer over all the upstream's endpoints (static or DNS). Endpoint
     /// services are made by `factory`; `watch` and `stats` are handed to
     /// the balancers. Draws from an OS-seeded generator.
     ///
-    /// Spawns the balancer tasks: call from within a tokio runtime.
-    pub fn new<E>(
+    pub fn new(
         policy: &UpstreamPolicy,
         factory: Factory<E>,
         watch: watch::Receiver<Arc<UpstreamPolicy>>,
         stats: Arc<UpstreamStats>,
-    ) -> Self
-    where
-        E: Service<Request, Response = Response> + Send + 'static,
-        E::Error: Into<BoxError> + fmt::Display,
-        E::Future: Send + 'static,
-    {
+    ) -> Self {
         Self::with_rng(
             policy,
             factory,
@@ -73,18 +72,13 @@ impl Split<Balancer> {
     }
 
     /// [`Split::new`], drawing from `rng`.
-    pub fn with_rng<E>(
+    pub fn with_rng(
         policy: &UpstreamPolicy,
         factory: Factory<E>,
         watch: watch::Receiver<Arc<UpstreamPolicy>>,
         stats: Arc<UpstreamStats>,
         rng: impl RngCore + Send + 'static,
-    ) -> Self
-    where
-        E: Service<Request, Response = Response> + Send + 'static,
-        E::Error: Into<BoxError> + fmt::Display,
-        E::Future: Send + 'static,
-    {
+    ) -> Self {
         let subsets = if policy.subsets.is_empty() {
             let all = discovery::from_policy(policy, factory);
             vec![("all".to_string(), 1, Balancer::new(all, watch, stats))]
@@ -357,6 +351,6 @@ mod tests {
     #[test]
     fn a_split_of_balancers_can_be_shared_between_tasks() {
         fn shareable<T: Clone + Send + Sync + 'static>() {}
-        shareable::<Split>();
+        shareable::<Split<Balancer<tonic::transport::Channel>>>();
     }
 }

@@ -80,23 +80,34 @@ pub fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
     })
 }
 
-/// Formats a duration as a `grpc-timeout` value (at most 8 digits, as the
-/// spec requires), rounding down to the finest unit that fits.
+/// Formats a duration as a `grpc-timeout` value, rounded down to the
+/// coarsest unit that still gives at least three significant digits (so
+/// the value is at most 1% short, never long, and at most 8 digits, as
+/// the spec requires).
+///
+/// Why not the finest unit: a deadline sent on is a little shorter on
+/// every call, and a value that differs on every request is a new HPACK
+/// table entry each time, evicting the entries that make the other
+/// headers cheap, on both ends of the connection. Calls made with the same
+/// budget send the same value this way (a fresh call under a 2 s timeout
+/// sends `1999m`), which HPACK indexes once.
 pub fn format_grpc_timeout(d: Duration) -> HeaderValue {
+    const UNITS: [(u128, char); 5] = [
+        (3_600_000_000_000, 'H'),
+        (1_000_000_000, 'S'),
+        (1_000_000, 'm'),
+        (1_000, 'u'),
+        (1, 'n'),
+    ];
     const MAX: u128 = 99_999_999;
     let nanos = d.as_nanos();
-    let (value, unit) = if nanos <= MAX {
-        (nanos, "n")
-    } else if nanos / 1_000 <= MAX {
-        (nanos / 1_000, "u")
-    } else if nanos / 1_000_000 <= MAX {
-        (nanos / 1_000_000, "m")
-    } else if nanos / 1_000_000_000 <= MAX {
-        (nanos / 1_000_000_000, "S")
-    } else {
-        ((nanos / 1_000_000_000 / 3600).min(MAX), "H")
-    };
-    HeaderValue::from_str(&format!("{value}{unit}")).expect("digits and a unit letter")
+    let (value, unit) = UNITS
+        .iter()
+        .map(|&(size, unit)| (nanos / size, unit))
+        .find(|&(value, unit)| value >= 100 || unit == 'n')
+        .expect("nanoseconds always qualify");
+    let text = format!("{}{unit}", value.min(MAX));
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).expect("digits and a unit letter")
 }
 
 #[cfg(test)]
@@ -122,10 +133,40 @@ mod tests {
             Some(Duration::from_millis(100))
         );
         assert_eq!(parse_grpc_timeout(&HeaderValue::from_static("x")), None);
+        // Never more than 8 digits, and never longer than asked.
+        let long = parse_grpc_timeout(&format_grpc_timeout(Duration::MAX)).unwrap();
+        assert_eq!(long, Duration::from_secs(99_999_999 * 3600));
         assert_eq!(
             parse_grpc_timeout(&HeaderValue::from_static("123456789S")),
             None
         );
+    }
+
+    #[test]
+    fn grpc_timeouts_are_at_most_one_percent_short_and_repeat() {
+        for micros in [
+            1,
+            99,
+            100,
+            999,
+            1_000,
+            12_345,
+            299_999,
+            1_999_990,
+            86_400_000_000,
+        ] {
+            let d = Duration::from_micros(micros);
+            let parsed = parse_grpc_timeout(&format_grpc_timeout(d)).unwrap();
+            assert!(parsed <= d, "{d:?} sent as {parsed:?}");
+            assert!(
+                (d - parsed).as_nanos() * 100 <= d.as_nanos(),
+                "{d:?} sent as {parsed:?}"
+            );
+        }
+        let first = format_grpc_timeout(Duration::from_micros(1_999_990));
+        let later = format_grpc_timeout(Duration::from_micros(1_999_100));
+        assert_eq!(first, "1999m");
+        assert_eq!(first, later, "the same budget, the same header value");
     }
 
     #[test]
