@@ -154,10 +154,14 @@ pub(crate) async fn lines(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Resu
     .await
 }
 
+/// The saga's steps in the order they happened: by the time the step's
+/// service reports (the events of different services reach orders through
+/// different consumers, so one may be recorded before an earlier one),
+/// then by the order orders recorded them.
 pub(crate) async fn steps(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<StepRow>> {
     sqlx::query_as(
         "SELECT step, status, reason, event_id, occurred_at
-         FROM saga_steps WHERE order_id = $1 ORDER BY seq",
+         FROM saga_steps WHERE order_id = $1 ORDER BY occurred_at, seq",
     )
     .bind(order_id)
     .fetch_all(conn)

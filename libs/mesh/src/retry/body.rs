@@ -39,6 +39,8 @@ pub(super) struct Replay {
 
 /// Reads `body` into memory if it holds at most `limit` bytes.
 pub(super) async fn buffer(mut body: Body, limit: usize) -> Result<Buffered, tonic::Status> {
+    // A unary body is one chunk: kept without a vector.
+    let mut first: Option<Bytes> = None;
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
     let trailers = loop {
@@ -48,8 +50,12 @@ pub(super) async fn buffer(mut body: Body, limit: usize) -> Result<Buffered, ton
         match frame?.into_data() {
             Ok(chunk) => {
                 len += chunk.len();
-                chunks.push(chunk);
+                match first.take() {
+                    None if chunks.is_empty() => first = Some(chunk),
+                    earlier => chunks.extend(earlier.into_iter().chain([chunk])),
+                }
                 if len > limit {
+                    chunks.splice(0..0, first);
                     return Ok(Buffered::TooLarge(reassemble(chunks, body)));
                 }
             }
@@ -62,6 +68,12 @@ pub(super) async fn buffer(mut body: Body, limit: usize) -> Result<Buffered, ton
             }
         }
     };
+    if let Some(only) = first {
+        return Ok(Buffered::Replayable(Replay {
+            data: only,
+            trailers,
+        }));
+    }
     let data = match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.pop().expect("one chunk"),
