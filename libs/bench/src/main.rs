@@ -1,5 +1,7 @@
 //! `shop-bench mesh`: one run comparing, on the same unary RPC
-//! (`grpc.health.v1.Health/Check`) of the same server process,
+//! (`shop.mesh.v1.MeshAdminService/ListUpstreams`, NO_SIDE_EFFECTS in its
+//! contract, so the mesh client's retry path is on it) of the same server
+//! process,
 //!
 //! - (a) **bare**: plain tonic channels to the server's bare port;
 //! - (b) **mesh**: the full mesh client stack (deadline, retry with budget,
@@ -20,12 +22,15 @@
 
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
+use shop_proto::shop::mesh::v1::ListUpstreamsRequest;
+use shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient as Client;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
+
+/// The benchmarked method.
+const METHOD: &str = "/shop.mesh.v1.MeshAdminService/ListUpstreams";
 
 /// Counts the load generator's heap allocations, to report what each client
 /// stack allocates per call.
@@ -199,7 +204,7 @@ struct Sample {
 }
 
 async fn drive<T>(
-    clients: Vec<HealthClient<T>>,
+    clients: Vec<Client<T>>,
     streams: usize,
     duration: Duration,
     cpu_pids: &[u32],
@@ -236,7 +241,7 @@ where
 }
 
 async fn run_loops<T>(
-    clients: &[HealthClient<T>],
+    clients: &[Client<T>],
     streams: usize,
     until: Instant,
 ) -> (Histogram<u64>, u64, u64)
@@ -256,12 +261,7 @@ where
                 let (mut ok, mut errors) = (0u64, 0u64);
                 while Instant::now() < until {
                     let t = Instant::now();
-                    match client
-                        .check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await
-                    {
+                    match client.list_upstreams(ListUpstreamsRequest::default()).await {
                         Ok(_) => {
                             ok += 1;
                             let _ = hist.record(t.elapsed().as_micros() as u64);
@@ -292,6 +292,10 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    anyhow::ensure!(
+        shop_proto::idempotency_level(METHOD) == Some(shop_proto::Idempotency::NoSideEffects),
+        "{METHOD} must be NO_SIDE_EFFECTS for the mesh to retry it"
+    );
     let dir = std::env::temp_dir().join(format!("shop-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let server_bin = std::env::current_exe()?
@@ -347,14 +351,14 @@ async fn main() -> anyhow::Result<()> {
     let mut mesh_server_only = Vec::new();
     let stats = Arc::new(shop_mesh::stats::MeshStats::default());
     for i in 0..args.conns {
-        bare_clients.push(HealthClient::new(connect(bare.clone()).await?));
-        sidecar_clients.push(HealthClient::new(connect(sidecar.clone()).await?));
+        bare_clients.push(Client::new(connect(bare.clone()).await?));
+        sidecar_clients.push(Client::new(connect(sidecar.clone()).await?));
         let policy = shop_mesh::client::bench_policy(&format!("http://{meshed}"));
         let (_tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
         std::mem::forget(_tx);
         let channel = shop_mesh::client::MeshChannel::new(&format!("bench-{i}"), rx, stats.clone())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        mesh_clients.push(HealthClient::new(channel));
+        mesh_clients.push(Client::new(channel));
         if args.variants.iter().any(|v| v == "mesh-client") {
             let policy = shop_mesh::client::bench_policy(&format!("http://{bare}"));
             let (_tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
@@ -362,10 +366,10 @@ async fn main() -> anyhow::Result<()> {
             let channel =
                 shop_mesh::client::MeshChannel::new(&format!("bench-c{i}"), rx, stats.clone())
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-            mesh_client_only.push(HealthClient::new(channel));
+            mesh_client_only.push(Client::new(channel));
         }
         if args.variants.iter().any(|v| v == "mesh-server") {
-            mesh_server_only.push(HealthClient::new(connect(meshed.clone()).await?));
+            mesh_server_only.push(Client::new(connect(meshed.clone()).await?));
         }
     }
 
@@ -447,7 +451,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut report = String::new();
     report.push_str(&format!(
-        "shop-bench mesh: grpc.health.v1.Health/Check, {} conns x {} streams, {} reps of {:?} (medians; min-max)\n",
+        "shop-bench mesh: {METHOD}, {} conns x {} streams, {} reps of {:?} (medians; min-max)\n",
         args.conns, args.streams, args.reps, args.duration
     ));
     report.push_str(

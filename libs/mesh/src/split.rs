@@ -33,7 +33,10 @@ use tower::Service;
 
 /// Sends each request to one of several subsets, chosen by weight.
 pub struct Split<S> {
-    subsets: Vec<S>,
+    /// The first subset, and the others: a split is cloned for every
+    /// retried call, and the usual single subset then costs no allocation.
+    first: S,
+    others: Vec<S>,
     names: Arc<[String]>,
     /// Running sums of the weights; the last is the total.
     cumulative: Arc<[u64]>,
@@ -116,19 +119,33 @@ impl<S> Split<S> {
         let mut total = 0u64;
         let mut names = Vec::with_capacity(subsets.len());
         let mut cumulative = Vec::with_capacity(subsets.len());
-        let mut services = Vec::with_capacity(subsets.len());
+        let mut services = Vec::with_capacity(subsets.len() - 1);
+        let mut first = None;
         for (name, weight, svc) in subsets {
             total += u64::from(weight);
             names.push(name);
             cumulative.push(total);
-            services.push(svc);
+            if first.is_none() {
+                first = Some(svc);
+            } else {
+                services.push(svc);
+            }
         }
         Self {
-            subsets: services,
+            first: first.expect("at least one subset"),
+            others: services,
             names: names.into(),
             cumulative: cumulative.into(),
             rng: Arc::new(Mutex::new(rng)),
             chosen: None,
+        }
+    }
+
+    /// Subset `i`.
+    fn subset(&mut self, i: usize) -> &mut S {
+        match i {
+            0 => &mut self.first,
+            _ => &mut self.others[i - 1],
         }
     }
 
@@ -139,7 +156,7 @@ impl<S> Split<S> {
 
     /// Draws a subset: by weight, or uniformly if every weight is zero.
     fn pick(&self) -> usize {
-        let n = self.subsets.len();
+        let n = 1 + self.others.len();
         if n == 1 {
             return 0;
         }
@@ -158,7 +175,8 @@ impl<S: Clone> Clone for Split<S> {
     /// chosen nothing yet).
     fn clone(&self) -> Self {
         Self {
-            subsets: self.subsets.clone(),
+            first: self.first.clone(),
+            others: self.others.clone(),
             names: self.names.clone(),
             cumulative: self.cumulative.clone(),
             rng: self.rng.clone(),
@@ -180,12 +198,12 @@ where
             Some(i) => i,
             None => *self.chosen.insert(self.pick()),
         };
-        self.subsets[i].poll_ready(cx)
+        self.subset(i).poll_ready(cx)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
         let i = self.chosen.take().expect("poll_ready must be called first");
-        self.subsets[i].call(request)
+        self.subset(i).call(request)
     }
 }
 

@@ -1,7 +1,12 @@
-//! `bench-server`: the same gRPC service (`grpc.health.v1.Health`) on two
-//! ports of one process: the first bare tonic, the second behind the mesh's
-//! server stack (deadline, concurrency limit with shedding, fault
-//! injection off). Prints `bare=<addr> mesh=<addr>` once both listen.
+//! `bench-server`: the same gRPC services on two ports of one process: the
+//! first bare tonic, the second behind the mesh's server stack (deadline,
+//! concurrency limit with shedding, fault injection off). The benchmarked
+//! method is `shop.mesh.v1.MeshAdminService/ListUpstreams` (the real admin
+//! service; this process calls no upstream, so the answer is small),
+//! which its contract marks NO_SIDE_EFFECTS: the mesh client retries it, so
+//! its whole retry path (body buffered for replay, budget) is measured.
+//! `grpc.health.v1.Health` is served too. Prints `bare=<addr> mesh=<addr>`
+//! once both listen.
 
 use std::sync::Arc;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -20,14 +25,19 @@ async fn main() -> anyhow::Result<()> {
     let stats = Arc::new(shop_mesh::stats::MeshStats::default());
     let (_policy_tx, policy_rx) =
         tokio::sync::watch::channel(Arc::new(shop_mesh::policy::ServerPolicy::default()));
+    let admin = shop_proto::shop::mesh::v1::mesh_admin_service_server::MeshAdminServiceServer::new(
+        shop_mesh::admin::MeshAdmin::new(stats.clone(), policy_rx.clone()),
+    );
     let layer = shop_mesh::server::ServerLayer::new(policy_rx, stats);
 
     let a = tonic::transport::Server::builder()
         .add_service(health.clone())
+        .add_service(admin.clone())
         .serve_with_incoming(TcpListenerStream::new(bare));
     let b = tonic::transport::Server::builder()
         .layer(layer)
         .add_service(health)
+        .add_service(admin)
         .serve_with_incoming(TcpListenerStream::new(meshed));
     tokio::try_join!(a, b)?;
     Ok(())
