@@ -13,9 +13,10 @@
 //!
 //! # Power of two choices
 //!
-//! For each call, [`P2c`] draws two endpoints at random and tries the one
-//! with the lower load first, then the other; only if neither is ready
-//! does it look at every endpoint (from a random one on) for a ready one.
+//! For each call, [`P2c`] draws two endpoints at random, polls both for
+//! readiness and takes the one with the lower load if it is ready, else the
+//! other; only if neither is ready does it look at every endpoint (from a
+//! random one on) for a ready one.
 //! Readiness is checked right before dispatching, so an ejected endpoint,
 //! whose `poll_ready` is pending, is never called whatever its load.
 //! (tower's p2c does the same over a cache of ready endpoints; keeping the
@@ -450,12 +451,15 @@ where
             let load = |i: usize| self.endpoints[i].1.get_ref().load(now);
             if load(a) <= load(b) { (a, b) } else { (b, a) }
         };
-        if self.is_ready(a, cx) {
-            self.ready = Some(a);
-            return Poll::Ready(Ok(()));
-        }
-        if b != a && self.is_ready(b, cx) {
-            self.ready = Some(b);
+        // Both choices are polled, the second even when the first is ready:
+        // polling is how an endpoint finds out that its connection is gone
+        // (and the outlier detector counts it), so one that has lost it is
+        // noticed within a few calls rather than only when its load makes
+        // it the first choice.
+        let a_ready = self.is_ready(a, cx);
+        let b_ready = b != a && self.is_ready(b, cx);
+        if a_ready || b_ready {
+            self.ready = Some(if a_ready { a } else { b });
             return Poll::Ready(Ok(()));
         }
         // Neither choice is ready: any endpoint that is (polling each also
@@ -1047,7 +1051,7 @@ mod tests {
         let (stop_b, b_server) = serve(b);
         let discover =
             discovery::static_list([a_address.clone(), b_address.clone()], |addr: &str| {
-                discovery::channel(addr, Duration::from_millis(100)).unwrap()
+                crate::connection::Connection::new(addr, Duration::from_millis(100)).unwrap()
             });
         let balancer = Balancer::new(discover, policy, stats.clone());
 
@@ -1059,12 +1063,21 @@ mod tests {
 
         stop_b.send(()).unwrap();
         b_server.await.unwrap();
-        let seen = real_calls(&balancer, 40).await;
+        // The lost connection, then each refused reconnection (one per
+        // not-ready backoff) counts against b; meanwhile calls go to a.
+        let mut seen = BTreeMap::new();
+        let until = Instant::now() + Duration::from_secs(2);
+        while !matches!(
+            stats.endpoint(&b_address).state(),
+            EndpointState::Ejected { .. }
+        ) && Instant::now() < until
+        {
+            for (k, v) in real_calls(&balancer, 10).await {
+                *seen.entry(k).or_default() += v;
+            }
+        }
         assert!(seen.get("error").copied().unwrap_or(0) <= 2, "{seen:?}");
-        assert_eq!(
-            seen.get(&a_address).copied().unwrap_or(0) + seen.get("error").copied().unwrap_or(0),
-            40
-        );
+        assert!(!seen.contains_key(&b_address), "{seen:?}");
         match stats.endpoint(&b_address).state() {
             EndpointState::Ejected { reason, .. } => {
                 assert_eq!(reason, crate::stats::EjectionReason::ConnectFailure)

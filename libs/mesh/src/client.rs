@@ -18,9 +18,12 @@
 //!    so an ejected endpoint is simply not ready;
 //! 7. **[`fault`](crate::fault)** — per endpoint, innermost, so injected
 //!    failures look like an endpoint's own (and are ejected like them);
-//! 8. the connection: a lazily connecting, reconnecting tonic channel.
+//! 8. the [`connection`](crate::connection): one HTTP/2 connection per
+//!    endpoint (hyper's client, no task hop), opened on first use and
+//!    again after it is lost.
 
-use crate::discovery::{self, Factory};
+use crate::connection::Connection;
+use crate::discovery::Factory;
 use crate::fault::FaultLayer;
 use crate::policy::UpstreamPolicy;
 use crate::stats::MeshStats;
@@ -75,16 +78,16 @@ impl MeshChannel {
             .validate(upstream)
             .map_err(|e| -> BoxError { e.to_string().into() })?;
         for address in &current.endpoints {
-            discovery::channel(address, current.connect_timeout)?;
+            Connection::new(address, current.connect_timeout)?;
         }
 
         let connect_timeout = current.connect_timeout;
         let fault_policy = policy.clone();
         let fault_stats = upstream_stats.clone();
         let factory: Factory<_> = Arc::new(move |address: &str| {
-            let channel = discovery::channel(address, connect_timeout)
-                .unwrap_or_else(|_| unreachable_channel());
-            FaultLayer::client(fault_policy.clone(), fault_stats.clone()).layer(channel)
+            let connection = Connection::new(address, connect_timeout)
+                .unwrap_or_else(|_| unreachable_connection(connect_timeout));
+            FaultLayer::client(fault_policy.clone(), fault_stats.clone()).layer(connection)
         });
         let pool =
             crate::split::Split::new(&current, factory, policy.clone(), upstream_stats.clone());
@@ -107,11 +110,12 @@ impl MeshChannel {
     }
 }
 
-/// A channel to an address that was already refused by validation; never
-/// reached (addresses are validated before any channel is made), but a
-/// factory must return something rather than panic.
-fn unreachable_channel() -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
+/// A connection to an address that was already refused by validation;
+/// never reached (static addresses are validated before any connection is
+/// made, and discovered ones are made from socket addresses), but a factory
+/// must return something rather than panic.
+fn unreachable_connection(connect_timeout: std::time::Duration) -> Connection {
+    Connection::new("http://127.0.0.1:9", connect_timeout).expect("a valid address")
 }
 
 impl Service<http::Request<Body>> for MeshChannel {

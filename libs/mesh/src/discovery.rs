@@ -24,7 +24,6 @@
 //! blip. A failed or empty resolution is logged and the previous endpoints
 //! are kept (a dead endpoint among them is the outlier detector's business).
 
-use crate::BoxError;
 use futures::future::BoxFuture;
 use futures::stream::Stream;
 use std::collections::{BTreeSet, VecDeque};
@@ -152,21 +151,6 @@ where
         Some(name) => dns(name, policy.dns_refresh, factory),
         None => static_list(policy.endpoints.iter().cloned(), |a: &str| factory(a)),
     }
-}
-
-/// The production endpoint: a tonic channel to `address` that connects on
-/// first use, gives up connecting after `connect_timeout`, and reconnects by
-/// itself when the connection is lost (a call while it cannot connect fails
-/// with an error, which the outlier detector counts).
-pub fn channel(
-    address: &str,
-    connect_timeout: Duration,
-) -> Result<tonic::transport::Channel, BoxError> {
-    Ok(
-        tonic::transport::Endpoint::from_shared(address.to_string())?
-            .connect_timeout(connect_timeout)
-            .connect_lazy(),
-    )
 }
 
 /// The endpoint address of a resolved socket address: `http://ip:port`,
@@ -411,13 +395,5 @@ mod tests {
             first == "+http://127.0.0.1:7777" || first == "+http://[::1]:7777",
             "{first}"
         );
-    }
-
-    #[tokio::test]
-    async fn a_lazy_channel_is_made_without_connecting() {
-        // Nothing listens on port 1; a lazy channel does not care yet.
-        let ch = channel("http://127.0.0.1:1", Duration::from_millis(100));
-        assert!(ch.is_ok());
-        assert!(channel("not a uri", Duration::from_millis(100)).is_err());
     }
 }

@@ -99,12 +99,11 @@ pin_project! {
             #[pin]
             future: F,
         },
-        /// Waiting out an injected delay.
+        /// Waiting out an injected delay (boxed: the rare state should not
+        /// make every call's future larger).
         Delayed {
-            #[pin]
-            sleep: Sleep,
-            service: Option<S>,
-            request: Option<R>,
+            sleep: Pin<Box<Sleep>>,
+            call: Option<Box<(S, R)>>,
             abort: Option<tonic::Code>,
         },
         /// Answering an injected abort.
@@ -332,9 +331,8 @@ where
                 delay: true,
                 abort: true,
             } => ResponseFuture::Delayed {
-                sleep: tokio::time::sleep(policy.delay),
-                service: None,
-                request: None,
+                sleep: Box::pin(tokio::time::sleep(policy.delay)),
+                call: None,
                 abort: Some(policy.abort_code.0),
             },
             Draw {
@@ -345,9 +343,11 @@ where
                 // is driven to readiness again by the next `poll_ready`.
                 let clone = self.inner.clone();
                 ResponseFuture::Delayed {
-                    sleep: tokio::time::sleep(policy.delay),
-                    service: Some(std::mem::replace(&mut self.inner, clone)),
-                    request: Some(request),
+                    sleep: Box::pin(tokio::time::sleep(policy.delay)),
+                    call: Some(Box::new((
+                        std::mem::replace(&mut self.inner, clone),
+                        request,
+                    ))),
                     abort: None,
                 }
             }
@@ -382,18 +382,12 @@ where
             match self.as_mut().project() {
                 ResponseFutureProj::Inner { future } => return future.poll(cx),
                 ResponseFutureProj::Aborted { code } => return Poll::Ready(Ok(aborted(*code))),
-                ResponseFutureProj::Delayed {
-                    sleep,
-                    service,
-                    request,
-                    abort,
-                } => {
-                    ready!(sleep.poll(cx));
+                ResponseFutureProj::Delayed { sleep, call, abort } => {
+                    ready!(sleep.as_mut().poll(cx));
                     if let Some(code) = *abort {
                         return Poll::Ready(Ok(aborted(code)));
                     }
-                    let mut service = service.take().expect("polled after completion");
-                    let request = request.take().expect("polled after completion");
+                    let (mut service, request) = *call.take().expect("polled after completion");
                     let future = service.call(request);
                     self.set(ResponseFuture::Inner { future });
                 }

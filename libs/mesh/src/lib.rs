@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod balance;
 pub mod client;
+pub mod connection;
 pub mod context;
 pub mod deadline;
 pub mod discovery;

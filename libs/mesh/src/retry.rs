@@ -463,7 +463,11 @@ where
     }
 
     /// Sends one attempt, bounded by the per-try timeout and the deadline.
-    fn send(&mut self) -> impl Future<Output = Outcome> + Send + 'static {
+    ///
+    /// Boxed: an attempt's future holds the whole stack below (request,
+    /// timers, the endpoint's call) and would otherwise be copied into
+    /// every future that awaits it, kilobytes per call.
+    fn send(&mut self) -> BoxFuture<'static, Outcome> {
         incr(&self.shared.stats.counters.attempts);
         let now = Instant::now();
         let per_try = self.retry().per_try_timeout.map(|t| now + t);
@@ -490,7 +494,7 @@ where
             Some(service) => (service, true),
             None => (self.service.clone(), false),
         };
-        attempt(service, is_ready, request, until)
+        Box::pin(attempt(service, is_ready, request, until))
     }
 
     /// What `outcome` means under `retry.on`.

@@ -580,7 +580,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-        assert_eq!(err.metadata().get(PUSHBACK).unwrap(), "250");
+        assert_eq!(err.metadata().get(PUSHBACK.as_str()).unwrap(), "250");
 
         let mut request = tonic::Request::new(pb::GetStatsRequest {});
         request.set_timeout(Duration::from_secs(5));

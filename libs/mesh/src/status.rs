@@ -4,14 +4,20 @@
 //! travels in the response headers. That is what the layers classify on
 //! (an OK response carries its status in the trailers, after the body).
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use std::time::Duration;
 use tonic::Code;
 
+// Header names as `HeaderName` constants: looking one up by `&str` parses
+// the name on every call, and these are read or written several times per
+// call.
+
 /// `grpc-timeout` header name.
-pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// `grpc-retry-pushback-ms` header name.
-pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
+pub const PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+/// `grpc-status` header (or trailer) name.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The gRPC code in a response's headers: `Some(code)` for a trailers-only
 /// response, `None` when the status will come in the trailers (a normal,
@@ -19,7 +25,7 @@ pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
 pub fn header_code<B>(response: &http::Response<B>) -> Option<Code> {
     response
         .headers()
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map(Code::from_i32)
