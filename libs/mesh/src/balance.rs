@@ -115,7 +115,7 @@ pub type EndpointFuture<E> = futures::future::MapErr<
 /// The callers waiting for the shared balancer to become ready.
 ///
 /// The balancer is always polled with a waker made from this list
-/// ([`Waiters::waker`]); waking it wakes every parked caller. `epoch`
+/// (`Waiters::waker`); waking it wakes every parked caller. `epoch`
 /// counts those wake-ups, so a caller that parks right after one sees it
 /// and polls again instead of sleeping through it.
 #[derive(Default)]

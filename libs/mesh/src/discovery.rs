@@ -12,12 +12,12 @@
 //!   inserted, vanished ones removed.
 //!
 //! Endpoint services are made by a caller-supplied factory from the address
-//! (in production [`channel`]: a lazily connecting tonic channel, which
-//! reconnects by itself after the peer went away).
+//! (in production a [`Connection`](crate::connection::Connection), which
+//! connects on first use and again after the peer went away).
 //!
 //! Removing an endpoint only drops the balancer's handle on it: a call in
-//! flight owns its own response future (for a tonic channel, a stream on a
-//! connection whose task lives on), so it finishes normally.
+//! flight owns its own response future (a stream on an HTTP/2 connection
+//! whose task lives on), so it finishes normally.
 //!
 //! Neither source ever ends or fails: the balancer treats the end of its
 //! discovery or an error from it as fatal, while a DNS failure is usually a

@@ -11,7 +11,7 @@
 //!
 //! # What counts as a failure
 //!
-//! An error from the inner service (for a tonic channel: the endpoint could
+//! An error from the inner service (for a connection: the endpoint could
 //! not be connected to or the connection broke), an HTTP status other than
 //! 200, or a trailers-only gRPC status that says the *endpoint* is unwell:
 //! UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS ([`is_endpoint_failure`]).
@@ -44,10 +44,10 @@
 //!
 //! # A failing `poll_ready`
 //!
-//! A balancer drops for good an endpoint whose `poll_ready` fails. Instead
+//! tower's balancers drop for good an endpoint whose `poll_ready` fails. Instead
 //! of passing such an error on, [`Outlier`] counts it as a failure (which
 //! may eject the endpoint) and reports not-ready for [`NOT_READY_BACKOFF`]
-//! before asking the inner service again (a tonic channel that could not
+//! before asking the inner service again (a connection that could not
 //! connect tries again when asked).
 //!
 //! The policy is read from the watch channel at each decision, so a changed
