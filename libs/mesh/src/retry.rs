@@ -297,7 +297,11 @@ struct Head {
     uri: http::Uri,
     version: http::Version,
     headers: http::HeaderMap,
-    extensions: http::Extensions,
+    /// The request's extensions, for the first attempt only: nothing below
+    /// this layer reads them (the balancer, outlier detector, fault
+    /// injection and connection do not, and they are not sent), so later
+    /// attempts go without rather than copy them.
+    extensions: Option<http::Extensions>,
 }
 
 /// One retryable call: what each attempt needs.
@@ -354,7 +358,7 @@ where
                 uri: parts.uri,
                 version: parts.version,
                 headers: parts.headers,
-                extensions: parts.extensions,
+                extensions: Some(parts.extensions),
             },
             body,
             policy: effective,
@@ -482,7 +486,7 @@ where
         *request.uri_mut() = self.head.uri.clone();
         *request.version_mut() = self.head.version;
         *request.headers_mut() = self.head.headers.clone();
-        *request.extensions_mut() = self.head.extensions.clone();
+        *request.extensions_mut() = self.head.extensions.take().unwrap_or_default();
         if let Some((until, _)) = until {
             // The server gives up when this attempt does.
             let left = until.saturating_duration_since(now);

@@ -112,8 +112,23 @@ pub fn format_grpc_timeout(d: Duration) -> HeaderValue {
         .map(|&(size, unit)| (nanos / size, unit))
         .find(|&(value, unit)| value >= 100 || unit == 'n')
         .expect("nanoseconds always qualify");
-    let text = format!("{}{unit}", value.min(MAX));
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).expect("digits and a unit letter")
+    let value = value.min(MAX);
+    thread_local! {
+        /// The last value made on this thread: calls made with the same
+        /// budget repeat it, and a clone of it allocates nothing.
+        static LAST: std::cell::RefCell<Option<(u128, char, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((v, u, header)) if *v == value && *u == unit => header.clone(),
+        _ => {
+            let text = format!("{value}{unit}");
+            let header = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                .expect("digits and a unit letter");
+            *last = Some((value, unit, header.clone()));
+            header
+        }
+    })
 }
 
 #[cfg(test)]
