@@ -1,9 +1,8 @@
 //! Reading the `dead_letters` table, for each consuming service's
 //! `ListDeadLetters`.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use shop_proto::shop::common::v1::DeadLetter;
+use shop_runtime::paging;
 use shop_runtime::{FieldViolations, ServiceError};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -22,6 +21,9 @@ struct Row {
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// What a dead-letter page token is bound to.
+const SCOPE: &[&[u8]] = &[b"dead_letters"];
+
 /// One page of dead letters, newest first, and the next page's token.
 pub async fn list(
     pool: &PgPool,
@@ -29,29 +31,8 @@ pub async fn list(
     page_token: &str,
 ) -> Result<(Vec<DeadLetter>, String), ServiceError> {
     let mut v = FieldViolations::new();
-    let limit = match page_size {
-        0 => 20,
-        n @ 1..=100 => i64::from(n),
-        _ => {
-            v.add("page_size", "must be between 0 and 100 (0 means 20)");
-            20
-        }
-    };
-    let after = if page_token.is_empty() {
-        None
-    } else {
-        match URL_SAFE_NO_PAD
-            .decode(page_token)
-            .ok()
-            .and_then(|b| Uuid::from_slice(&b).ok())
-        {
-            Some(id) => Some(id),
-            None => {
-                v.add("page_token", "is not a page token this service issued");
-                None
-            }
-        }
-    };
+    let limit = paging::page_size(&mut v, page_size);
+    let after = paging::page_start(&mut v, page_token, SCOPE);
     v.into_result()?;
     let mut rows: Vec<Row> = sqlx::query_as(
         "SELECT dead_letter_id, consumer, stream, subject, event_id, event_type,
@@ -66,7 +47,7 @@ pub async fn list(
     .await?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
-        URL_SAFE_NO_PAD.encode(rows.last().expect("limit >= 1").dead_letter_id.as_bytes())
+        paging::next_page_token(rows.last().expect("limit >= 1").dead_letter_id, SCOPE)
     } else {
         String::new()
     };

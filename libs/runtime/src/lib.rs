@@ -21,6 +21,7 @@ pub mod convert;
 pub mod db;
 pub mod error;
 pub mod mesh;
+pub mod paging;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

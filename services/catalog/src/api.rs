@@ -1,6 +1,6 @@
 //! `shop.catalog.v1.CatalogService`: request checks, then store calls.
 
-use crate::domain::{self, MAX_BATCH, PageToken};
+use crate::domain::{self, MAX_BATCH};
 use crate::store::{self, NewProduct, ProductChanges, ProductRow};
 use shop_proto::shop::catalog::v1::catalog_service_server::CatalogService;
 use shop_proto::shop::catalog::v1::{
@@ -10,6 +10,7 @@ use shop_proto::shop::catalog::v1::{
 };
 use shop_proto::shop::common::v1::Money;
 use shop_runtime::convert::{parse_uuid as parse_id, timestamp};
+use shop_runtime::paging;
 use shop_runtime::{FieldViolations, ServiceError};
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -184,7 +185,7 @@ impl CatalogService for CatalogApi {
     ) -> Result<Response<ListProductsResponse>, Status> {
         let req = request.into_inner();
         let mut v = FieldViolations::new();
-        let limit = domain::page_size(&mut v, req.page_size);
+        let limit = paging::page_size(&mut v, req.page_size);
         if !req.category.is_empty() {
             domain::check_category(&mut v, "category", &req.category);
         }
@@ -193,17 +194,12 @@ impl CatalogService for CatalogApi {
             "name_contains",
             "must be at most 200 characters",
         );
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            match PageToken::decode(&req.page_token, &req.category, &req.name_contains) {
-                Ok(t) => Some(t.last_id),
-                Err(e) => {
-                    v.add("page_token", e);
-                    None
-                }
-            }
-        };
+        let scope: [&[u8]; 3] = [
+            b"catalog/ListProducts",
+            req.category.as_bytes(),
+            req.name_contains.as_bytes(),
+        ];
+        let after = paging::page_start(&mut v, &req.page_token, &scope);
         v.into_result()?;
 
         let category = (!req.category.is_empty()).then_some(req.category.as_str());
@@ -215,7 +211,7 @@ impl CatalogService for CatalogApi {
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
             let last_id = rows.last().expect("limit >= 1").product_id;
-            PageToken { last_id }.encode(&req.category, &req.name_contains)
+            paging::next_page_token(last_id, &scope)
         } else {
             String::new()
         };

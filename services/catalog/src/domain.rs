@@ -1,15 +1,7 @@
-//! What a valid product is, and the listing's page token. Pure: no I/O.
+//! What a valid product is. Pure: no I/O.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
 use shop_runtime::FieldViolations;
-use uuid::Uuid;
 
-/// Page size when the request leaves it at 0.
-pub(crate) const DEFAULT_PAGE_SIZE: i64 = 20;
-/// Largest page a caller may ask for.
-pub(crate) const MAX_PAGE_SIZE: i64 = 100;
 /// Most ids in one BatchGetProducts.
 pub(crate) const MAX_BATCH: usize = 100;
 
@@ -88,72 +80,6 @@ pub(crate) fn check_price(
     })
 }
 
-/// Page size from the request: 0 means the default; out of range is refused.
-pub(crate) fn page_size(v: &mut FieldViolations, requested: i32) -> i64 {
-    match requested {
-        0 => DEFAULT_PAGE_SIZE,
-        n if (1..=MAX_PAGE_SIZE as i32).contains(&n) => i64::from(n),
-        _ => {
-            v.add(
-                "page_size",
-                format!("must be between 0 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"),
-            );
-            DEFAULT_PAGE_SIZE
-        }
-    }
-}
-
-/// Where the next page starts: after `last_id`, for the same filters.
-///
-/// Encoded as URL-safe base64 of a version byte, the last product id seen
-/// and a fingerprint of the filters, so a token is refused when it was not
-/// made by us or is replayed with other filters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PageToken {
-    pub(crate) last_id: Uuid,
-}
-
-const TOKEN_VERSION: u8 = 1;
-
-fn filter_fingerprint(category: &str, name_contains: &str) -> [u8; 8] {
-    let digest = Sha256::new()
-        .chain_update(category.as_bytes())
-        .chain_update([0u8])
-        .chain_update(name_contains.as_bytes())
-        .finalize();
-    digest[..8]
-        .try_into()
-        .expect("a SHA-256 digest has 32 bytes")
-}
-
-impl PageToken {
-    pub(crate) fn encode(&self, category: &str, name_contains: &str) -> String {
-        let mut bytes = Vec::with_capacity(25);
-        bytes.push(TOKEN_VERSION);
-        bytes.extend_from_slice(self.last_id.as_bytes());
-        bytes.extend_from_slice(&filter_fingerprint(category, name_contains));
-        URL_SAFE_NO_PAD.encode(bytes)
-    }
-
-    pub(crate) fn decode(
-        token: &str,
-        category: &str,
-        name_contains: &str,
-    ) -> Result<Self, &'static str> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| "is not a page token this service issued")?;
-        if bytes.len() != 25 || bytes[0] != TOKEN_VERSION {
-            return Err("is not a page token this service issued");
-        }
-        if bytes[17..] != filter_fingerprint(category, name_contains) {
-            return Err("was issued for other filters; repeat the first request's filters");
-        }
-        let last_id = Uuid::from_slice(&bytes[1..17]).expect("16 bytes");
-        Ok(Self { last_id })
-    }
-}
-
 /// `name_contains` as a LIKE pattern matching it literally anywhere.
 pub(crate) fn contains_pattern(needle: &str) -> String {
     let mut p = String::with_capacity(needle.len() + 2);
@@ -171,40 +97,6 @@ pub(crate) fn contains_pattern(needle: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn page_tokens_round_trip_for_the_same_filters_only() {
-        let t = PageToken {
-            last_id: Uuid::now_v7(),
-        };
-        let s = t.encode("books", "rust");
-        assert_eq!(PageToken::decode(&s, "books", "rust"), Ok(t));
-        assert!(PageToken::decode(&s, "books", "go").is_err());
-        assert!(PageToken::decode(&s, "", "rust").is_err());
-    }
-
-    #[test]
-    fn forged_tokens_are_refused() {
-        for forged in [
-            "",
-            "abc",
-            "not base64 at all!",
-            &URL_SAFE_NO_PAD.encode([2u8; 25]),
-        ] {
-            assert!(PageToken::decode(forged, "", "").is_err(), "{forged:?}");
-        }
-    }
-
-    #[test]
-    fn page_size_bounds() {
-        let mut v = FieldViolations::new();
-        assert_eq!(page_size(&mut v, 0), DEFAULT_PAGE_SIZE);
-        assert_eq!(page_size(&mut v, 100), 100);
-        assert!(v.is_empty());
-        page_size(&mut v, 101);
-        page_size(&mut v, -1);
-        assert_eq!(v.iter().count(), 2);
-    }
 
     #[test]
     fn prices_need_a_positive_amount_and_a_real_currency() {

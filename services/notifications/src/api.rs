@@ -1,7 +1,7 @@
 //! `shop.notifications.v1.NotificationService`: request checks, then store
 //! calls.
 
-use crate::domain::{self, Kind, PageToken};
+use crate::domain::Kind;
 use crate::store::{self, NotificationRow};
 use shop_proto::shop::notifications::v1::notification_service_server::NotificationService;
 use shop_proto::shop::notifications::v1::{
@@ -10,6 +10,7 @@ use shop_proto::shop::notifications::v1::{
 };
 use shop_runtime::FieldViolations;
 use shop_runtime::convert::timestamp;
+use shop_runtime::paging;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -51,7 +52,7 @@ impl NotificationService for NotificationsApi {
     ) -> Result<Response<ListNotificationsResponse>, Status> {
         let req = request.into_inner();
         let mut v = FieldViolations::new();
-        let limit = domain::page_size(&mut v, req.page_size);
+        let limit = paging::page_size(&mut v, req.page_size);
         let user_id = if req.user_id.is_empty() {
             v.add("user_id", "is required");
             None
@@ -62,17 +63,12 @@ impl NotificationService for NotificationsApi {
         };
         // A token is only checked against a valid user_id; with a bad
         // user_id the caller has that to fix first.
+        const LIST: &[u8] = b"notifications/ListNotifications";
         let before = match user_id {
-            Some(user_id) if !req.page_token.is_empty() => {
-                match PageToken::decode(&req.page_token, user_id) {
-                    Ok(t) => Some(t.last_id),
-                    Err(e) => {
-                        v.add("page_token", e);
-                        None
-                    }
-                }
+            Some(user_id) => {
+                paging::page_start(&mut v, &req.page_token, &[LIST, user_id.as_bytes()])
             }
-            _ => None,
+            None => None,
         };
         v.into_result()?;
         let user_id = user_id.expect("checked above");
@@ -82,7 +78,7 @@ impl NotificationService for NotificationsApi {
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
             let last_id = rows.last().expect("limit >= 1").notification_id;
-            PageToken { user_id, last_id }.encode()
+            paging::next_page_token(last_id, &[LIST, user_id.as_bytes()])
         } else {
             String::new()
         };

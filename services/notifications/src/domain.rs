@@ -1,15 +1,8 @@
 //! What each notification says, and the listing's page token. Pure: no I/O.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use shop_proto::shop::common::v1::CancellationReason;
-use shop_runtime::FieldViolations;
 use uuid::Uuid;
 
-/// Page size when the request leaves it at 0.
-pub(crate) const DEFAULT_PAGE_SIZE: i64 = 20;
-/// Largest page a caller may ask for.
-pub(crate) const MAX_PAGE_SIZE: i64 = 100;
 /// Longest cancellation detail quoted in a message.
 const MAX_DETAIL_CHARS: usize = 200;
 
@@ -163,63 +156,6 @@ pub(crate) fn order_cancelled(
     }
 }
 
-/// Page size from the request: 0 means the default; out of range is refused.
-pub(crate) fn page_size(v: &mut FieldViolations, requested: i32) -> i64 {
-    match requested {
-        0 => DEFAULT_PAGE_SIZE,
-        n if (1..=MAX_PAGE_SIZE as i32).contains(&n) => i64::from(n),
-        _ => {
-            v.add(
-                "page_size",
-                format!("must be between 0 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"),
-            );
-            DEFAULT_PAGE_SIZE
-        }
-    }
-}
-
-/// Where the next page starts: before `last_id` (newest first), for
-/// `user_id`.
-///
-/// Encoded as URL-safe base64 of a version byte, the user id and the last
-/// notification id seen, so a token made for another user is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PageToken {
-    pub(crate) user_id: Uuid,
-    pub(crate) last_id: Uuid,
-}
-
-const TOKEN_VERSION: u8 = 1;
-const TOKEN_LEN: usize = 33;
-
-impl PageToken {
-    pub(crate) fn encode(&self) -> String {
-        let mut bytes = Vec::with_capacity(TOKEN_LEN);
-        bytes.push(TOKEN_VERSION);
-        bytes.extend_from_slice(self.user_id.as_bytes());
-        bytes.extend_from_slice(self.last_id.as_bytes());
-        URL_SAFE_NO_PAD.encode(bytes)
-    }
-
-    /// The token, if it is one we issued for `user_id`.
-    pub(crate) fn decode(token: &str, user_id: Uuid) -> Result<Self, &'static str> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| "is not a page token this service issued")?;
-        if bytes.len() != TOKEN_LEN || bytes[0] != TOKEN_VERSION {
-            return Err("is not a page token this service issued");
-        }
-        let token = Self {
-            user_id: Uuid::from_slice(&bytes[1..17]).expect("16 bytes"),
-            last_id: Uuid::from_slice(&bytes[17..]).expect("16 bytes"),
-        };
-        if token.user_id != user_id {
-            return Err("was issued for another user_id; repeat the first request's user_id");
-        }
-        Ok(token)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,29 +210,5 @@ mod tests {
         );
         let unknown = order_cancelled(id, 1, None, 99, "");
         assert!(unknown.body.contains("because of a problem on our side."));
-    }
-
-    #[test]
-    fn page_tokens_round_trip_for_their_user_only() {
-        let t = PageToken {
-            user_id: Uuid::now_v7(),
-            last_id: Uuid::now_v7(),
-        };
-        assert_eq!(PageToken::decode(&t.encode(), t.user_id), Ok(t));
-        assert!(PageToken::decode(&t.encode(), Uuid::now_v7()).is_err());
-        for forged in ["", "abc", "not base64!", &URL_SAFE_NO_PAD.encode([2u8; 33])] {
-            assert!(PageToken::decode(forged, t.user_id).is_err(), "{forged:?}");
-        }
-    }
-
-    #[test]
-    fn page_size_bounds() {
-        let mut v = FieldViolations::new();
-        assert_eq!(page_size(&mut v, 0), DEFAULT_PAGE_SIZE);
-        assert_eq!(page_size(&mut v, 100), 100);
-        assert!(v.is_empty());
-        page_size(&mut v, 101);
-        page_size(&mut v, -1);
-        assert_eq!(v.iter().count(), 2);
     }
 }

@@ -4,8 +4,6 @@ use crate::catalog::Catalog;
 use crate::domain::{self, CatalogPrice, OrderRequest};
 use crate::saga;
 use crate::store::{self, NewOrder, OrderRow};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use shop_events::{Events, outbox};
 use shop_proto::shop::common::v1::{CancellationReason, Money};
 use shop_proto::shop::events::v1::{OrderLine as EventLine, OrderPlaced};
@@ -17,6 +15,7 @@ use shop_proto::shop::orders::v1::{
     SagaStepType,
 };
 use shop_runtime::convert::timestamp;
+use shop_runtime::paging;
 use shop_runtime::{FieldViolations, ServiceError};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
@@ -123,15 +122,6 @@ async fn to_proto(conn: &mut PgConnection, row: OrderRow) -> sqlx::Result<Order>
 
 fn parse_order_id(raw: &str) -> Result<Uuid, ServiceError> {
     shop_runtime::convert::parse_uuid("order_id", raw)
-}
-
-/// ListOrders page token: the last order id seen plus a fingerprint of the
-/// filters it was issued for.
-fn list_token_filter(user_id: Uuid, status: i32) -> [u8; 8] {
-    let mut f = [0u8; 8];
-    f[..4].copy_from_slice(&user_id.as_bytes()[12..]);
-    f[4..].copy_from_slice(&status.to_be_bytes());
-    f
 }
 
 #[tonic::async_trait]
@@ -273,14 +263,7 @@ impl OrderService for OrdersApi {
         let user_id = Uuid::parse_str(&req.user_id)
             .map_err(|_| v.add("user_id", "must be a UUID"))
             .ok();
-        let limit = match req.page_size {
-            0 => 20,
-            n @ 1..=100 => i64::from(n),
-            _ => {
-                v.add("page_size", "must be between 0 and 100 (0 means 20)");
-                20
-            }
-        };
+        let limit = paging::page_size(&mut v, req.page_size);
         let status = match OrderStatus::try_from(req.status) {
             Ok(OrderStatus::Unspecified) => None,
             Ok(OrderStatus::Pending) => Some("pending"),
@@ -291,24 +274,17 @@ impl OrderService for OrdersApi {
                 None
             }
         };
-        let before = match (&user_id, req.page_token.is_empty()) {
-            (_, true) => None,
-            (Some(user_id), false) => {
-                let filter = list_token_filter(*user_id, req.status);
-                match URL_SAFE_NO_PAD.decode(&req.page_token) {
-                    Ok(b) if b.len() == 24 && b[16..] == filter => {
-                        Some(Uuid::from_slice(&b[..16]).expect("16 bytes"))
-                    }
-                    _ => {
-                        v.add(
-                            "page_token",
-                            "is not a page token this service issued for these filters",
-                        );
-                        None
-                    }
-                }
-            }
-            (None, false) => None,
+        // A token is bound to the user and the status filter; it is only
+        // checked against a valid user_id (a bad one is the thing to fix).
+        const LIST: &[u8] = b"orders/ListOrders";
+        let status_filter = req.status.to_be_bytes();
+        let before = match &user_id {
+            Some(user_id) => paging::page_start(
+                &mut v,
+                &req.page_token,
+                &[LIST, user_id.as_bytes(), &status_filter],
+            ),
+            None => None,
         };
         v.into_result()?;
         let user_id = user_id.expect("checked");
@@ -317,14 +293,8 @@ impl OrderService for OrdersApi {
             .map_err(ServiceError::from)?;
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
-            let mut b = rows
-                .last()
-                .expect("limit >= 1")
-                .order_id
-                .as_bytes()
-                .to_vec();
-            b.extend_from_slice(&list_token_filter(user_id, req.status));
-            URL_SAFE_NO_PAD.encode(b)
+            let last_id = rows.last().expect("limit >= 1").order_id;
+            paging::next_page_token(last_id, &[LIST, user_id.as_bytes(), &status_filter])
         } else {
             String::new()
         };

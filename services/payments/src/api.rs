@@ -1,7 +1,7 @@
 //! `shop.payments.v1.PaymentService`: request checks, then store reads.
 
 use crate::consumers::decline_reason_to_proto;
-use crate::domain::{self, DeclineReason, PageToken};
+use crate::domain::DeclineReason;
 use crate::store::{self, PaymentRow, RefundRow};
 use shop_proto::shop::common::v1::Money;
 use shop_proto::shop::payments::v1::payment_service_server::PaymentService;
@@ -10,6 +10,7 @@ use shop_proto::shop::payments::v1::{
     ListPaymentsRequest, ListPaymentsResponse, Payment, PaymentStatus, Refund,
 };
 use shop_runtime::convert::timestamp;
+use shop_runtime::paging;
 use shop_runtime::{FieldViolations, ServiceError};
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -119,7 +120,7 @@ impl PaymentService for PaymentsApi {
     ) -> Result<Response<ListPaymentsResponse>, Status> {
         let req = request.into_inner();
         let mut v = FieldViolations::new();
-        let limit = domain::page_size(&mut v, req.page_size);
+        let limit = paging::page_size(&mut v, req.page_size);
         let order_id = if req.order_id.is_empty() {
             None
         } else {
@@ -129,17 +130,8 @@ impl PaymentService for PaymentsApi {
         };
         // Tokens are bound to the canonical form of the filter.
         let filter = order_id.map_or_else(|| req.order_id.clone(), |id| id.to_string());
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            match PageToken::decode(&req.page_token, &filter) {
-                Ok(t) => Some(t.last_id),
-                Err(e) => {
-                    v.add("page_token", e);
-                    None
-                }
-            }
-        };
+        let scope: [&[u8]; 2] = [b"payments/ListPayments", filter.as_bytes()];
+        let after = paging::page_start(&mut v, &req.page_token, &scope);
         v.into_result()?;
 
         // One extra row tells whether another page follows.
@@ -149,7 +141,7 @@ impl PaymentService for PaymentsApi {
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
             let last_id = rows.last().expect("limit >= 1").payment_id;
-            PageToken { last_id }.encode(&filter)
+            paging::next_page_token(last_id, &scope)
         } else {
             String::new()
         };

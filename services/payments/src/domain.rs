@@ -2,17 +2,9 @@
 //! listing's page token. Pure: no I/O, apart from the processor's injectable
 //! delay for slow approvals.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
 use shop_runtime::FieldViolations;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// Page size when the request leaves it at 0.
-pub(crate) const DEFAULT_PAGE_SIZE: i64 = 20;
-/// Largest page a caller may ask for.
-pub(crate) const MAX_PAGE_SIZE: i64 = 100;
 
 // === The simulated card processor ===
 
@@ -210,69 +202,6 @@ pub(crate) fn order_lock_key(order_id: Uuid) -> String {
 
 // === Listing ===
 
-/// Page size from the request: 0 means the default; out of range is refused.
-pub(crate) fn page_size(v: &mut FieldViolations, requested: i32) -> i64 {
-    match requested {
-        0 => DEFAULT_PAGE_SIZE,
-        n if (1..=MAX_PAGE_SIZE as i32).contains(&n) => i64::from(n),
-        _ => {
-            v.add(
-                "page_size",
-                format!("must be between 0 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"),
-            );
-            DEFAULT_PAGE_SIZE
-        }
-    }
-}
-
-/// Where the next page of payments starts: after `last_id`, for the same
-/// order filter.
-///
-/// URL-safe base64 of a version byte, the last payment id seen and a
-/// fingerprint of the filter, so a token is refused when it was not made by
-/// us or is replayed with another filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PageToken {
-    pub(crate) last_id: Uuid,
-}
-
-const TOKEN_VERSION: u8 = 1;
-const TOKEN_LEN: usize = 1 + 16 + 8;
-
-fn filter_fingerprint(order_id: &str) -> [u8; 8] {
-    let digest = Sha256::new()
-        .chain_update(b"payments/list/")
-        .chain_update(order_id.as_bytes())
-        .finalize();
-    digest[..8]
-        .try_into()
-        .expect("a SHA-256 digest has 32 bytes")
-}
-
-impl PageToken {
-    pub(crate) fn encode(&self, order_id: &str) -> String {
-        let mut bytes = Vec::with_capacity(TOKEN_LEN);
-        bytes.push(TOKEN_VERSION);
-        bytes.extend_from_slice(self.last_id.as_bytes());
-        bytes.extend_from_slice(&filter_fingerprint(order_id));
-        URL_SAFE_NO_PAD.encode(bytes)
-    }
-
-    pub(crate) fn decode(token: &str, order_id: &str) -> Result<Self, &'static str> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| "is not a page token this service issued")?;
-        if bytes.len() != TOKEN_LEN || bytes[0] != TOKEN_VERSION {
-            return Err("is not a page token this service issued");
-        }
-        if bytes[17..] != filter_fingerprint(order_id) {
-            return Err("was issued for another order_id; repeat the first request's filter");
-        }
-        let last_id = Uuid::from_slice(&bytes[1..17]).expect("16 bytes");
-        Ok(Self { last_id })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,30 +300,5 @@ mod tests {
                 .unwrap_err()
                 .contains("total")
         );
-    }
-
-    #[test]
-    fn page_tokens_round_trip_for_the_same_filter_only() {
-        let t = PageToken {
-            last_id: Uuid::now_v7(),
-        };
-        let order = Uuid::now_v7().to_string();
-        let s = t.encode(&order);
-        assert_eq!(PageToken::decode(&s, &order), Ok(t));
-        assert!(PageToken::decode(&s, "").is_err());
-        for forged in ["", "abc", "not base64!", &URL_SAFE_NO_PAD.encode([2u8; 25])] {
-            assert!(PageToken::decode(forged, "").is_err(), "{forged:?}");
-        }
-    }
-
-    #[test]
-    fn page_size_bounds() {
-        let mut v = FieldViolations::new();
-        assert_eq!(page_size(&mut v, 0), DEFAULT_PAGE_SIZE);
-        assert_eq!(page_size(&mut v, 100), 100);
-        assert!(v.is_empty());
-        page_size(&mut v, 101);
-        page_size(&mut v, -1);
-        assert_eq!(v.iter().count(), 2);
     }
 }
