@@ -19,8 +19,9 @@
 //! 7. **[`fault`](crate::fault)** — per endpoint, innermost, so injected
 //!    failures look like an endpoint's own (and are ejected like them);
 //! 8. the [`connection`](crate::connection): one HTTP/2 connection per
-//!    endpoint (hyper's client, no task hop), opened on first use and
-//!    again after it is lost.
+//!    endpoint (the `h2` crate's client, driven from the caller's task: no
+//!    channel and no task per call), opened on first use and again after
+//!    it is lost.
 
 use crate::connection::Connection;
 use crate::discovery::Factory;

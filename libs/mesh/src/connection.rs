@@ -1,34 +1,71 @@
-//! The connection to one endpoint: one HTTP/2 connection (hyper's client),
-//! opened on first use and opened again after it is lost.
+//! The connection to one endpoint: one HTTP/2 connection (the `h2` crate's
+//! client), opened on first use and opened again after it is lost.
 //!
-//! Why not a tonic `Channel`: a channel is made to be shared, so it puts a
-//! [`Buffer`](tower::buffer::Buffer) task in front of the connection, and
-//! enforces `grpc-timeout` with a timer of its own. Inside the mesh the
-//! endpoint is already shared (the balancer's lock) and the deadline
-//! already enforced (the deadline and retry layers), so each call would pay
-//! a task hop and a timer for nothing. [`Connection`] hands a request
-//! straight to hyper's `SendRequest`, which queues it for the connection's
-//! own task.
+//! # Why `h2` and not a tonic `Channel` or hyper's client
+//!
+//! A tonic `Channel` is made to be shared, so it puts a
+//! [`Buffer`](tower::buffer::Buffer) task in front of the connection and
+//! enforces `grpc-timeout` with a timer of its own; hyper's HTTP/2 client
+//! below it hands every request to the connection's task through a channel,
+//! spawns a task per request to await the response (and another to stream
+//! the body when it is not complete at once), and sends the response back
+//! through a oneshot. Inside the mesh the endpoint is already shared (the
+//! balancer's lock), the deadline already enforced (the deadline and retry
+//! layers), and the caller's task is there to be polled: so [`Connection`]
+//! opens the stream itself (`h2`'s `SendRequest` is a handle on the
+//! connection's stream table), sends the body from the caller's task, and
+//! the [`ResponseFuture`] waits on the stream directly. The connection's own
+//! task only reads and writes the socket. Per call that is no channel, no
+//! spawned task and no oneshot.
+//!
+//! # Bodies
+//!
+//! A request body is sent from the call's [`ResponseFuture`] as the caller
+//! polls it: a complete body (a unary request, or one the retry layer
+//! buffered) goes out with the headers in the first poll. A streaming body
+//! keeps being sent while the call waits for its response; at most
+//! [`MAX_UNSENT`] bytes beyond the stream's flow-control window are queued
+//! before the pipe waits for the peer's window to open. If the response
+//! comes while the body is still being sent (a server may answer early),
+//! the rest is sent from a task of its own, as hyper would. Response bodies
+//! give their flow-control capacity back as they are read.
 //!
 //! # Readiness and failures
 //!
 //! `poll_ready` connects if there is no connection, or if the one it had
-//! was closed (a GOAWAY, a server gone): TCP with `TCP_NODELAY`, bounded by
-//! the connect timeout, then the HTTP/2 handshake. It is an error if that
-//! fails: the outlier detector above counts the error and holds the
-//! endpoint back for a moment; the next `poll_ready` tries again. Calls in
-//! flight on a lost connection fail with hyper's error, which the retry
-//! layer treats as UNAVAILABLE.
+//! was closed (a GOAWAY, a server gone, the connection's task ended): TCP
+//! with `TCP_NODELAY` and the HTTP/2 handshake, bounded by the connect
+//! timeout. It is an error if that fails: the outlier detector above counts
+//! the error and holds the endpoint back for a moment; the next
+//! `poll_ready` tries again. While the peer's `MAX_CONCURRENT_STREAMS` is
+//! reached, the stream last opened waits to be sent and `poll_ready` is
+//! pending until it is (so the balancer prefers another endpoint). Calls in
+//! flight on a lost connection fail with `h2`'s error, which the retry layer
+//! treats as UNAVAILABLE.
 //!
-//! Plain-text HTTP/2 (h2c) only, as between the services here.
+//! Plain-text HTTP/2 (h2c) only, as between the services here. The
+//! connection settings are hyper's defaults for a client (2 MiB stream
+//! window, 5 MiB connection window, 16 KiB frames and header lists, 1 MiB
+//! send buffer per stream, no server push).
 
 use crate::{Body, BoxError, Request, Response};
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+/// Bytes of a streaming request body queued beyond the stream's
+/// flow-control window before sending waits for the window to open.
+pub const MAX_UNSENT: usize = 64 * 1024;
+
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
 
 /// One endpoint's HTTP/2 connection; see the module docs.
 pub struct Connection {
@@ -38,10 +75,12 @@ pub struct Connection {
     state: State,
 }
 
+type Sender = h2::client::SendRequest<Bytes>;
+
 enum State {
     Idle,
-    Connecting(BoxFuture<'static, Result<http2::SendRequest<Body>, BoxError>>),
-    Connected(http2::SendRequest<Body>),
+    Connecting(BoxFuture<'static, Result<Sender, BoxError>>),
+    Connected(Sender),
 }
 
 // === impl Connection ===
@@ -66,19 +105,28 @@ impl Connection {
         })
     }
 
-    fn connect(&self) -> BoxFuture<'static, Result<http2::SendRequest<Body>, BoxError>> {
+    fn connect(&self) -> BoxFuture<'static, Result<Sender, BoxError>> {
         let target = self.authority.as_str().to_string();
         let timeout = self.connect_timeout;
         let address = self.address.clone();
         Box::pin(async move {
-            let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target))
+            let handshake = async {
+                let stream = tokio::net::TcpStream::connect(&target).await?;
+                stream.set_nodelay(true)?;
+                let (sender, connection) = h2::client::Builder::new()
+                    .initial_window_size(STREAM_WINDOW)
+                    .initial_connection_window_size(CONNECTION_WINDOW)
+                    .max_frame_size(MAX_FRAME_SIZE)
+                    .max_header_list_size(MAX_HEADER_LIST_SIZE)
+                    .max_send_buffer_size(MAX_SEND_BUFFER)
+                    .enable_push(false)
+                    .handshake::<_, Bytes>(stream)
+                    .await?;
+                Ok::<_, BoxError>((sender, connection))
+            };
+            let (sender, connection) = tokio::time::timeout(timeout, handshake)
                 .await
                 .map_err(|_| format!("connecting to {address} timed out after {timeout:?}"))??;
-            stream.set_nodelay(true)?;
-            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(TokioIo::new(stream))
-                .await?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(endpoint = %address, %error, "connection ended");
@@ -92,7 +140,7 @@ impl Connection {
 impl tower::Service<Request> for Connection {
     type Response = Response;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response, BoxError>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
@@ -128,8 +176,18 @@ impl tower::Service<Request> for Connection {
         uri.scheme = Some(http::uri::Scheme::HTTP);
         uri.authority = Some(self.authority.clone());
         head.uri = http::Uri::from_parts(uri).expect("a path with a scheme and an authority");
-        let response = sender.send_request(Request::from_parts(head, body));
-        Box::pin(async move { Ok(response.await?.map(Body::new)) })
+        let end_of_stream = http_body::Body::is_end_stream(&body);
+        match sender.send_request(http::Request::from_parts(head, ()), end_of_stream) {
+            Ok((response, stream)) => ResponseFuture {
+                state: Call::Waiting {
+                    response,
+                    pipe: (!end_of_stream).then(|| Pipe::new(body, stream)),
+                },
+            },
+            Err(error) => ResponseFuture {
+                state: Call::Failed(Some(error)),
+            },
+        }
     }
 }
 
@@ -163,9 +221,191 @@ impl fmt::Debug for Connection {
     }
 }
 
+// === impl ResponseFuture ===
+
+/// The response future of [`Connection`]: sends the request body and waits
+/// for the response head, on the caller's task.
+pub struct ResponseFuture {
+    state: Call,
+}
+
+enum Call {
+    Waiting {
+        response: h2::client::ResponseFuture,
+        /// The request body still to send, if any.
+        pipe: Option<Pipe>,
+    },
+    Failed(Option<h2::Error>),
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is Unpin (h2's futures are handles on the stream).
+        let this = self.get_mut();
+        let (response, pipe) = match &mut this.state {
+            Call::Failed(error) => {
+                let error = error.take().expect("polled after completion");
+                return Poll::Ready(Err(error.into()));
+            }
+            Call::Waiting { response, pipe } => (response, pipe),
+        };
+        if let Some(sending) = pipe {
+            match sending.poll(cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => *pipe = None,
+                Poll::Ready(Err(error)) => {
+                    *pipe = None;
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+        let head = ready!(Pin::new(response).poll(cx))?;
+        if let Some(mut rest) = pipe.take() {
+            // Answered before the request was all sent: the rest goes on
+            // from a task of its own (or stops when the peer resets).
+            tokio::spawn(async move {
+                if let Err(error) = std::future::poll_fn(|cx| rest.poll(cx)).await {
+                    tracing::debug!(%error, "request body not sent");
+                }
+            });
+        }
+        Poll::Ready(Ok(head.map(|stream| Body::new(RecvBody(stream)))))
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+// === impl Pipe ===
+
+/// Sends a request body on its stream, frame by frame.
+struct Pipe {
+    body: Body,
+    stream: h2::SendStream<Bytes>,
+    /// Bytes queued since the stream last had window to spare.
+    unsent: usize,
+}
+
+impl Pipe {
+    fn new(body: Body, stream: h2::SendStream<Bytes>) -> Self {
+        Self {
+            body,
+            stream,
+            unsent: 0,
+        }
+    }
+
+    /// Ready once the body has been handed to `h2` whole (or could not be).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        use http_body::Body as _;
+        loop {
+            if self.unsent >= MAX_UNSENT {
+                // Enough queued: wait until the peer's window has taken it.
+                self.stream.reserve_capacity(1);
+                while self.stream.capacity() == 0 {
+                    match ready!(self.stream.poll_capacity(cx)) {
+                        Some(Ok(_)) => {}
+                        Some(Err(error)) => return Poll::Ready(Err(error.into())),
+                        None => return Poll::Ready(Err("the stream was closed".into())),
+                    }
+                }
+                self.unsent = 0;
+            }
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    // Waiting for the body: stop if the peer reset the
+                    // stream meanwhile.
+                    return match self.stream.poll_reset(cx) {
+                        Poll::Ready(Ok(reason)) => {
+                            Poll::Ready(Err(format!("the stream was reset: {reason}").into()))
+                        }
+                        Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            };
+            match frame {
+                None => {
+                    self.stream.send_data(Bytes::new(), true)?;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(status)) => {
+                    self.stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return Poll::Ready(Err(status.into()));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let end = self.body.is_end_stream();
+                        self.unsent += data.len();
+                        self.stream.send_data(data, end)?;
+                        if end {
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.stream.send_trailers(trailers)?;
+                            return Poll::Ready(Ok(()));
+                        }
+                        // A frame kind HTTP/2 has no use for: skipped.
+                    }
+                },
+            }
+        }
+    }
+}
+
+// === impl RecvBody ===
+
+/// A response body read from its stream, giving the flow-control capacity
+/// back as data is read.
+struct RecvBody(h2::RecvStream);
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h2::Error>>> {
+        let stream = &mut self.0;
+        if !stream.is_end_stream() {
+            match ready!(stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Fails only if the stream is gone, which the next
+                    // poll reports.
+                    let _ = stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => {}
+            }
+        }
+        match ready!(stream.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::{Service as _, ServiceExt as _};
 
     fn request() -> Request {
@@ -211,5 +451,153 @@ mod tests {
         );
         let response = connection.ready().await.unwrap().call(request()).await;
         assert_eq!(response.unwrap().status(), http::StatusCode::OK);
+    }
+
+    /// An HTTP/2 server (h2's, no gRPC) that answers each request with the
+    /// number of body bytes it read (header `x-read`) and a body of the
+    /// size the request's `x-reply` asks for; with `x-early` it answers
+    /// before reading the body, and reports the count in a trailer. With
+    /// `go_away`, it sends GOAWAY after its first request.
+    async fn byte_server(go_away: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut connection = h2::server::handshake(socket).await.unwrap();
+                    let mut served = 0;
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        served += 1;
+                        if go_away && served == 1 {
+                            connection.graceful_shutdown();
+                        }
+                        tokio::spawn(async move {
+                            let header = |name: &str| {
+                                request
+                                    .headers()
+                                    .get(name)
+                                    .map(|v| v.to_str().unwrap().parse::<usize>().unwrap())
+                            };
+                            let reply = header("x-reply").unwrap_or(0);
+                            let early = header("x-early").is_some();
+                            let mut body = request.into_body();
+                            let mut read = 0;
+                            let mut send = None;
+                            if early {
+                                let response = http::Response::new(());
+                                send = Some(respond.send_response(response, false).unwrap());
+                            }
+                            while let Some(chunk) = body.data().await {
+                                let chunk = chunk.unwrap();
+                                read += chunk.len();
+                                body.flow_control().release_capacity(chunk.len()).unwrap();
+                            }
+                            let mut send = match send {
+                                Some(send) => send,
+                                None => {
+                                    let response = http::Response::builder()
+                                        .header("x-read", read)
+                                        .body(())
+                                        .unwrap();
+                                    respond.send_response(response, false).unwrap()
+                                }
+                            };
+                            send.send_data(Bytes::from(vec![7u8; reply]), false)
+                                .unwrap();
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("x-read", read.into());
+                            send.send_trailers(trailers).unwrap();
+                        });
+                    }
+                });
+            }
+        });
+        (address, connections)
+    }
+
+    fn streaming_request(chunks: usize, chunk: usize, headers: &[(&str, usize)]) -> Request {
+        let frames = (0..chunks).map(move |_| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![1u8; chunk])))
+        });
+        let mut builder = http::Request::builder().uri("/bytes");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder
+            .body(Body::new(http_body_util::StreamBody::new(
+                futures::stream::iter(frames),
+            )))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn bodies_larger_than_every_window_go_both_ways() {
+        let (address, _server) = byte_server(false).await;
+        let mut connection = Connection::new(&address, Duration::from_secs(1)).unwrap();
+        // 8 MiB up (more than the server's 64 KiB default window and the
+        // unsent bound), 6 MiB down (more than our stream and connection
+        // windows: only read if capacity is given back).
+        let request = streaming_request(128, 64 * 1024, &[("x-reply", 6 * 1024 * 1024)]);
+        let response = tokio::time::timeout(Duration::from_secs(20), async {
+            connection.ready().await.unwrap().call(request).await
+        })
+        .await
+        .expect("no flow-control stall")
+        .unwrap();
+        assert_eq!(response.headers()["x-read"], (8 * 1024 * 1024).to_string());
+        let body = tokio::time::timeout(Duration::from_secs(20), response.into_body().collect())
+            .await
+            .expect("no flow-control stall")
+            .unwrap();
+        assert_eq!(
+            body.trailers().unwrap()["x-read"],
+            (8 * 1024 * 1024).to_string()
+        );
+        assert_eq!(body.to_bytes().len(), 6 * 1024 * 1024);
+    }
+
+    #[tokio::test]
+    async fn a_body_still_sending_when_the_answer_comes_is_sent_in_full() {
+        let (address, _server) = byte_server(false).await;
+        let mut connection = Connection::new(&address, Duration::from_secs(1)).unwrap();
+        let request = streaming_request(64, 64 * 1024, &[("x-early", 1)]);
+        let response = connection
+            .ready()
+            .await
+            .unwrap()
+            .call(request)
+            .await
+            .unwrap();
+        assert!(response.headers().get("x-read").is_none(), "answered early");
+        let body = tokio::time::timeout(Duration::from_secs(20), response.into_body().collect())
+            .await
+            .expect("the rest of the body was sent")
+            .unwrap();
+        assert_eq!(
+            body.trailers().unwrap()["x-read"],
+            (4 * 1024 * 1024).to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_goes_away_is_opened_again() {
+        let (address, connections) = byte_server(true).await;
+        let mut connection = Connection::new(&address, Duration::from_secs(1)).unwrap();
+        for _ in 0..3 {
+            let request = streaming_request(1, 10, &[]);
+            let response = tokio::time::timeout(Duration::from_secs(5), async {
+                connection.ready().await?.call(request).await
+            })
+            .await
+            .expect("not stuck on a closed connection")
+            .unwrap();
+            assert_eq!(response.headers()["x-read"], "10");
+            response.into_body().collect().await.unwrap();
+        }
+        // Every connection went away after its first request.
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 }
