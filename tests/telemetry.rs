@@ -1,17 +1,30 @@
-//! Telemetry of a real service process: JSON logs when configured, and
-//! spans exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set,
-//! received here by a minimal OTLP collector.
+//! Telemetry of real service processes: JSON logs when configured, and
+//! spans and metrics exported over OTLP/gRPC when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, received here by a minimal OTLP
+//! collector: one trace across a mesh call, and the call measured on both
+//! sides under gRPC's metric names.
 
+mod common;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use shop_proto::shop::catalog::v1::ListProductsRequest;
 use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
 use shop_testkit::{Postgres, ServiceProcess};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -19,6 +32,147 @@ use tonic::{Request, Response, Status};
 #[derive(Clone, Default)]
 struct Collector {
     received: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.metrics.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    /// Serves OTLP traces and metrics on a port of its own.
+    async fn start(&self) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(self.clone()))
+            .add_service(MetricsServiceServer::new(self.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        (
+            addr,
+            tokio::spawn(async move {
+                server.await.unwrap();
+            }),
+        )
+    }
+
+    /// Every span received: (service, name, attributes, trace id, span id,
+    /// parent span id).
+    fn spans(&self) -> Vec<SpanSeen> {
+        let mut spans = Vec::new();
+        for request in self.received.lock().unwrap().iter() {
+            for resource_spans in &request.resource_spans {
+                let service =
+                    service_name(resource_spans.resource.iter().flat_map(|r| &r.attributes));
+                for scope in &resource_spans.scope_spans {
+                    for span in &scope.spans {
+                        spans.push(SpanSeen {
+                            service: service.clone(),
+                            name: span.name.clone(),
+                            method: string_attr(&span.attributes, "method"),
+                            trace_id: span.trace_id.clone(),
+                            span_id: span.span_id.clone(),
+                            parent_span_id: span.parent_span_id.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        spans
+    }
+
+    /// Every metric point, summed over a service's instances (each
+    /// exports cumulative values: the latest of each instance counts):
+    /// (service, metric name, sorted attributes) -> count (histograms) or
+    /// value (sums).
+    fn points(&self) -> Points {
+        let mut latest = BTreeMap::new();
+        for request in self.metrics.lock().unwrap().iter() {
+            for resource_metrics in &request.resource_metrics {
+                let resource: Vec<KeyValue> = resource_metrics
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.clone())
+                    .collect();
+                let service = string_attr(&resource, "service.name");
+                let instance = string_attr(&resource, "service.instance.id");
+                for scope in &resource_metrics.scope_metrics {
+                    for metric in &scope.metrics {
+                        let mut add = |attributes: &[KeyValue], value: u64| {
+                            let mut attrs: Vec<(String, String)> = attributes
+                                .iter()
+                                .map(|kv| (kv.key.clone(), string_attr(attributes, &kv.key)))
+                                .collect();
+                            attrs.sort();
+                            let key = (service.clone(), metric.name.clone(), attrs);
+                            latest.insert((instance.clone(), key), value);
+                        };
+                        match &metric.data {
+                            Some(Data::Histogram(h)) => {
+                                for p in &h.data_points {
+                                    add(&p.attributes, p.count);
+                                }
+                            }
+                            Some(Data::Sum(sum)) => {
+                                for p in &sum.data_points {
+                                    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as N;
+                                    let value = match p.value {
+                                        Some(N::AsInt(v)) => v as u64,
+                                        Some(N::AsDouble(v)) => v as u64,
+                                        None => 0,
+                                    };
+                                    add(&p.attributes, value);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        let mut points = BTreeMap::new();
+        for ((_instance, key), value) in latest {
+            *points.entry(key).or_insert(0) += value;
+        }
+        points
+    }
+}
+
+/// (service, metric name, sorted attributes) -> count or value.
+type Points = BTreeMap<(String, String, Vec<(String, String)>), u64>;
+
+#[derive(Debug, Clone)]
+struct SpanSeen {
+    service: String,
+    name: String,
+    method: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+}
+
+fn string_attr(attributes: &[KeyValue], key: &str) -> String {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref().and_then(|v| v.value.clone()))
+        .map(|v| match v {
+            Value::StringValue(s) => s,
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default()
+}
+
+fn service_name<'a>(attributes: impl Iterator<Item = &'a KeyValue>) -> String {
+    let attributes: Vec<KeyValue> = attributes.cloned().collect();
+    string_attr(&attributes, "service.name")
 }
 
 #[tonic::async_trait]
@@ -35,13 +189,7 @@ impl TraceService for Collector {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_logs_json_and_exports_its_spans_over_otlp() {
     let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (otlp, server) = collector.start().await;
     let postgres = Postgres::start().await.unwrap();
     let db = postgres.create_database("catalog").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -118,5 +266,102 @@ async fn a_service_logs_json_and_exports_its_spans_over_otlp() {
             .any(|m| m == "/shop.catalog.v1.CatalogService/ListProducts"),
         "{span_methods:?}"
     );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_call_is_one_trace_and_is_measured_on_both_sides() {
+    let collector = Collector::default();
+    let (otlp, server) = collector.start().await;
+    let mesh = common::mesh::Mesh::start_with_env(vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            format!("http://{otlp}"),
+        ),
+        ("OTEL_METRIC_EXPORT_INTERVAL".into(), "200".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
+    ])
+    .await;
+    let mut orders = mesh.orders().await;
+    for _ in 0..3 {
+        orders.place_order(mesh.request()).await.unwrap();
+    }
+
+    const BATCH_GET: &str = "shop.catalog.v1.CatalogService/BatchGetProducts";
+    let attrs = |pairs: &[(&str, &str)]| {
+        let mut v: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    let ok_call = attrs(&[
+        ("grpc.method", BATCH_GET),
+        ("grpc.status", "OK"),
+        ("grpc.target", "catalog"),
+    ]);
+    let attempts = attrs(&[("grpc.method", BATCH_GET), ("grpc.target", "catalog")]);
+    let served = attrs(&[("grpc.method", BATCH_GET), ("grpc.status", "OK")]);
+    // Orders measured its three calls to the catalog; the replicas
+    // measured the calls they answered.
+    shop_testkit::eventually(Duration::from_secs(20), || {
+        let points = collector.points();
+        let traced = collector.spans();
+        let ok_call = ok_call.clone();
+        let attempts = attempts.clone();
+        let served = served.clone();
+        async move {
+            let get = |service: &str, name: &str, attrs: &Vec<(String, String)>| {
+                points
+                    .get(&(service.to_string(), name.to_string(), attrs.clone()))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let calls = get("orders", "grpc.client.call.duration", &ok_call);
+            let started = get("orders", "grpc.client.attempt.started", &attempts);
+            let tried = get("orders", "grpc.client.attempt.duration", &ok_call);
+            let answered = get("catalog", "grpc.server.call.duration", &served);
+            let spans = traced
+                .iter()
+                .filter(|s| s.method.ends_with(BATCH_GET))
+                .count();
+            if calls == 3 && started == 3 && tried == 3 && answered == 3 && spans >= 6 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "calls {calls}, attempts {started}/{tried}, served {answered}, spans {spans}: {:#?}",
+                    points.keys().filter(|k| k.1.starts_with("grpc.")).collect::<Vec<_>>()
+                ))
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    // Every catalog span of the call is a child of orders' client span for
+    // it, in the same trace.
+    let spans = collector.spans();
+    let clients: Vec<&SpanSeen> = spans
+        .iter()
+        .filter(|s| {
+            s.service == "orders" && s.name == "grpc.client" && s.method.ends_with(BATCH_GET)
+        })
+        .collect();
+    let servers: Vec<&SpanSeen> = spans
+        .iter()
+        .filter(|s| s.service == "catalog" && s.name == "grpc" && s.method.ends_with(BATCH_GET))
+        .collect();
+    assert_eq!(clients.len(), 3, "{spans:#?}");
+    assert_eq!(servers.len(), 3, "{spans:#?}");
+    for server_span in servers {
+        assert!(
+            clients
+                .iter()
+                .any(|c| c.trace_id == server_span.trace_id
+                    && c.span_id == server_span.parent_span_id),
+            "{server_span:?} has no parent among {clients:?}"
+        );
+    }
     server.abort();
 }

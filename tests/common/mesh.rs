@@ -31,6 +31,15 @@ pub struct Mesh {
 
 impl Mesh {
     pub async fn start(orders_env: Vec<(String, String)>) -> Mesh {
+        Self::start_full(orders_env, vec![]).await
+    }
+
+    /// [`Mesh::start`] with `env` for every process.
+    pub async fn start_with_env(env: Vec<(String, String)>) -> Mesh {
+        Self::start_full(vec![], env).await
+    }
+
+    async fn start_full(orders_env: Vec<(String, String)>, env: Vec<(String, String)>) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let mut configs = BTreeMap::new();
         let mut instance_env = BTreeMap::new();
@@ -48,7 +57,10 @@ impl Mesh {
             replicas: BTreeMap::from([("catalog".to_string(), 3)]),
             instance_env,
             service_env: BTreeMap::from([("orders".to_string(), orders_env)]),
-            env: vec![("RUST_LOG".into(), "info".into())],
+            env: [("RUST_LOG".to_string(), "info".to_string())]
+                .into_iter()
+                .chain(env)
+                .collect(),
             ..StackOptions::default()
         })
         .await

@@ -19,6 +19,10 @@
 //! proxies are pinned to core 1; a rep waits for an idle machine first.
 //! gRPC statuses are counted, not HTTP ones. CPU per request is the server's
 //! (plus the proxies') utime+stime over the requests served.
+//!
+//! Both sides record the mesh's OpenTelemetry metrics (`grpc.client.*`,
+//! `grpc.server.*`) into an SDK meter provider, as a service exporting them
+//! does: that cost is in the mesh's figures.
 
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
@@ -292,6 +296,7 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    let _meters = shop_bench::install_meter_provider();
     anyhow::ensure!(
         shop_proto::idempotency_level(METHOD) == Some(shop_proto::Idempotency::NoSideEffects),
         "{METHOD} must be NO_SIDE_EFFECTS for the mesh to retry it"

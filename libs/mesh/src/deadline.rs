@@ -141,6 +141,10 @@ where
         };
         let deadline = deadline_of(&request, timeout, now);
         let state = if deadline <= now {
+            // Never made: it still ends, as gRPC's own clients record it.
+            let metrics = &self.stats.metrics;
+            let method = metrics.method(request.uri().path());
+            metrics.call_ended(&method, tonic::Code::DeadlineExceeded, now);
             State::Expired
         } else {
             request.headers_mut().insert(

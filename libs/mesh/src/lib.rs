@@ -16,6 +16,8 @@
 //!   VirtualService/DestinationRule; validated, and swapped at run time.
 //! - [`stats`]: counters and endpoint states every layer reports into and
 //!   [`admin`] (`shop.mesh.v1.MeshAdminService`) reads.
+//! - [`metrics`]: call and attempt metrics as OpenTelemetry instruments,
+//!   named as gRPC's own (`grpc.client.call.duration`, ...).
 //! - [`status`]: reading and writing gRPC statuses, `grpc-timeout` and
 //!   `grpc-retry-pushback-ms` on `http` messages.
 
@@ -27,6 +29,7 @@ pub mod context;
 pub mod deadline;
 pub mod discovery;
 pub mod fault;
+pub mod metrics;
 pub mod outlier;
 pub mod policy;
 pub mod retry;

@@ -49,6 +49,7 @@ mod body;
 mod budget;
 
 use crate::deadline::CallDeadline;
+use crate::metrics::ClientMetrics;
 use crate::policy::{
     BackoffPolicy, EffectiveCache, EffectivePolicy, GrpcCode, HedgePolicy, RetryPolicy,
     UpstreamPolicy,
@@ -59,6 +60,7 @@ use crate::{BoxError, Request, Response};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use rand::{Rng, RngCore, SeedableRng};
 use std::fmt;
@@ -101,6 +103,36 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
+        open: OpenCall,
+    }
+}
+
+/// A call whose end is not recorded yet (see [`crate::metrics`]): if it is
+/// dropped unanswered (its deadline passed, or the caller gave up), it ends
+/// then.
+struct OpenCall {
+    metrics: Arc<ClientMetrics>,
+    /// `None` once the end is recorded or handed on to the answer.
+    method: Option<KeyValue>,
+    started: Instant,
+    deadline: Option<Instant>,
+    /// Whether the call's only attempt is in flight here (the `Once`
+    /// path); the retry path's attempts record their own ends.
+    own_attempt: bool,
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        if let Some(method) = self.method.take() {
+            let code = match self.deadline {
+                Some(deadline) if Instant::now() >= deadline => Code::DeadlineExceeded,
+                _ => Code::Cancelled,
+            };
+            if self.own_attempt {
+                self.metrics.attempt_ended(&method, code, self.started);
+            }
+            self.metrics.call_ended(&method, code, self.started);
+        }
     }
 }
 
@@ -151,18 +183,30 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
         let (effective, budget) = {
             let policy = self.policy.borrow();
             let effective = self.shared.effective.get(&policy, request.uri().path());
             (effective, policy.retry.budget)
         };
         let stats = &self.shared.stats;
+        let metrics = &stats.metrics;
+        let method = metrics.method(request.uri().path());
+        let deadline = request.extensions().get::<CallDeadline>().map(|d| d.0);
         if effective.retry.max_attempts <= 1 && effective.hedge.is_none() {
             incr(&stats.counters.attempts);
+            metrics.attempt_started(&method);
             return ResponseFuture {
                 kind: Kind::Once {
                     call: self.inner.call(request),
                     stats: stats.clone(),
+                },
+                open: OpenCall {
+                    metrics: metrics.clone(),
+                    method: Some(method),
+                    started,
+                    deadline,
+                    own_attempt: true,
                 },
             };
         }
@@ -171,11 +215,29 @@ where
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         let tokens = self.shared.budget.tokens(&budget);
-        let call = Attempts::start(ready, request, effective, tokens, self.shared.clone());
+        let open = OpenCall {
+            metrics: metrics.clone(),
+            method: Some(method.clone()),
+            started,
+            deadline,
+            own_attempt: false,
+        };
+        let call = Attempts::start(
+            ready,
+            request,
+            Call {
+                effective,
+                tokens,
+                method,
+                started,
+            },
+            self.shared.clone(),
+        );
         ResponseFuture {
             kind: Kind::Retrying {
                 call: Box::pin(call),
             },
+            open,
         }
     }
 }
@@ -257,15 +319,26 @@ where
     type Output = Result<Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let this = self.project();
+        match this.kind.project() {
             KindProj::Once { call, stats } => {
                 let answer = ready!(call.poll(cx)).map_err(Into::into);
                 if answer.as_ref().map_or(true, status::is_failure) {
                     incr(&stats.counters.failures);
                 }
+                let open = this.open;
+                let method = open.method.take().expect("polled after completion");
+                Poll::Ready(
+                    open.metrics
+                        .answer(method, open.started, open.started, answer),
+                )
+            }
+            KindProj::Retrying { call } => {
+                let answer = ready!(call.as_mut().poll(cx));
+                // Recorded by the attempts.
+                this.open.method = None;
                 Poll::Ready(answer)
             }
-            KindProj::Retrying { call } => call.as_mut().poll(cx),
         }
     }
 }
@@ -304,6 +377,19 @@ struct Head {
     extensions: Option<http::Extensions>,
 }
 
+/// What [`Retry::call`] decided about a retryable call.
+struct Call {
+    /// The method's policy (`retry`, `hedge`).
+    effective: Arc<EffectivePolicy>,
+    tokens: budget::Tokens,
+    /// The `grpc.method` of its metrics.
+    method: KeyValue,
+    started: Instant,
+}
+
+/// An answer and when the attempt that gave it started.
+type Answered = (Result<Response, BoxError>, Instant);
+
 /// One retryable call: what each attempt needs.
 struct Attempts<S> {
     /// The service made ready for this call, for the first attempt.
@@ -316,6 +402,7 @@ struct Attempts<S> {
     policy: Arc<EffectivePolicy>,
     deadline: Option<Instant>,
     tokens: budget::Tokens,
+    method: KeyValue,
     shared: Arc<Shared>,
 }
 
@@ -329,10 +416,16 @@ where
     async fn start(
         ready: S,
         request: Request,
-        effective: Arc<EffectivePolicy>,
-        tokens: budget::Tokens,
+        call: Call,
         shared: Arc<Shared>,
     ) -> Result<Response, BoxError> {
+        let Call {
+            effective,
+            tokens,
+            method,
+            started,
+        } = call;
+        let metrics = shared.stats.metrics.clone();
         tokens.deposit();
         let (parts, body) = request.into_parts();
         let body = match body::buffer(body, effective.retry.max_buffered_bytes).await {
@@ -340,14 +433,20 @@ where
             Ok(body::Buffered::TooLarge(body)) => {
                 let mut ready = ready;
                 incr(&shared.stats.counters.attempts);
+                metrics.attempt_started(&method);
+                let attempt = Instant::now();
                 let answer = ready
                     .call(Request::from_parts(parts, body))
                     .await
                     .map_err(Into::into);
+                let answer = metrics.answer(method, started, attempt, answer);
                 return shared.finish(answer);
             }
             // The caller's own body failed: no attempt was made.
-            Err(status) => return shared.finish(Ok(status::response(status))),
+            Err(status) => {
+                metrics.call_ended(&method, status.code(), started);
+                return shared.finish(Ok(status::response(status)));
+            }
         };
         let attempts = Attempts {
             service: ready.clone(),
@@ -363,13 +462,27 @@ where
             body,
             policy: effective,
             tokens,
+            method: method.clone(),
             shared: shared.clone(),
         };
-        let answer = match attempts.policy.hedge {
+        let (answer, attempt) = match attempts.policy.hedge {
             Some(hedge) => attempts.hedged(hedge).await,
             None => attempts.retried().await,
         };
+        let answer = metrics.answer(method, started, attempt, answer);
         shared.finish(answer)
+    }
+
+    /// Records the end of an attempt that is not the call's answer.
+    fn superseded(&self, (answer, started): Answered) {
+        let code = match &answer {
+            Ok(response) => status::header_code(response).unwrap_or(Code::Unknown),
+            Err(_) => Code::Unavailable,
+        };
+        self.shared
+            .stats
+            .metrics
+            .attempt_ended(&self.method, code, started);
     }
 
     /// The method's retry policy.
@@ -378,29 +491,30 @@ where
     }
 
     /// The retry loop: one attempt at a time, backing off between them.
-    async fn retried(mut self) -> Result<Response, BoxError> {
+    async fn retried(mut self) -> Answered {
         let mut n = 1;
         loop {
-            let outcome = self.send().await;
+            let (outcome, started) = self.send().await;
             let last = match self.judge(outcome) {
-                Verdict::Final(answer) => return answer,
+                Verdict::Final(answer) => return (answer, started),
                 Verdict::Retryable(last) => last,
             };
             if n >= self.retry().max_attempts {
-                return last;
+                return (last, started);
             }
             let delay = match pushback(&last) {
-                Some(Pushback::Never) => return last,
+                Some(Pushback::Never) => return (last, started),
                 Some(Pushback::After(delay)) => delay,
                 None => self.shared.backoff(&self.retry().backoff, n),
             };
             if self.deadline.is_some_and(|d| Instant::now() + delay >= d) {
-                return last;
+                return (last, started);
             }
             if !self.tokens.withdraw() {
                 incr(&self.shared.stats.counters.budget_exhausted);
-                return last;
+                return (last, started);
             }
+            self.superseded((last, started));
             tokio::time::sleep(delay).await;
             incr(&self.shared.stats.counters.retries);
             n += 1;
@@ -415,7 +529,7 @@ where
     /// or deadline reached). The call ends with the first final answer, or
     /// with the last retryable failure once nothing is in flight and
     /// nothing more will be sent.
-    async fn hedged(mut self, hedge: HedgePolicy) -> Result<Response, BoxError> {
+    async fn hedged(mut self, hedge: HedgePolicy) -> Answered {
         let most = 1 + hedge.max_hedges;
         let mut in_flight = FuturesUnordered::new();
         in_flight.push(self.send());
@@ -425,9 +539,9 @@ where
         let mut last = None;
         loop {
             tokio::select! {
-                Some(outcome) = in_flight.next() => {
+                Some((outcome, started)) = in_flight.next() => {
                     match self.judge(outcome) {
-                        Verdict::Final(answer) => return answer,
+                        Verdict::Final(answer) => return (answer, started),
                         Verdict::Retryable(answer) => {
                             match pushback(&answer) {
                                 Some(Pushback::Never) => closed = true,
@@ -438,7 +552,9 @@ where
                             if self.deadline.is_some_and(|d| next >= d) {
                                 closed = true;
                             }
-                            last = Some(answer);
+                            if let Some(earlier) = last.replace((answer, started)) {
+                                self.superseded(earlier);
+                            }
                         }
                     }
                 }
@@ -471,8 +587,10 @@ where
     /// Boxed: an attempt's future holds the whole stack below (request,
     /// timers, the endpoint's call) and would otherwise be copied into
     /// every future that awaits it, kilobytes per call.
-    fn send(&mut self) -> BoxFuture<'static, Outcome> {
+    fn send(&mut self) -> BoxFuture<'static, (Outcome, Instant)> {
         incr(&self.shared.stats.counters.attempts);
+        let metrics = &self.shared.stats.metrics;
+        metrics.attempt_started(&self.method);
         let now = Instant::now();
         let per_try = self.retry().per_try_timeout.map(|t| now + t);
         let until = match (per_try, self.deadline) {
@@ -498,7 +616,13 @@ where
             Some(service) => (service, true),
             None => (self.service.clone(), false),
         };
-        Box::pin(attempt(service, is_ready, request, until))
+        let open = OpenAttempt {
+            metrics: metrics.clone(),
+            method: Some(self.method.clone()),
+            started: now,
+            until: until.map(|(until, _)| until),
+        };
+        Box::pin(attempt(service, is_ready, request, until, open))
     }
 
     /// What `outcome` means under `retry.on`.
@@ -524,8 +648,48 @@ where
     }
 }
 
-/// One attempt on `service` (already ready if `is_ready`), cut at `until`.
+/// An attempt whose end is not recorded yet: if it is dropped in flight
+/// (a hedge that lost, a call cut by its deadline or abandoned), it ends
+/// then, `DEADLINE_EXCEEDED` if its time was up, else `CANCELLED`.
+struct OpenAttempt {
+    metrics: Arc<ClientMetrics>,
+    /// `None` once it has an outcome (recorded by whoever judges it).
+    method: Option<KeyValue>,
+    started: Instant,
+    until: Option<Instant>,
+}
+
+impl Drop for OpenAttempt {
+    fn drop(&mut self) {
+        if let Some(method) = self.method.take() {
+            let code = match self.until {
+                Some(until) if Instant::now() >= until => Code::DeadlineExceeded,
+                _ => Code::Cancelled,
+            };
+            self.metrics.attempt_ended(&method, code, self.started);
+        }
+    }
+}
+
+/// One attempt on `service` (already ready if `is_ready`), cut at `until`;
+/// its outcome and when it started.
 async fn attempt<S>(
+    service: S,
+    is_ready: bool,
+    request: Request,
+    until: Option<(Instant, bool)>,
+    mut open: OpenAttempt,
+) -> (Outcome, Instant)
+where
+    S: Service<Request, Response = Response>,
+    S::Error: Into<BoxError>,
+{
+    let outcome = attempt_outcome(service, is_ready, request, until).await;
+    open.method = None;
+    (outcome, open.started)
+}
+
+async fn attempt_outcome<S>(
     mut service: S,
     is_ready: bool,
     request: Request,

@@ -4,7 +4,9 @@
 //! Outer to inner, and why each sits where it does:
 //!
 //! 1. counting: `requests` and the `in_flight` gauge see every request,
-//!    shed or not, so the gauge is what the process is really holding;
+//!    shed or not, so the gauge is what the process is really holding; and
+//!    the call metrics of [`crate::metrics`] (`grpc.server.call.started`,
+//!    `grpc.server.call.duration` with the status the caller got);
 //! 2. deadline: the caller's `grpc-timeout` bounds everything below it, and
 //!    the handler runs inside [`crate::context::with_incoming_deadline`] so
 //!    its own outgoing calls never outlive the caller; when it passes, the
@@ -46,6 +48,7 @@
 
 use crate::context::with_incoming_deadline;
 use crate::fault::{Fault, FaultLayer, ServerFaults};
+use crate::metrics::ServerMetrics;
 use crate::policy::ServerPolicy;
 use crate::stats::{self, MeshStats};
 use crate::status::{self, GRPC_TIMEOUT, PUSHBACK};
@@ -75,6 +78,7 @@ pub fn is_infrastructure(path: &str) -> bool {
 pub struct ServerLayer {
     policy: watch::Receiver<Arc<ServerPolicy>>,
     stats: Arc<MeshStats>,
+    metrics: Arc<ServerMetrics>,
     limiter: Arc<Mutex<Limiter>>,
     faults: FaultLayer<ServerFaults>,
 }
@@ -91,6 +95,7 @@ pub struct ServerLayer {
 pub struct ServerService<S> {
     inner: S,
     stats: Arc<MeshStats>,
+    metrics: Arc<ServerMetrics>,
     policy: watch::Receiver<Arc<ServerPolicy>>,
     /// The policy as of the last change this clone saw.
     current: Arc<ServerPolicy>,
@@ -129,6 +134,7 @@ impl ServerLayer {
         Self {
             faults: FaultLayer::server(policy.clone(), stats.clone()),
             limiter: Arc::new(Mutex::new(Limiter::new(max))),
+            metrics: Arc::new(ServerMetrics::new()),
             policy,
             stats,
         }
@@ -155,6 +161,7 @@ impl<S> Layer<S> for ServerLayer {
         ServerService {
             inner: self.faults.layer(IntoBody { inner }),
             stats: self.stats.clone(),
+            metrics: self.metrics.clone(),
             policy,
             current,
             semaphore,
@@ -260,6 +267,7 @@ where
             .get(GRPC_TIMEOUT)
             .and_then(status::parse_grpc_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout));
+        let call = self.metrics.started(request.uri().path(), deadline);
 
         let permit = if is_infrastructure(request.uri().path()) {
             None
@@ -269,7 +277,7 @@ where
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     drop(in_flight);
-                    return Box::pin(std::future::ready(Ok(self.shed())));
+                    return Box::pin(std::future::ready(call.answer(Ok(self.shed()))));
                 }
             }
         };
@@ -282,7 +290,7 @@ where
             let _in_flight = in_flight;
             let _permit = permit;
             let Some(deadline) = deadline else {
-                return future.await;
+                return call.answer(future.await);
             };
             // A caller whose own timer fires first resets the stream and
             // this future is dropped unanswered: its deadline still passed.
@@ -300,7 +308,7 @@ where
                 }
             };
             watch.stats = None;
-            answer
+            call.answer(answer)
         })
     }
 }

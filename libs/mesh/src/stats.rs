@@ -52,6 +52,8 @@ pub struct UpstreamStats {
     pub counters: ClientCounters,
     /// Retries the budget would allow right now (a gauge).
     pub budget_available: AtomicI64,
+    /// The OpenTelemetry instruments of this upstream's calls.
+    pub metrics: Arc<crate::metrics::ClientMetrics>,
     endpoints: RwLock<BTreeMap<String, Arc<EndpointStats>>>,
 }
 
@@ -61,6 +63,7 @@ impl UpstreamStats {
             name: name.to_string(),
             counters: ClientCounters::default(),
             budget_available: AtomicI64::new(0),
+            metrics: Arc::new(crate::metrics::ClientMetrics::new(name)),
             endpoints: RwLock::new(BTreeMap::new()),
         }
     }

@@ -200,7 +200,19 @@ impl Application {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
-            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            // A span per call, a child of the caller's (its `traceparent`,
+            // sent by the mesh client) when there is one.
+            .trace_fn(|req| {
+                let span = tracing::info_span!("grpc", method = %req.uri().path());
+                if let Some(parent) = req
+                    .headers()
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    crate::telemetry::set_remote_parent(&span, parent);
+                }
+                span
+            })
             // The mesh's server side: deadline from grpc-timeout, concurrency
             // limit with shedding, fault injection (health and reflection
             // are never shed or faulted).

@@ -1,22 +1,29 @@
-//! Logs and traces. The only module in the workspace that names
-//! opentelemetry.
+//! Logs, traces and metrics. The only module in the workspace that sets
+//! OpenTelemetry up (the mesh records its metrics through the OpenTelemetry
+//! API, into whatever meter provider is installed here).
 //!
 //! Logs go to stdout, pretty or JSON as configured, filtered by `RUST_LOG`
 //! when set, else by `telemetry.log_level`. When `OTEL_EXPORTER_OTLP_ENDPOINT`
-//! is set, spans are also exported over OTLP/gRPC; the exporter reads the
-//! other standard `OTEL_*` variables (headers, timeout, ...) itself.
+//! is set, spans and metrics (the mesh's `grpc.client.*` and `grpc.server.*`
+//! instruments) are also exported over OTLP/gRPC, metrics every
+//! `OTEL_METRIC_EXPORT_INTERVAL` ms (60 s by default); the exporters read
+//! the other standard `OTEL_*` variables (headers, timeout, ...)
+//! themselves.
 
 use crate::config::{LogFormat, TelemetrySettings};
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-/// Flushes and stops the span exporter when dropped (end of `main`).
-#[must_use = "dropping the guard stops trace export"]
+/// Flushes and stops the span and metric exporters when dropped (end of
+/// `main`).
+#[must_use = "dropping the guard stops trace and metric export"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl std::fmt::Debug for TelemetryGuard {
@@ -32,7 +39,12 @@ impl Drop for TelemetryGuard {
         if let Some(provider) = self.provider.take()
             && let Err(e) = provider.shutdown()
         {
-            eprintln!("trace export shutdown: {e}");
+            tracing::warn!(error = %e, "trace export shutdown");
+        }
+        if let Some(meters) = self.meters.take()
+            && let Err(e) = meters.shutdown()
+        {
+            tracing::warn!(error = %e, "metric export shutdown");
         }
     }
 }
@@ -55,9 +67,13 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Resu
             .boxed(),
     };
 
-    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service)?),
-        _ => None,
+    let (provider, meters) = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => {
+            let meters = otlp_meters(service)?;
+            opentelemetry::global::set_meter_provider(meters.clone());
+            (Some(otlp_provider(service)?), Some(meters))
+        }
+        _ => (None, None),
     };
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
@@ -72,18 +88,42 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Resu
         .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
 }
 
 fn otlp_provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(service)
-        .build();
+    let resource = resource(service);
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// This process as OpenTelemetry describes it: its service, and an
+/// instance id of its own, so the cumulative metrics of two replicas of a
+/// service are never taken for one series.
+fn resource(service: &'static str) -> opentelemetry_sdk::Resource {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let instance = INSTANCE.get_or_init(|| uuid::Uuid::new_v4().to_string());
+    opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            instance.clone(),
+        ))
+        .build()
+}
+
+fn otlp_meters(service: &'static str) -> anyhow::Result<SdkMeterProvider> {
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .build()?;
+    let resource = resource(service);
+    Ok(SdkMeterProvider::builder()
+        .with_periodic_exporter(exporter)
         .with_resource(resource)
         .build())
 }

@@ -6,13 +6,16 @@
 //! which its contract marks NO_SIDE_EFFECTS: the mesh client retries it, so
 //! its whole retry path (body buffered for replay, budget) is measured.
 //! `grpc.health.v1.Health` is served too. Prints `bare=<addr> mesh=<addr>`
-//! once both listen.
+//! once both listen. The mesh's metrics are recorded into an OpenTelemetry
+//! SDK meter provider, as in a service exporting them (aggregated, never
+//! collected here).
 
 use std::sync::Arc;
 use tokio_stream::wrappers::TcpListenerStream;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let _meters = shop_bench::install_meter_provider();
     let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let meshed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("bare={} mesh={}", bare.local_addr()?, meshed.local_addr()?);
