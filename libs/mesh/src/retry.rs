@@ -72,7 +72,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Code;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 /// Retries (or hedges) calls the contract marks safe to repeat.
 #[derive(Debug, Clone)]
@@ -222,20 +222,28 @@ where
             deadline,
             own_attempt: false,
         };
-        let call = Attempts::start(
-            ready,
-            request,
-            Call {
-                effective,
-                tokens,
-                method,
-                started,
+        let (parts, body) = request.into_parts();
+        let attempts = Attempts {
+            service: ready,
+            first_is_ready: true,
+            deadline,
+            head: Head {
+                method: parts.method,
+                uri: parts.uri,
+                version: parts.version,
+                headers: parts.headers,
+                extensions: Some(parts.extensions),
             },
-            self.shared.clone(),
-        );
+            body: body::Replay::default(),
+            policy: effective,
+            tokens,
+            method,
+            started,
+            shared: self.shared.clone(),
+        };
         ResponseFuture {
             kind: Kind::Retrying {
-                call: Box::pin(call),
+                call: Box::pin(attempts.run(body)),
             },
             open,
         }
@@ -377,32 +385,43 @@ struct Head {
     extensions: Option<http::Extensions>,
 }
 
-/// What [`Retry::call`] decided about a retryable call.
-struct Call {
-    /// The method's policy (`retry`, `hedge`).
-    effective: Arc<EffectivePolicy>,
-    tokens: budget::Tokens,
-    /// The `grpc.method` of its metrics.
-    method: KeyValue,
-    started: Instant,
-}
-
 /// An answer and when the attempt that gave it started.
 type Answered = (Result<Response, BoxError>, Instant);
 
+impl Head {
+    /// A request with this head and `body`; the first one made takes the
+    /// extensions.
+    fn request(&mut self, body: crate::Body) -> Request {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.take().unwrap_or_default();
+        request
+    }
+}
+
 /// One retryable call: what each attempt needs.
+///
+/// Its future ([`Attempts::run`]) is boxed once per call and kept small:
+/// the loops borrow it rather than move it, and each attempt is a boxed
+/// [`AttemptFuture`] of its own.
 struct Attempts<S> {
-    /// The service made ready for this call, for the first attempt.
-    ready: Option<S>,
-    /// Cloned for every later attempt.
+    /// The service for the next attempt: made ready for this call while
+    /// `first_is_ready`, cloned for every later attempt.
     service: S,
+    first_is_ready: bool,
     head: Head,
     body: body::Replay,
     /// The method's policy (`retry`, `hedge`).
     policy: Arc<EffectivePolicy>,
     deadline: Option<Instant>,
     tokens: budget::Tokens,
+    /// The `grpc.method` of its metrics.
     method: KeyValue,
+    /// When the call started.
+    started: Instant,
     shared: Arc<Shared>,
 }
 
@@ -413,64 +432,46 @@ where
     S::Error: Into<BoxError>,
 {
     /// Runs the call: buffers the body, then retries or hedges.
-    async fn start(
-        ready: S,
-        request: Request,
-        call: Call,
-        shared: Arc<Shared>,
-    ) -> Result<Response, BoxError> {
-        let Call {
-            effective,
-            tokens,
-            method,
-            started,
-        } = call;
-        let metrics = shared.stats.metrics.clone();
-        tokens.deposit();
-        let (parts, body) = request.into_parts();
-        let body = match body::buffer(body, effective.retry.max_buffered_bytes).await {
-            Ok(body::Buffered::Replayable(body)) => body,
-            Ok(body::Buffered::TooLarge(body)) => {
-                let mut ready = ready;
-                incr(&shared.stats.counters.attempts);
-                metrics.attempt_started(&method);
-                let attempt = Instant::now();
-                let answer = ready
-                    .call(Request::from_parts(parts, body))
-                    .await
-                    .map_err(Into::into);
-                let answer = metrics.answer(method, started, attempt, answer);
-                return shared.finish(answer);
+    ///
+    /// An `async` block rather than an `async fn`: an `async fn` keeps its
+    /// arguments twice in its state (as passed, and as bound), and this one
+    /// is allocated per call.
+    #[allow(clippy::manual_async_fn)] // on purpose, as said above
+    fn run(
+        mut self,
+        body: crate::Body,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'static {
+        async move {
+            let metrics = self.shared.stats.metrics.clone();
+            self.tokens.deposit();
+            match body::buffer(body, self.policy.retry.max_buffered_bytes).await {
+                Ok(body::Buffered::Replayable(body)) => self.body = body,
+                Ok(body::Buffered::TooLarge(body)) => {
+                    // Sent once, as it is.
+                    incr(&self.shared.stats.counters.attempts);
+                    metrics.attempt_started(&self.method);
+                    let attempt = Instant::now();
+                    let request = self.head.request(body);
+                    // Rare: boxed, to keep this future small.
+                    let call = Box::pin(self.service.call(request));
+                    let answer = call.await.map_err(Into::into);
+                    let answer = metrics.answer(self.method.clone(), self.started, attempt, answer);
+                    return self.shared.finish(answer);
+                }
+                // The caller's own body failed: no attempt was made.
+                Err(status) => {
+                    metrics.call_ended(&self.method, status.code(), self.started);
+                    return self.shared.finish(Ok(status::response(status)));
+                }
             }
-            // The caller's own body failed: no attempt was made.
-            Err(status) => {
-                metrics.call_ended(&method, status.code(), started);
-                return shared.finish(Ok(status::response(status)));
-            }
-        };
-        let attempts = Attempts {
-            service: ready.clone(),
-            ready: Some(ready),
-            deadline: parts.extensions.get::<CallDeadline>().map(|d| d.0),
-            head: Head {
-                method: parts.method,
-                uri: parts.uri,
-                version: parts.version,
-                headers: parts.headers,
-                extensions: Some(parts.extensions),
-            },
-            body,
-            policy: effective,
-            tokens,
-            method: method.clone(),
-            shared: shared.clone(),
-        };
-        let (answer, attempt) = match attempts.policy.hedge {
-            Some(hedge) => attempts.hedged(hedge).await,
-            None => attempts.retried().await,
-        };
-        let answer = metrics.answer(method, started, attempt, answer);
-        shared.finish(answer)
+            let (answer, attempt) = match self.policy.hedge {
+                // Rare, and its state is larger: boxed.
+                Some(hedge) => Box::pin(self.hedged(hedge)).await,
+                None => self.retried().await,
+            };
+            let answer = metrics.answer(self.method.clone(), self.started, attempt, answer);
+            self.shared.finish(answer)
+        }
     }
 
     /// Records the end of an attempt that is not the call's answer.
@@ -491,7 +492,7 @@ where
     }
 
     /// The retry loop: one attempt at a time, backing off between them.
-    async fn retried(mut self) -> Answered {
+    async fn retried(&mut self) -> Answered {
         let mut n = 1;
         loop {
             let (outcome, started) = self.send().await;
@@ -529,7 +530,7 @@ where
     /// or deadline reached). The call ends with the first final answer, or
     /// with the last retryable failure once nothing is in flight and
     /// nothing more will be sent.
-    async fn hedged(mut self, hedge: HedgePolicy) -> Answered {
+    async fn hedged(&mut self, hedge: HedgePolicy) -> Answered {
         let most = 1 + hedge.max_hedges;
         let mut in_flight = FuturesUnordered::new();
         in_flight.push(self.send());
@@ -586,7 +587,10 @@ where
     ///
     /// Boxed: an attempt's future holds the whole stack below (request,
     /// timers, the endpoint's call) and would otherwise be copied into
-    /// every future that awaits it, kilobytes per call.
+    /// Sends one attempt, bounded by the per-try timeout and the deadline.
+    ///
+    /// Boxed: an attempt's future holds the endpoint's call and its timer,
+    /// and would otherwise be copied into every future that awaits it.
     fn send(&mut self) -> BoxFuture<'static, (Outcome, Instant)> {
         incr(&self.shared.stats.counters.attempts);
         let metrics = &self.shared.stats.metrics;
@@ -599,12 +603,7 @@ where
             (Some(own), None) => Some((own, false)),
             (None, None) => None,
         };
-        let mut request = Request::new(self.body.body());
-        *request.method_mut() = self.head.method.clone();
-        *request.uri_mut() = self.head.uri.clone();
-        *request.version_mut() = self.head.version;
-        *request.headers_mut() = self.head.headers.clone();
-        *request.extensions_mut() = self.head.extensions.take().unwrap_or_default();
+        let mut request = self.head.request(self.body.body());
         if let Some((until, _)) = until {
             // The server gives up when this attempt does.
             let left = until.saturating_duration_since(now);
@@ -612,17 +611,28 @@ where
                 .headers_mut()
                 .insert(status::GRPC_TIMEOUT, status::format_grpc_timeout(left));
         }
-        let (service, is_ready) = match self.ready.take() {
-            Some(service) => (service, true),
-            None => (self.service.clone(), false),
+        let is_ready = std::mem::take(&mut self.first_is_ready);
+        let service = if is_ready {
+            let clone = self.service.clone();
+            std::mem::replace(&mut self.service, clone)
+        } else {
+            self.service.clone()
         };
-        let open = OpenAttempt {
-            metrics: metrics.clone(),
-            method: Some(self.method.clone()),
-            started: now,
-            until: until.map(|(until, _)| until),
-        };
-        Box::pin(attempt(service, is_ready, request, until, open))
+        Box::pin(AttemptFuture {
+            state: AttemptState::Waiting {
+                service,
+                request: Some(request),
+                is_ready,
+            },
+            timer: until.map(|(until, _)| tokio::time::sleep_until(until)),
+            overall: until.is_some_and(|(_, overall)| overall),
+            open: OpenAttempt {
+                metrics: metrics.clone(),
+                method: Some(self.method.clone()),
+                started: now,
+                until: until.map(|(until, _)| until),
+            },
+        })
     }
 
     /// What `outcome` means under `retry.on`.
@@ -671,50 +681,75 @@ impl Drop for OpenAttempt {
     }
 }
 
-/// One attempt on `service` (already ready if `is_ready`), cut at `until`;
-/// its outcome and when it started.
-async fn attempt<S>(
-    service: S,
-    is_ready: bool,
-    request: Request,
-    until: Option<(Instant, bool)>,
-    mut open: OpenAttempt,
-) -> (Outcome, Instant)
-where
-    S: Service<Request, Response = Response>,
-    S::Error: Into<BoxError>,
-{
-    let outcome = attempt_outcome(service, is_ready, request, until).await;
-    open.method = None;
-    (outcome, open.started)
+pin_project! {
+    /// One attempt: `service` made ready (unless it already is), called,
+    /// and cut at its timer; yields its outcome and when it started.
+    struct AttemptFuture<S, F> {
+        #[pin]
+        state: AttemptState<S, F>,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        // Whether the timer is the call's deadline (not the per-try timeout).
+        overall: bool,
+        open: OpenAttempt,
+    }
 }
 
-async fn attempt_outcome<S>(
-    mut service: S,
-    is_ready: bool,
-    request: Request,
-    until: Option<(Instant, bool)>,
-) -> Outcome
+pin_project! {
+    #[project = AttemptStateProj]
+    enum AttemptState<S, F> {
+        Waiting { service: S, request: Option<Request>, is_ready: bool },
+        Calling { #[pin] call: F },
+    }
+}
+
+impl<S> Future for AttemptFuture<S, S::Future>
 where
     S: Service<Request, Response = Response>,
     S::Error: Into<BoxError>,
 {
-    let call = async move {
-        if !is_ready {
-            service.ready().await.map_err(Into::into)?;
-        }
-        service.call(request).await.map_err(Into::into)
-    };
-    let answer = match until {
-        Some((until, overall)) => match tokio::time::timeout_at(until, call).await {
-            Ok(answer) => answer,
-            Err(_elapsed) => return Outcome::TimedOut { overall },
-        },
-        None => call.await,
-    };
-    match answer {
-        Ok(response) => Outcome::Answer(response),
-        Err(error) => Outcome::Error(error),
+    type Output = (Outcome, Instant);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let outcome = loop {
+            match this.state.as_mut().project() {
+                AttemptStateProj::Waiting {
+                    service,
+                    request,
+                    is_ready,
+                } => {
+                    if !*is_ready {
+                        match service.poll_ready(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(error)) => break Some(Outcome::Error(error.into())),
+                            Poll::Pending => break None,
+                        }
+                    }
+                    let request = request.take().expect("called once");
+                    let call = service.call(request);
+                    this.state.set(AttemptState::Calling { call });
+                }
+                AttemptStateProj::Calling { call } => match call.poll(cx) {
+                    Poll::Ready(Ok(response)) => break Some(Outcome::Answer(response)),
+                    Poll::Ready(Err(error)) => break Some(Outcome::Error(error.into())),
+                    Poll::Pending => break None,
+                },
+            }
+        };
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            // Not over: unless its time is up.
+            None => match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+                Some(Poll::Ready(())) => Outcome::TimedOut {
+                    overall: *this.overall,
+                },
+                _ => return Poll::Pending,
+            },
+        };
+        // Whoever judges the outcome records the attempt's end.
+        this.open.method = None;
+        Poll::Ready((outcome, this.open.started))
     }
 }
 
@@ -730,6 +765,7 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::BodyExt;
     use rand::rngs::StdRng;
+    use tower::ServiceExt as _;
 
     const GET_PRODUCT: &str = "/shop.catalog.v1.CatalogService/GetProduct";
     const CREATE_PRODUCT: &str = "/shop.catalog.v1.CatalogService/CreateProduct";

@@ -34,7 +34,9 @@ pub(super) enum Buffered {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Replay {
     data: Bytes,
-    trailers: Option<HeaderMap>,
+    /// Boxed: rare in requests, and this sits in every retried call's
+    /// state.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 /// Reads `body` into memory if it holds at most `limit` bytes.
@@ -62,7 +64,7 @@ pub(super) async fn buffer(mut body: Body, limit: usize) -> Result<Buffered, ton
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     // Trailers end a body.
-                    break Some(trailers);
+                    break Some(Box::new(trailers));
                 }
                 // A frame kind this http-body does not know: nothing to keep.
             }
@@ -104,7 +106,7 @@ impl Replay {
             Some(trailers) => {
                 let frames = [
                     Frame::data(self.data.clone()),
-                    Frame::trailers(trailers.clone()),
+                    Frame::trailers(HeaderMap::clone(trailers)),
                 ];
                 let frames = futures::stream::iter(frames).map(Ok::<_, Infallible>);
                 Body::new(StreamBody::new(frames))
