@@ -134,6 +134,8 @@ pub struct P2c<E> {
     pool: Arc<EjectionPool>,
     stats: Arc<UpstreamStats>,
     decay: Duration,
+    /// Where a new `ewma_decay` comes from.
+    policy: watch::Receiver<Arc<UpstreamPolicy>>,
     rng: SmallRng,
     /// The endpoint `poll_ready` found ready, for the next `call`.
     ready: Option<usize>,
@@ -227,9 +229,10 @@ where
 {
     /// A balancer over the endpoints `discover` yields (plain endpoint
     /// services, keyed by address), each guarded by its own [`Outlier`] in
-    /// one [`EjectionPool`], reporting into `stats`. The peak-EWMA decay is
-    /// the policy's `ewma_decay` at construction; the outlier settings and
-    /// `connect_timeout` are read at each decision.
+    /// one [`EjectionPool`], reporting into `stats`. The policy is followed
+    /// as it changes: the outlier settings and `connect_timeout` are read at
+    /// each decision, a new `ewma_decay` applies to every endpoint's
+    /// estimate from the next decision on.
     pub fn new<D>(
         discover: D,
         policy: watch::Receiver<Arc<UpstreamPolicy>>,
@@ -240,6 +243,8 @@ where
         D::Error: Into<BoxError>,
     {
         let decay = policy.borrow().ewma_decay;
+        let mut decay_watch = policy.clone();
+        decay_watch.mark_unchanged();
         let mut discover = Box::pin(discover);
         let changes = futures::stream::poll_fn(move |cx| {
             discover
@@ -253,6 +258,7 @@ where
             pool: EjectionPool::new(policy.clone(), stats.clone()),
             stats: stats.clone(),
             decay,
+            policy: decay_watch,
             rng: SmallRng::from_os_rng(),
             ready: None,
         };
@@ -381,8 +387,18 @@ where
     E: Service<Request, Response = Response>,
     E::Error: fmt::Display,
 {
-    /// Applies the endpoint changes discovery has ready.
+    /// Applies the endpoint changes discovery has ready, and a changed
+    /// `ewma_decay`.
     fn discover(&mut self, cx: &mut Context<'_>) -> Result<(), BoxError> {
+        if self.policy.has_changed().unwrap_or(false) {
+            let decay = self.policy.borrow_and_update().ewma_decay;
+            if decay != self.decay {
+                self.decay = decay;
+                for (_, endpoint) in &self.endpoints {
+                    endpoint.get_ref().set_decay(decay);
+                }
+            }
+        }
         while let Some(changes) = self.discover.as_mut() {
             let change = match changes.as_mut().poll_next(cx) {
                 Poll::Pending => return Ok(()),
@@ -604,6 +620,11 @@ impl<S> Track<S> {
         }
     }
 
+    /// Makes the latency estimate decay over `decay` from now on.
+    pub fn set_decay(&self, decay: Duration) {
+        self.ewma.lock().expect("not poisoned").decay_nanos = decay.as_nanos().max(1) as f64;
+    }
+
     /// The load p2c compares, at `now`: the latency estimate (decayed
     /// since its last sample) times the calls in flight plus one.
     pub fn load(&self, now: Instant) -> f64 {
@@ -778,6 +799,19 @@ mod tests {
     fn a_balancer_can_be_shared_between_tasks() {
         fn shareable<T: Clone + Send + Sync + 'static>() {}
         shareable::<Balancer<tonic::transport::Channel>>();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_ewma_decay_applies_to_the_estimates_already_made() {
+        let stats = MeshStats::default().upstream("catalog");
+        let track = Track::new((), stats.endpoint("http://a:1"), Duration::from_secs(10));
+        let later = Instant::now() + Duration::from_secs(1);
+        let rtt = DEFAULT_RTT.as_nanos() as f64;
+        // Ten seconds of decay: a second later it kept e^-0.1 of itself.
+        assert!((track.load(later) / rtt - (-0.1f64).exp()).abs() < 1e-6);
+        // A tenth of a second: the same second leaves nearly nothing.
+        track.set_decay(Duration::from_millis(100));
+        assert!(track.load(later) / rtt < 1e-4);
     }
 
     #[tokio::test(start_paused = true)]

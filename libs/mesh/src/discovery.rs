@@ -9,7 +9,11 @@
 //! - [`dns`]: a `host:port` name resolved now and then every `dns_refresh`;
 //!   a headless Kubernetes Service answers with one address per ready pod.
 //!   Each answer is diffed against the previous one: new addresses are
-//!   inserted, vanished ones removed.
+//!   inserted, vanished ones removed. The resolving runs in a task of its
+//!   own, whether calls flow or not, so a client that was idle while its
+//!   upstream's pods were replaced finds the new addresses waiting at its
+//!   next call instead of trying the old ones first; the task ends when
+//!   the discovery is dropped.
 //!
 //! Endpoint services are made by a caller-supplied factory from the address
 //! (in production a [`Connection`](crate::connection::Connection), which
@@ -130,7 +134,7 @@ where
     S: Send + 'static,
 {
     let first = resolve(name.to_string());
-    Discovery::new(Dns {
+    Discovery::driven(Dns {
         name: name.to_string(),
         refresh,
         factory,
@@ -171,6 +175,34 @@ impl<S> Discovery<S> {
         Self {
             inner: Box::pin(stream),
         }
+    }
+}
+
+impl<S: Send + 'static> Discovery<S> {
+    /// `stream`, polled by a task of its own (when there is a tokio
+    /// runtime) and its changes queued for whoever polls the discovery.
+    fn driven(
+        stream: impl Stream<Item = Result<Change<String, S>, Infallible>> + Send + 'static,
+    ) -> Self {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Self::new(stream);
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    change = futures::StreamExt::next(&mut stream) => {
+                        let Some(change) = change else { return };
+                        if tx.send(change).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Self::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 }
 
@@ -316,6 +348,14 @@ mod tests {
         describe(d.next().await.unwrap().unwrap())
     }
 
+    /// Moves time on by `d` and lets the resolving task run.
+    async fn advance(d: Duration) {
+        tokio::time::advance(d).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Whether the stream has nothing to say right now.
     fn quiet(d: &mut Discovery<String>) -> bool {
         let waker = futures::task::noop_waker();
@@ -348,12 +388,12 @@ mod tests {
         assert!(quiet(&mut d), "nothing until the refresh");
         assert_eq!(*calls.lock().unwrap(), 1);
 
-        tokio::time::advance(refresh).await;
+        advance(refresh).await;
         assert_eq!(next(&mut d).await, "-http://10.0.0.1:7000");
         assert_eq!(next(&mut d).await, "+http://10.0.0.3:7000");
         assert_eq!(*calls.lock().unwrap(), 2);
 
-        tokio::time::advance(refresh).await;
+        advance(refresh).await;
         assert!(quiet(&mut d), "the same answer changes nothing");
         assert_eq!(*calls.lock().unwrap(), 3);
     }
@@ -370,13 +410,47 @@ mod tests {
         let mut d = dns_with_resolver("catalog:7000", refresh, names(), resolver);
         assert_eq!(next(&mut d).await, "+http://10.0.0.1:7000");
         for _ in 0..2 {
-            tokio::time::advance(refresh).await;
+            advance(refresh).await;
             assert!(quiet(&mut d));
         }
         assert_eq!(*calls.lock().unwrap(), 3);
-        tokio::time::advance(refresh).await;
+        advance(refresh).await;
         assert_eq!(next(&mut d).await, "-http://10.0.0.1:7000");
         assert_eq!(next(&mut d).await, "+http://10.0.0.4:7000");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn names_are_resolved_again_while_nobody_asks() {
+        let (resolver, calls) = scripted(vec![Ok(vec![v4(1, 7000)]), Ok(vec![v4(2, 7000)])]);
+        let refresh = Duration::from_secs(5);
+        let mut d = dns_with_resolver("catalog:7000", refresh, names(), resolver);
+        assert_eq!(next(&mut d).await, "+http://10.0.0.1:7000");
+        // Idle: nothing polls the discovery for three refreshes.
+        for _ in 0..3 {
+            advance(refresh).await;
+        }
+        assert_eq!(*calls.lock().unwrap(), 4);
+        // The next poll finds the changes already made.
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut ready = Vec::new();
+        while let Poll::Ready(Some(Ok(change))) = d.poll_next_unpin(&mut cx) {
+            ready.push(describe(change));
+        }
+        assert_eq!(ready, ["-http://10.0.0.1:7000", "+http://10.0.0.2:7000"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_resolving_task_ends_with_the_discovery() {
+        let (resolver, calls) = scripted(vec![Ok(vec![v4(1, 7000)])]);
+        let refresh = Duration::from_secs(1);
+        let mut d = dns_with_resolver("catalog:7000", refresh, names(), resolver);
+        assert_eq!(next(&mut d).await, "+http://10.0.0.1:7000");
+        drop(d);
+        for _ in 0..3 {
+            advance(refresh).await;
+        }
+        assert!(*calls.lock().unwrap() <= 2, "stopped resolving");
     }
 
     #[test]

@@ -15,9 +15,16 @@
 //!
 //! Weights of zero are allowed (that subset gets nothing); if every weight
 //! is zero the subsets share the traffic equally. Subsets name static
-//! endpoints; an upstream found through DNS has no subsets, and the
-//! subsets and weights are those of the policy at construction (a changed
-//! split needs a new client).
+//! endpoints; an upstream found through DNS has no subsets.
+//!
+//! # Policy changes
+//!
+//! Weights follow the policy as it changes (shifting a canary from 1% to
+//! 50% to 100% is a config edit): the next draw after a change uses the
+//! new weights, by subset name. The subsets themselves (their names and
+//! endpoints) are those of the policy at construction: a subset the new
+//! policy no longer names gets weight 0, and a subset it adds is logged and
+//! ignored until the client is built again.
 
 use crate::balance::Balancer;
 use crate::discovery::{self, Factory};
@@ -38,11 +45,19 @@ pub struct Split<S> {
     first: S,
     others: Vec<S>,
     names: Arc<[String]>,
-    /// Running sums of the weights; the last is the total.
-    cumulative: Arc<[u64]>,
-    rng: Arc<Mutex<dyn RngCore + Send>>,
+    /// Draws subsets; shared by every clone.
+    picker: Arc<Mutex<Picker>>,
     /// The subset chosen by `poll_ready`, for the next `call`.
     chosen: Option<usize>,
+}
+
+/// The weights and the random source of a [`Split`].
+struct Picker {
+    /// Running sums of the weights; the last is the total.
+    cumulative: Vec<u64>,
+    rng: Box<dyn RngCore + Send>,
+    /// Where new weights come from, if anywhere.
+    policy: Option<watch::Receiver<Arc<UpstreamPolicy>>>,
 }
 
 // === impl Split ===
@@ -82,6 +97,8 @@ where
         stats: Arc<UpstreamStats>,
         rng: impl RngCore + Send + 'static,
     ) -> Self {
+        let mut weights = watch.clone();
+        weights.mark_unchanged();
         let subsets = if policy.subsets.is_empty() {
             let all = discovery::from_policy(policy, factory);
             vec![("all".to_string(), 1, Balancer::new(all, watch, stats))]
@@ -100,7 +117,11 @@ where
                 })
                 .collect()
         };
-        Self::from_subsets(subsets, rng)
+        let split = Self::from_subsets(subsets, rng);
+        if !policy.subsets.is_empty() {
+            split.picker.lock().expect("not poisoned").policy = Some(weights);
+        }
+        split
     }
 }
 
@@ -135,8 +156,11 @@ impl<S> Split<S> {
             first: first.expect("at least one subset"),
             others: services,
             names: names.into(),
-            cumulative: cumulative.into(),
-            rng: Arc::new(Mutex::new(rng)),
+            picker: Arc::new(Mutex::new(Picker {
+                cumulative,
+                rng: Box::new(rng),
+                policy: None,
+            })),
             chosen: None,
         }
     }
@@ -160,13 +184,61 @@ impl<S> Split<S> {
         if n == 1 {
             return 0;
         }
-        let total = *self.cumulative.last().expect("not empty");
-        let mut rng = self.rng.lock().expect("not poisoned");
+        let mut picker = self.picker.lock().expect("not poisoned");
+        picker.follow_policy(&self.names);
+        let total = *picker.cumulative.last().expect("not empty");
         if total == 0 {
-            return rng.random_range(0..n);
+            return picker.rng.random_range(0..n);
         }
-        let r = rng.random_range(0..total);
-        self.cumulative.partition_point(|&c| c <= r)
+        let r = picker.rng.random_range(0..total);
+        picker.cumulative.partition_point(|&c| c <= r)
+    }
+
+    /// The current weights, by subset, in order.
+    pub fn weights(&self) -> Vec<u64> {
+        let mut picker = self.picker.lock().expect("not poisoned");
+        picker.follow_policy(&self.names);
+        let mut previous = 0;
+        picker
+            .cumulative
+            .iter()
+            .map(|&c| {
+                let w = c - previous;
+                previous = c;
+                w
+            })
+            .collect()
+    }
+}
+
+// === impl Picker ===
+
+impl Picker {
+    /// Takes the weights of a changed policy, by subset name.
+    fn follow_policy(&mut self, names: &[String]) {
+        let Some(watch) = self.policy.as_mut() else {
+            return;
+        };
+        if !watch.has_changed().unwrap_or(false) {
+            return;
+        }
+        let policy = watch.borrow_and_update().clone();
+        for added in policy.subsets.iter().filter(|s| !names.contains(&s.name)) {
+            tracing::warn!(
+                subset = %added.name,
+                "a subset added to a running client is ignored until it is built again"
+            );
+        }
+        let mut total = 0u64;
+        for (sum, name) in self.cumulative.iter_mut().zip(names) {
+            let weight = policy
+                .subsets
+                .iter()
+                .find(|s| s.name == *name)
+                .map_or(0, |s| s.weight);
+            total += u64::from(weight);
+            *sum = total;
+        }
     }
 }
 
@@ -178,8 +250,7 @@ impl<S: Clone> Clone for Split<S> {
             first: self.first.clone(),
             others: self.others.clone(),
             names: self.names.clone(),
-            cumulative: self.cumulative.clone(),
-            rng: self.rng.clone(),
+            picker: self.picker.clone(),
             chosen: None,
         }
     }
@@ -211,7 +282,6 @@ impl<S> fmt::Debug for Split<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Split")
             .field("subsets", &self.names)
-            .field("cumulative_weights", &self.cumulative)
             .finish_non_exhaustive()
     }
 }
@@ -352,6 +422,51 @@ mod tests {
         let v2 = 100.0 * seen["http://c:1"] as f64 / 4_000.0;
         assert!((v2 - 25.0).abs() <= 2.0, "{seen:?}");
         assert!(seen["http://a:1"] > 0 && seen["http://b:1"] > 0, "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weights_follow_the_policy_as_it_changes() {
+        let v1 = |weight| Subset {
+            name: "v1".into(),
+            weight,
+            endpoints: vec!["http://a:1".into(), "http://b:1".into()],
+        };
+        let v2 = |weight| Subset {
+            name: "v2".into(),
+            weight,
+            endpoints: vec!["http://c:1".into()],
+        };
+        let (p, factory) = three_endpoints(vec![v1(99), v2(1)]);
+        let stats = crate::stats::MeshStats::default().upstream("catalog");
+        let (tx, watch) = watch::channel(Arc::new(p.clone()));
+        let split = Split::with_rng(&p, factory, watch, stats, StdRng::seed_from_u64(9));
+        assert_eq!(split.weights(), [99, 1]);
+
+        // The canary goes to half the traffic, then takes all of it.
+        let mut changed = p.clone();
+        changed.subsets = vec![v1(50), v2(50)];
+        tx.send(Arc::new(changed.clone())).unwrap();
+        let seen = tally(&split, 4_000).await;
+        let v2_share = 100.0 * seen["http://c:1"] as f64 / 4_000.0;
+        assert!((v2_share - 50.0).abs() <= 2.0, "{seen:?}");
+
+        changed.subsets = vec![v1(0), v2(100)];
+        tx.send(Arc::new(changed.clone())).unwrap();
+        let seen = tally(&split, 500).await;
+        assert_eq!(seen.get("http://c:1"), Some(&500), "{seen:?}");
+
+        // A subset the policy no longer names gets nothing; one it adds is
+        // ignored by this client.
+        changed.subsets = vec![
+            v2(10),
+            Subset {
+                name: "v3".into(),
+                weight: 90,
+                endpoints: vec!["http://a:1".into()],
+            },
+        ];
+        tx.send(Arc::new(changed)).unwrap();
+        assert_eq!(split.weights(), [0, 10]);
     }
 
     #[tokio::test(start_paused = true)]
