@@ -128,6 +128,15 @@ fn status_attribute(code: Code) -> KeyValue {
     KeyValue::new("grpc.status", name)
 }
 
+/// The status of a call or attempt dropped unanswered: its time was up,
+/// or whoever waited for it gave up.
+pub(crate) fn abandoned(deadline: Option<Instant>) -> Code {
+    match deadline {
+        Some(deadline) if Instant::now() >= deadline => Code::DeadlineExceeded,
+        _ => Code::Cancelled,
+    }
+}
+
 /// Seconds since `start`.
 fn seconds(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
@@ -313,11 +322,8 @@ impl ServerCall {
 impl Drop for ServerCall {
     fn drop(&mut self) {
         if let Some(method) = self.method.take() {
-            let code = match self.deadline {
-                Some(deadline) if Instant::now() >= deadline => Code::DeadlineExceeded,
-                _ => Code::Cancelled,
-            };
-            self.metrics.ended(&method, code, self.start);
+            self.metrics
+                .ended(&method, abandoned(self.deadline), self.start);
         }
     }
 }

@@ -124,10 +124,7 @@ struct OpenCall {
 impl Drop for OpenCall {
     fn drop(&mut self) {
         if let Some(method) = self.method.take() {
-            let code = match self.deadline {
-                Some(deadline) if Instant::now() >= deadline => Code::DeadlineExceeded,
-                _ => Code::Cancelled,
-            };
+            let code = crate::metrics::abandoned(self.deadline);
             if self.own_attempt {
                 self.metrics.attempt_ended(&method, code, self.started);
             }
@@ -672,10 +669,7 @@ struct OpenAttempt {
 impl Drop for OpenAttempt {
     fn drop(&mut self) {
         if let Some(method) = self.method.take() {
-            let code = match self.until {
-                Some(until) if Instant::now() >= until => Code::DeadlineExceeded,
-                _ => Code::Cancelled,
-            };
+            let code = crate::metrics::abandoned(self.until);
             self.metrics.attempt_ended(&method, code, self.started);
         }
     }
