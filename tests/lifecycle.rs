@@ -30,14 +30,14 @@ async fn bad_configuration_is_refused_at_start_naming_the_key() {
     let postgres = Postgres::start().await.unwrap();
     let url = postgres.create_database("users").await.unwrap();
     let bin = tools::service_binary("users").unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("k1.pem");
+    std::fs::write(&key_file, shop_auth::KeyPair::generate().private_pem).unwrap();
     let run = |extra: &[(&str, &str)]| {
         let out = Command::new(&bin)
             .env("DATABASE_URL", &url)
             .env("SHOP_USERS__SERVER__LISTEN", "127.0.0.1:0")
-            .env(
-                "SHOP_USERS__AUTH__TOKEN_SECRET",
-                "0123456789abcdef0123456789abcdef",
-            )
+            .env("SHOP_USERS__AUTH__SIGNING_KEY_FILE", &key_file)
             .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .output()
@@ -113,6 +113,7 @@ async fn ctrl_c_on_the_local_stack_stops_every_process_it_started() {
             "nats",
             "analytics",
             "catalog",
+            "gateway",
             "inventory",
             "notifications",
             "orders",

@@ -9,11 +9,13 @@
 //! - [`stack`]: all of the above for a list of services.
 //! - [`inproc`]: a service served inside the test process.
 //! - [`status`]: assertions on gRPC statuses (`violated_fields`).
+//! - [`bearer`]: authenticated requests to the gateway.
 //! - [`wait`]: bounded waiting (`eventually`) instead of bare sleeps.
 //!
 //! Everything started is stopped when its handle is dropped, including when
 //! a test panics.
 
+pub mod bearer;
 pub mod inproc;
 pub mod nats;
 pub mod postgres;
@@ -23,6 +25,7 @@ pub mod status;
 pub mod tools;
 pub mod wait;
 
+pub use bearer::with_bearer;
 pub use nats::Nats;
 pub use postgres::Postgres;
 pub use process::ServiceProcess;

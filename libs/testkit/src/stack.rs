@@ -4,7 +4,7 @@
 use crate::{Nats, Postgres, ServiceProcess};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 /// How to start a [`Stack`].
@@ -33,8 +33,48 @@ pub struct Stack {
     pub nats: Nats,
     /// The Postgres server.
     pub postgres: Postgres,
+    keys: TokenKeys,
     dir: TempDir,
 }
+
+/// The stack's token keys, made fresh for it: users signs with the private
+/// key (`k1`), the gateway trusts the public keys in a directory.
+#[derive(Debug, Clone)]
+pub struct TokenKeys {
+    /// The key id.
+    pub kid: String,
+    /// The private key file users signs with.
+    pub signing_key_file: PathBuf,
+    /// The directory of `<kid>.pem` public keys the gateway trusts.
+    pub public_keys_dir: PathBuf,
+}
+
+impl TokenKeys {
+    fn create(dir: &Path) -> anyhow::Result<Self> {
+        let kid = "k1".to_string();
+        let pair = shop_auth::KeyPair::generate();
+        let signing = dir.join("keys/signing");
+        let public = dir.join("keys/public");
+        std::fs::create_dir_all(&signing)?;
+        std::fs::create_dir_all(&public)?;
+        let signing_key_file = signing.join(format!("{kid}.pem"));
+        std::fs::write(&signing_key_file, &pair.private_pem)?;
+        std::fs::write(public.join(format!("{kid}.pem")), &pair.public_pem)?;
+        Ok(Self {
+            kid,
+            signing_key_file,
+            public_keys_dir: public,
+        })
+    }
+
+    /// The private key, PEM (tests that forge tokens with the real key).
+    pub fn signing_key_pem(&self) -> String {
+        std::fs::read_to_string(&self.signing_key_file).expect("the stack's key file exists")
+    }
+}
+
+/// Services without a database or NATS of their own.
+const STATELESS: &[&str] = &["gateway"];
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,27 +122,32 @@ impl Stack {
             nats.url(),
             nats.pid().unwrap_or(0)
         ));
+        let keys = TokenKeys::create(dir.path())?;
         let mut stack = Stack {
             services: BTreeMap::new(),
             nats,
             postgres,
+            keys,
             dir,
         };
         for name in &options.services {
             progress(&format!("starting {name}"));
-            let db_url = stack
-                .postgres
-                .create_database(&format!("shop_{name}"))
-                .await?;
-            let mut env = vec![
-                ("DATABASE_URL".to_string(), db_url),
-                ("NATS_URL".to_string(), stack.nats.url()),
-                (
-                    format!("SHOP_{}__DATABASE__PROBE_INTERVAL", name.to_uppercase()),
-                    "200ms".to_string(),
-                ),
-            ];
-            env.extend(service_env(name, &stack.services));
+            let mut env = Vec::new();
+            if !STATELESS.contains(&name.as_str()) {
+                let db_url = stack
+                    .postgres
+                    .create_database(&format!("shop_{name}"))
+                    .await?;
+                env.extend([
+                    ("DATABASE_URL".to_string(), db_url),
+                    ("NATS_URL".to_string(), stack.nats.url()),
+                    (
+                        format!("SHOP_{}__DATABASE__PROBE_INTERVAL", name.to_uppercase()),
+                        "200ms".to_string(),
+                    ),
+                ]);
+            }
+            env.extend(service_env(name, &stack.services, &stack.keys));
             env.extend(options.env.iter().cloned());
             if let Some(extra) = options.service_env.get(name) {
                 env.extend(extra.iter().cloned());
@@ -156,37 +201,75 @@ impl Stack {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The token keys users signs with and the gateway trusts.
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
 }
 
-/// What a service needs beyond the database and NATS: its secrets, made up
+/// What a service needs beyond the database and NATS: its keys, made up
 /// fresh for each stack, and the addresses of the services it calls (which
 /// must have been started before it).
-fn service_env(name: &str, started: &BTreeMap<String, ServiceProcess>) -> Vec<(String, String)> {
+fn service_env(
+    name: &str,
+    started: &BTreeMap<String, ServiceProcess>,
+    keys: &TokenKeys,
+) -> Vec<(String, String)> {
     match name {
         "users" => vec![(
-            "SHOP_USERS__AUTH__TOKEN_SECRET".to_string(),
-            format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            ),
+            "SHOP_USERS__AUTH__SIGNING_KEY_FILE".to_string(),
+            keys.signing_key_file.display().to_string(),
         )],
-        "orders" => {
-            // Every catalog instance, for the mesh to balance over.
-            let catalogs: Vec<String> = started
-                .values()
-                .filter(|p| p.service() == "catalog")
-                .map(|p| format!("\"{}\"", p.url()))
-                .collect();
-            if catalogs.is_empty() {
-                Vec::new()
-            } else {
-                vec![(
-                    "SHOP_ORDERS__UPSTREAMS__CATALOG__ENDPOINTS".to_string(),
-                    format!("[{}]", catalogs.join(", ")),
-                )]
-            }
+        "orders" => endpoints("orders", &["catalog"], started),
+        "gateway" => {
+            let mut env = vec![
+                (
+                    "SHOP_GATEWAY__AUTH__PUBLIC_KEYS_DIR".to_string(),
+                    keys.public_keys_dir.display().to_string(),
+                ),
+                // Tests rotate keys and deactivate users; see it at once.
+                (
+                    "SHOP_GATEWAY__AUTH__KEYS_REFRESH".to_string(),
+                    "200ms".to_string(),
+                ),
+            ];
+            env.extend(endpoints(
+                "gateway",
+                &["users", "catalog", "inventory", "orders", "payments"],
+                started,
+            ));
+            env
         }
         _ => Vec::new(),
     }
+}
+
+/// `SHOP_<CALLER>__UPSTREAMS__<UPSTREAM>__ENDPOINTS` for each upstream that
+/// runs: every instance, for the mesh to balance over.
+fn endpoints(
+    caller: &str,
+    upstreams: &[&str],
+    started: &BTreeMap<String, ServiceProcess>,
+) -> Vec<(String, String)> {
+    upstreams
+        .iter()
+        .filter_map(|upstream| {
+            let urls: Vec<String> = started
+                .values()
+                .filter(|p| p.service() == *upstream)
+                .map(|p| format!("\"{}\"", p.url()))
+                .collect();
+            (!urls.is_empty()).then(|| {
+                (
+                    format!(
+                        "SHOP_{}__UPSTREAMS__{}__ENDPOINTS",
+                        caller.to_uppercase(),
+                        upstream.to_uppercase()
+                    ),
+                    format!("[{}]", urls.join(", ")),
+                )
+            })
+        })
+        .collect()
 }

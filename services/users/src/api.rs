@@ -2,8 +2,9 @@
 //! leave through `shop_runtime::ServiceError`.
 
 use crate::domain::{self, check_password, normalise_display_name, normalise_email};
+use crate::password::Passwords;
 use crate::store::{self, UserRow};
-use crate::token::{self, TokenIssuer};
+use shop_auth::Signer;
 use shop_proto::shop::events::v1::UserRegistered;
 use shop_proto::shop::users::v1::user_service_server::UserService;
 use shop_proto::shop::users::v1::{
@@ -23,15 +24,22 @@ const BAD_CREDENTIALS: &str = "invalid email or password";
 
 pub(crate) struct UsersApi {
     pool: PgPool,
-    tokens: TokenIssuer,
+    tokens: Signer,
+    passwords: Passwords,
     events: shop_events::Events,
 }
 
 impl UsersApi {
-    pub(crate) fn new(pool: PgPool, tokens: TokenIssuer, events: shop_events::Events) -> Self {
+    pub(crate) fn new(
+        pool: PgPool,
+        tokens: Signer,
+        passwords: Passwords,
+        events: shop_events::Events,
+    ) -> Self {
         Self {
             pool,
             tokens,
+            passwords,
             events,
         }
     }
@@ -66,7 +74,9 @@ impl UserService for UsersApi {
         let req = request.into_inner();
         let new = domain::validate_new_user(&req.email, &req.password, &req.display_name)
             .map_err(ServiceError::InvalidArgument)?;
-        let hash = token::hash_password(req.password)
+        let hash = self
+            .passwords
+            .hash(req.password)
             .await
             .map_err(ServiceError::Internal)?;
         // The account and its UserRegistered event commit together.
@@ -138,7 +148,8 @@ impl UserService for UsersApi {
         let id = id.expect("checked above");
         let hash = match req.password {
             Some(p) => Some(
-                token::hash_password(p)
+                self.passwords
+                    .hash(p)
                     .await
                     .map_err(ServiceError::Internal)?,
             ),
@@ -188,17 +199,18 @@ impl UserService for UsersApi {
             Err(_) => None,
         };
         let user = user.filter(UserRow::is_active);
-        let matches =
-            token::verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone()))
-                .await
-                .map_err(ServiceError::Internal)?;
+        let matches = self
+            .passwords
+            .verify(req.password, user.as_ref().map(|u| u.password_hash.clone()))
+            .await
+            .map_err(ServiceError::Internal)?;
         let Some(user) = user.filter(|_| matches) else {
             return Err(ServiceError::Unauthenticated(BAD_CREDENTIALS.into()).into());
         };
         let (token, expires) = self
             .tokens
-            .issue(user.user_id, &user.email, chrono::Utc::now())
-            .map_err(ServiceError::Internal)?;
+            .issue(user.user_id, chrono::Utc::now())
+            .map_err(|e| ServiceError::Internal(e.into()))?;
         Ok(Response::new(AuthenticateResponse {
             access_token: token,
             expire_time: Some(timestamp(expires)),

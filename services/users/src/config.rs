@@ -1,8 +1,8 @@
 //! Settings of the users service.
 
-use secrecy::SecretString;
 use serde::Deserialize;
 use shop_runtime::{DatabaseSettings, ServerSettings, Settings, TelemetrySettings};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the users service reads at start.
@@ -22,26 +22,63 @@ pub struct Config {
     pub events: shop_events::EventsSettings,
 }
 
-/// `[auth]`: access tokens.
+/// `[auth]`: access tokens and password hashing.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    /// HMAC key for HS256 tokens; at least 32 bytes; never logged.
-    pub token_secret: SecretString,
+    /// The Ed25519 private key that signs access tokens, a PKCS#8 PEM file
+    /// (`openssl genpkey -algorithm ed25519`); never logged. Verifiers get
+    /// only its public half.
+    pub signing_key_file: PathBuf,
+    /// The `kid` of issued tokens: the name verifiers know the public key
+    /// by. Defaults to the key file's name without `.pem` (`k1.pem` is
+    /// `k1`), the name the gateway's key directory gives it.
+    #[serde(default)]
+    pub key_id: Option<String>,
     /// How long an access token is valid.
     #[serde(with = "humantime_serde", default = "default_ttl")]
     pub token_ttl: Duration,
     /// The `iss` claim of issued tokens.
     #[serde(default = "default_issuer")]
     pub issuer: String,
+    /// The `aud` claim of issued tokens: who they are for.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// Password hashes computed at once (argon2id, 19 MiB each); more wait.
+    /// Defaults to the number of CPUs.
+    #[serde(default)]
+    pub hash_concurrency: Option<usize>,
+}
+
+impl AuthSettings {
+    /// The key id: `key_id`, else the key file's stem.
+    pub fn kid(&self) -> String {
+        self.key_id.clone().unwrap_or_else(|| {
+            self.signing_key_file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+    }
+
+    /// How many hashes may run at once.
+    pub fn hash_permits(&self) -> usize {
+        self.hash_concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
+            .max(1)
+    }
 }
 
 fn default_ttl() -> Duration {
-    Duration::from_secs(3600)
+    Duration::from_secs(15 * 60)
 }
 
 fn default_issuer() -> String {
     "shop-users".to_string()
+}
+
+fn default_audience() -> String {
+    "shop-gateway".to_string()
 }
 
 impl Settings for Config {

@@ -12,12 +12,13 @@ use shop_testkit::{Nats, Postgres};
 use tonic::Code;
 use tonic::transport::Channel;
 
-const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
-
 struct TestApp {
     client: UserServiceClient<Channel>,
     nats_url: String,
     db: sqlx::PgPool,
+    /// The public half of the signing key (`k1`).
+    public_pem: String,
+    _keys: tempfile::TempDir,
     _app: RunningApp,
     _postgres: Postgres,
     _nats: Nats,
@@ -28,6 +29,11 @@ async fn spawn_app() -> TestApp {
     let url = postgres.create_database("users").await.unwrap();
     let nats = Nats::start().await.expect("nats starts");
     let nats_url = nats.url();
+    let keys = tempfile::tempdir().unwrap();
+    let pair = shop_auth::KeyPair::generate();
+    let key_file = keys.path().join("k1.pem");
+    std::fs::write(&key_file, &pair.private_pem).unwrap();
+    let key_file = key_file.display();
     let config: users::Config = shop_runtime::config::from_toml(&format!(
         r#"
         [server]
@@ -35,7 +41,7 @@ async fn spawn_app() -> TestApp {
         [database]
         url = "{url}"
         [auth]
-        token_secret = "{SECRET}"
+        signing_key_file = "{key_file}"
         token_ttl = "15m"
         [events]
         nats_url = "{nats_url}"
@@ -49,6 +55,8 @@ async fn spawn_app() -> TestApp {
         client,
         nats_url: nats.url(),
         db,
+        public_pem: pair.public_pem,
+        _keys: keys,
         _app: app,
         _postgres: postgres,
         _nats: nats,
@@ -282,16 +290,30 @@ async fn authenticate_issues_a_signed_expiring_token() {
 
     assert_eq!(response.user_id, user.user_id);
     assert_eq!(response.token_type, "Bearer");
-    let mut validation = jsonwebtoken::Validation::default();
-    validation.set_issuer(&["shop-users"]);
-    let claims = jsonwebtoken::decode::<serde_json::Value>(
-        &response.access_token,
-        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
-        &validation,
-    )
-    .expect("the token is signed with the configured secret")
-    .claims;
-    assert_eq!(claims["sub"], user.user_id);
+    let header = jsonwebtoken::decode_header(&response.access_token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    assert_eq!(
+        header.kid.as_deref(),
+        Some("k1"),
+        "kid is the key file's name"
+    );
+    let verifier = shop_auth::Verifier::with_keys(
+        [(
+            "k1".to_string(),
+            jsonwebtoken::DecodingKey::from_ed_pem(app.public_pem.as_bytes()).unwrap(),
+        )]
+        .into(),
+        "shop-users",
+        "shop-gateway",
+        std::time::Duration::from_secs(30),
+    );
+    let claims = verifier
+        .verify(&response.access_token)
+        .expect("the token verifies with the public key alone")
+        .claims;
+    assert_eq!(claims.sub, user.user_id);
+    let claims = serde_json::to_value(claims).unwrap();
+    assert!(claims.get("email").is_none(), "no personal data in tokens");
     let ttl = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
     assert_eq!(ttl, 15 * 60);
     assert_eq!(
