@@ -79,6 +79,7 @@ async fn grpcurl_lists_each_service_with_health_and_reflection() {
         ("payments", "shop.payments.v1.PaymentService"),
         ("notifications", "shop.notifications.v1.NotificationService"),
         ("analytics", "shop.analytics.v1.AnalyticsService"),
+        ("gateway", "shop.gateway.v1.ShopGatewayService"),
     ] {
         let addr = &stack.addrs[name];
         let list = grpcurl(&["-plaintext", addr, "list"]);

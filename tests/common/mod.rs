@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod gateway;
 pub mod mesh;
 
 use shop_proto::shop::analytics::v1::analytics_service_client::AnalyticsServiceClient;

@@ -29,6 +29,8 @@ const SERVICES: &[(&str, u16)] = &[
     ("orders", 4),
     ("notifications", 6),
     ("analytics", 7),
+    // The entry point: started last (it calls the others), listed first.
+    ("gateway", 0),
 ];
 
 struct Args {
@@ -135,7 +137,10 @@ async fn run() -> anyhow::Result<()> {
             products.len()
         );
     }
-    if has("users") && has("inventory") && has("orders") && has("payments") {
+    if ["gateway", "users", "inventory", "orders", "payments"]
+        .iter()
+        .all(|s| has(s))
+    {
         demo_saga(&stack, &products).await?;
     }
     print_summary(&stack);
@@ -178,7 +183,7 @@ fn print_summary(stack: &Stack) {
         stack.nats.pid().unwrap_or(0),
         stack.nats.log_path().display()
     );
-    for s in stack.services() {
+    for s in entry_first(stack) {
         println!(
             "  {:<13} {:<24} {:<8} {}",
             s.name(),
@@ -189,11 +194,25 @@ fn print_summary(stack: &Stack) {
     }
     println!();
     println!("  Try (with .tools/bin on PATH: export PATH=\"$PWD/.tools/bin:$PATH\"):");
-    for s in stack.services() {
+    for s in entry_first(stack) {
         let addr = s.addr();
         println!("    grpcurl -plaintext {addr} list");
         println!("    grpcurl -plaintext {addr} grpc.health.v1.Health/Check");
         match s.name() {
+            "gateway" => {
+                println!(
+                    "    grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\",\"display_name\":\"Ada\"}}' {addr} shop.gateway.v1.ShopGatewayService/SignUp"
+                );
+                println!(
+                    "    grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}' {addr} shop.gateway.v1.ShopGatewayService/LogIn"
+                );
+                println!(
+                    "    grpcurl -plaintext -d '{{\"page_size\":4}}' {addr} shop.gateway.v1.ShopGatewayService/ListProducts"
+                );
+                println!(
+                    "    grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {addr} shop.gateway.v1.ShopGatewayService/ListOrders"
+                );
+            }
             "users" => println!(
                 "    grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\",\"display_name\":\"Ada\"}}' {addr} shop.users.v1.UserService/CreateUser"
             ),
@@ -207,6 +226,12 @@ fn print_summary(stack: &Stack) {
         }
     }
     println!();
+}
+
+/// The gateway (the entry point) first, then the others by name.
+fn entry_first(stack: &Stack) -> impl Iterator<Item = &shop_testkit::ServiceProcess> {
+    let (entry, rest): (Vec<_>, Vec<_>) = stack.services().partition(|s| s.name() == "gateway");
+    entry.into_iter().chain(rest)
 }
 
 fn write_state(stack: &Stack, path: &std::path::Path) -> anyhow::Result<()> {
@@ -280,18 +305,18 @@ async fn seed_catalog(url: &str) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
-/// Stocks the demo products, signs up a demo user and places two orders:
-/// one that ends CONFIRMED, one that ends CANCELLED because the payment is
+/// Stocks the demo products (as an operator, on inventory), then as an end
+/// user through the gateway: signs up, logs in and places two orders, one
+/// that ends CONFIRMED, one that ends CANCELLED because the payment is
 /// declined; prints both saga timelines.
 async fn demo_saga(stack: &Stack, products: &[String]) -> anyhow::Result<()> {
+    use shop_proto::shop::gateway::v1::shop_gateway_service_client::ShopGatewayServiceClient;
+    use shop_proto::shop::gateway::v1::{
+        GetOrderRequest, LogInRequest, PlaceOrderRequest, SignUpRequest,
+    };
     use shop_proto::shop::inventory::v1::SetStockRequest;
     use shop_proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
-    use shop_proto::shop::orders::v1::order_service_client::OrderServiceClient;
-    use shop_proto::shop::orders::v1::{
-        GetOrderRequest, NewOrderLine, OrderStatus, PlaceOrderRequest, SagaStepStatus, SagaStepType,
-    };
-    use shop_proto::shop::users::v1::CreateUserRequest;
-    use shop_proto::shop::users::v1::user_service_client::UserServiceClient;
+    use shop_proto::shop::orders::v1::{NewOrderLine, OrderStatus, SagaStepStatus, SagaStepType};
 
     let mut inventory = InventoryServiceClient::connect(stack.service("inventory").url()).await?;
     for id in products {
@@ -303,32 +328,40 @@ async fn demo_saga(stack: &Stack, products: &[String]) -> anyhow::Result<()> {
             .await
             .context("stocking the demo products")?;
     }
-    let mut users = UserServiceClient::connect(stack.service("users").url()).await?;
-    let user = users
-        .create_user(CreateUserRequest {
+    let mut gateway = ShopGatewayServiceClient::connect(stack.service("gateway").url()).await?;
+    let user = gateway
+        .sign_up(SignUpRequest {
             email: "demo@example.com".into(),
             password: "demo password 1".into(),
             display_name: "Demo Shopper".into(),
         })
         .await
-        .context("creating the demo user")?
+        .context("signing up the demo user")?
         .into_inner()
         .user
-        .context("CreateUser answered no user")?;
+        .context("SignUp answered no user")?;
+    let token = gateway
+        .log_in(LogInRequest {
+            email: "demo@example.com".into(),
+            password: "demo password 1".into(),
+        })
+        .await
+        .context("logging the demo user in")?
+        .into_inner()
+        .access_token;
+    let authed = |message| shop_testkit::with_bearer(&token, message);
     println!(
-        "==> stocked the demo products (25 each); demo user {} ({})",
+        "==> stocked the demo products (25 each); demo user {} ({}) signed up and logged in through the gateway",
         user.user_id, user.email
     );
 
-    let mut orders = OrderServiceClient::connect(stack.service("orders").url()).await?;
     let mut placed = Vec::new();
-    for (label, token, lines) in [
+    for (label, payment, lines) in [
         ("confirmed", "tok_approve", vec![(0usize, 1i64), (3, 2)]),
         ("declined", "tok_decline", vec![(6, 1)]),
     ] {
-        let order = orders
-            .place_order(PlaceOrderRequest {
-                user_id: user.user_id.clone(),
+        let order = gateway
+            .place_order(authed(PlaceOrderRequest {
                 lines: lines
                     .iter()
                     .filter_map(|(i, q)| {
@@ -338,27 +371,32 @@ async fn demo_saga(stack: &Stack, products: &[String]) -> anyhow::Result<()> {
                         })
                     })
                     .collect(),
-                payment_token: token.into(),
+                payment_token: payment.into(),
                 idempotency_key: uuid::Uuid::new_v4().to_string(),
-            })
+            }))
             .await
             .with_context(|| format!("placing the {label} demo order"))?
             .into_inner()
             .order
             .context("PlaceOrder answered no order")?;
         println!(
-            "==> placed demo order {} with payment token {token}",
+            "==> placed demo order {} with payment token {payment}",
             order.order_id
         );
         placed.push(order.order_id);
     }
     for order_id in placed {
         let order = shop_testkit::eventually(std::time::Duration::from_secs(60), || {
-            let mut orders = orders.clone();
-            let order_id = order_id.clone();
+            let mut gateway = gateway.clone();
+            let request = shop_testkit::with_bearer(
+                &token,
+                GetOrderRequest {
+                    order_id: order_id.clone(),
+                },
+            );
             async move {
-                let order = orders
-                    .get_order(GetOrderRequest { order_id })
+                let order = gateway
+                    .get_order(request)
                     .await
                     .map_err(|e| e.to_string())?
                     .into_inner()

@@ -1,0 +1,259 @@
+//! Settings of the gateway.
+
+use serde::Deserialize;
+use shop_mesh::policy::UpstreamPolicy;
+use shop_runtime::{ServerSettings, Settings, TelemetrySettings};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the gateway reads at start. It is stateless: no database,
+/// no NATS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerSettings,
+    /// `[telemetry]`
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    /// `[auth]`: how end users' tokens are checked.
+    pub auth: AuthSettings,
+    /// `[limits]`: abuse limits on the public, unauthenticated calls.
+    pub limits: LimitSettings,
+    /// `[details]`: how GetOrderDetails shares the caller's deadline.
+    #[serde(default)]
+    pub details: DetailsSettings,
+    /// `[upstreams.*]`: the services behind the gateway, through the mesh.
+    pub upstreams: Upstreams,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Directory of trusted public keys, one `<kid>.pem` file each (a
+    /// mounted Kubernetes Secret has this layout). Re-read every
+    /// `keys_refresh`: adding or removing a file rotates keys without a
+    /// restart.
+    pub public_keys_dir: PathBuf,
+    /// How often `public_keys_dir` is re-read.
+    #[serde(with = "humantime_serde", default = "default_keys_refresh")]
+    pub keys_refresh: Duration,
+    /// The only `iss` accepted.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// The only `aud` accepted: this gateway.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde", default = "default_leeway")]
+    pub leeway: Duration,
+    /// How long a token's subject, once found active in users, is trusted
+    /// without asking again; a deactivated user's tokens stop working
+    /// within this time. `0s` asks users on every call.
+    #[serde(with = "humantime_serde", default = "default_subject_cache_ttl")]
+    pub subject_cache_ttl: Duration,
+}
+
+fn default_keys_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_issuer() -> String {
+    "shop-users".into()
+}
+fn default_audience() -> String {
+    "shop-gateway".into()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_subject_cache_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `[limits]`: token buckets per email and per peer address. Defaults
+/// (in [`Config::DEFAULTS`], so one key can be changed alone): log-in 5 per
+/// email then one every 12 s, 50 per address then one every 200 ms;
+/// sign-up 3 per email then one a minute, 10 per address then one every
+/// 6 s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// `[limits.login]`
+    pub login: CallLimits,
+    /// `[limits.signup]`
+    pub signup: CallLimits,
+}
+
+/// The buckets of one call: both must have a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallLimits {
+    /// One bucket per email address (normalised: trimmed, lower case).
+    pub per_email: Bucket,
+    /// One bucket per peer IP address (the TCP peer; forwarded-for
+    /// headers are not trusted).
+    pub per_peer: Bucket,
+}
+
+/// A token bucket: `burst` calls at once, then one more every `refill`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    /// Calls allowed at once (the bucket's size); at least 1.
+    pub burst: u32,
+    /// Time for one token to come back; more than zero.
+    #[serde(with = "humantime_serde")]
+    pub refill: Duration,
+}
+
+/// `[details]`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailsSettings {
+    /// The share of the caller's remaining deadline (after the order is
+    /// read) each optional part may take; the rest is kept to answer.
+    #[serde(default = "default_part_share")]
+    pub part_share: f64,
+    /// The time each optional part may take when the caller set no
+    /// deadline.
+    #[serde(with = "humantime_serde", default = "default_part_timeout")]
+    pub part_timeout: Duration,
+}
+
+impl Default for DetailsSettings {
+    fn default() -> Self {
+        Self {
+            part_share: default_part_share(),
+            part_timeout: default_part_timeout(),
+        }
+    }
+}
+
+fn default_part_share() -> f64 {
+    0.8
+}
+fn default_part_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// `[upstreams]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstreams {
+    /// `[upstreams.users]`: sign-up, log-in, token subjects, accounts.
+    pub users: UpstreamPolicy,
+    /// `[upstreams.catalog]`: products.
+    pub catalog: UpstreamPolicy,
+    /// `[upstreams.inventory]`: availability.
+    pub inventory: UpstreamPolicy,
+    /// `[upstreams.orders]`: orders.
+    pub orders: UpstreamPolicy,
+    /// `[upstreams.payments]`: an order's payments.
+    pub payments: UpstreamPolicy,
+}
+
+impl Config {
+    /// Checks what serde cannot; the error names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let d = &self.details;
+        anyhow::ensure!(
+            d.part_share > 0.0 && d.part_share < 1.0,
+            "details.part_share must be between 0 and 1 (exclusive), got {}",
+            d.part_share
+        );
+        for (name, limits) in [
+            ("login", &self.limits.login),
+            ("signup", &self.limits.signup),
+        ] {
+            for (which, bucket) in [
+                ("per_email", &limits.per_email),
+                ("per_peer", &limits.per_peer),
+            ] {
+                anyhow::ensure!(
+                    bucket.burst >= 1 && !bucket.refill.is_zero(),
+                    "limits.{name}.{which}: burst must be at least 1 and refill more than 0s"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Settings for Config {
+    const DEFAULTS: &'static str = r#"
+        [server]
+        listen = "127.0.0.1:7100"
+
+        [limits.login]
+        per_email = { burst = 5, refill = "12s" }
+        per_peer = { burst = 50, refill = "200ms" }
+        [limits.signup]
+        per_email = { burst = 3, refill = "1m" }
+        per_peer = { burst = 10, refill = "6s" }
+
+        [upstreams.users]
+        endpoints = ["http://127.0.0.1:7101"]
+        timeout = "2s"
+        [upstreams.users.retry]
+        max_attempts = 3
+        per_try_timeout = "1s"
+        on = ["unavailable"]
+        backoff = { base = "20ms", max = "200ms" }
+        budget = { ratio = 0.2, min_per_second = 10 }
+
+        [upstreams.catalog]
+        endpoints = ["http://127.0.0.1:7102"]
+        timeout = "2s"
+        [upstreams.catalog.retry]
+        max_attempts = 3
+        per_try_timeout = "500ms"
+        on = ["unavailable", "resource_exhausted"]
+        backoff = { base = "20ms", max = "200ms" }
+        budget = { ratio = 0.2, min_per_second = 10 }
+        [upstreams.catalog.outlier]
+        consecutive_failures = 3
+        base_ejection = "5s"
+        max_ejected_percent = 50
+
+        [upstreams.inventory]
+        endpoints = ["http://127.0.0.1:7103"]
+        timeout = "1s"
+        [upstreams.inventory.retry]
+        max_attempts = 2
+        per_try_timeout = "500ms"
+        on = ["unavailable"]
+        backoff = { base = "20ms", max = "100ms" }
+        budget = { ratio = 0.2, min_per_second = 10 }
+
+        [upstreams.orders]
+        endpoints = ["http://127.0.0.1:7104"]
+        timeout = "3s"
+        [upstreams.orders.retry]
+        max_attempts = 3
+        per_try_timeout = "1s"
+        on = ["unavailable"]
+        backoff = { base = "20ms", max = "200ms" }
+        budget = { ratio = 0.2, min_per_second = 10 }
+
+        [upstreams.payments]
+        endpoints = ["http://127.0.0.1:7105"]
+        timeout = "1s"
+        [upstreams.payments.retry]
+        max_attempts = 2
+        per_try_timeout = "500ms"
+        on = ["unavailable"]
+        backoff = { base = "20ms", max = "100ms" }
+        budget = { ratio = 0.2, min_per_second = 10 }
+    "#;
+    /// Stateless: `DATABASE_URL` and `NATS_URL` are not its business.
+    const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[];
+
+    fn server(&self) -> &ServerSettings {
+        &self.server
+    }
+
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
+}

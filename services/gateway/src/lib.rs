@@ -1,0 +1,88 @@
+//! The gateway: the shop's one public entry point, stateless.
+//!
+//! - [`config`]: settings (`[auth]` keys and checks, `[limits]`,
+//!   `[details]`, `[upstreams.*]` mesh policies).
+//! - `auth`: bearer tokens verified (`shop_auth`) and their subjects
+//!   checked against users.
+//! - `limits`: token buckets per email and per peer on LogIn and SignUp.
+//! - `parts`: optional parts of an answer, each within its share of the
+//!   caller's deadline, missing with a reason when late or failed.
+//! - `upstream`: mesh clients of users, catalog, inventory, orders and
+//!   payments, and how their failures are answered.
+//! - `api`: `shop.gateway.v1.ShopGatewayService`.
+
+pub mod config;
+
+mod api;
+mod auth;
+mod limits;
+mod parts;
+mod upstream;
+
+pub use config::Config;
+
+use anyhow::Context as _;
+use shop_auth::{KeyDir, Verifier};
+use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
+use shop_proto::shop::gateway::v1::shop_gateway_service_server::ShopGatewayServiceServer;
+use shop_proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
+use shop_proto::shop::orders::v1::order_service_client::OrderServiceClient;
+use shop_proto::shop::payments::v1::payment_service_client::PaymentServiceClient;
+use shop_proto::shop::users::v1::user_service_client::UserServiceClient;
+use shop_runtime::Application;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How often buckets of idle callers are dropped.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// Loads the token keys, builds the upstream clients and binds the server.
+pub async fn build(config: Config) -> anyhow::Result<Application> {
+    config.validate()?;
+    let auth = &config.auth;
+    let key_dir = KeyDir::new(&auth.public_keys_dir);
+    let keys = key_dir.load().context("auth.public_keys_dir")?;
+    tracing::info!(kids = ?keys.keys().collect::<Vec<_>>(), "token verification keys loaded");
+    let keys = Arc::new(RwLock::new(Arc::new(keys)));
+    let verifier = Verifier::new(keys.clone(), &auth.issuer, &auth.audience, auth.leeway);
+
+    let app = Application::bind("gateway", &config.server).await?;
+    let mesh = app.mesh();
+    let u = &config.upstreams;
+    let up = upstream::Upstreams {
+        users: UserServiceClient::new(mesh.upstream("users", &u.users)?),
+        catalog: CatalogServiceClient::new(mesh.upstream("catalog", &u.catalog)?),
+        inventory: InventoryServiceClient::new(mesh.upstream("inventory", &u.inventory)?),
+        orders: OrderServiceClient::new(mesh.upstream("orders", &u.orders)?),
+        payments: PaymentServiceClient::new(mesh.upstream("payments", &u.payments)?),
+    };
+    let login = Arc::new(limits::Limiter::new("log-in", &config.limits.login));
+    let signup = Arc::new(limits::Limiter::new("sign-up", &config.limits.signup));
+    let api = api::GatewayApi {
+        auth: auth::Authenticator::new(verifier, up.users.clone(), auth.subject_cache_ttl),
+        up,
+        login: login.clone(),
+        signup: signup.clone(),
+        budget: parts::Budget::new(config.details.part_share, config.details.part_timeout),
+    };
+    let refresh = auth.keys_refresh;
+    Ok(app
+        .add_service(ShopGatewayServiceServer::new(api))
+        .with_task("token-keys", move |shutdown| {
+            Box::pin(key_dir.watch(keys, refresh, shutdown))
+        })
+        .with_task("limits-gc", move |shutdown| {
+            Box::pin(async move {
+                let mut every = tokio::time::interval(FORGET_IDLE_EVERY);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        _ = every.tick() => {
+                            login.forget_idle();
+                            signup.forget_idle();
+                        }
+                    }
+                }
+            })
+        }))
+}

@@ -1,0 +1,199 @@
+//! A stack behind the gateway, and an end user's view of it.
+
+use super::fast_env;
+use shop_proto::shop::catalog::v1::CreateProductRequest;
+use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
+use shop_proto::shop::common::v1::Money;
+use shop_proto::shop::gateway::v1::shop_gateway_service_client::ShopGatewayServiceClient;
+use shop_proto::shop::gateway::v1::{
+    GetOrderRequest, LogInRequest, PlaceOrderRequest, SignUpRequest,
+};
+use shop_proto::shop::inventory::v1::SetStockRequest;
+use shop_proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
+use shop_proto::shop::orders::v1::{NewOrderLine, Order, OrderStatus};
+use shop_testkit::stack::{Stack, StackOptions};
+use shop_testkit::{eventually, with_bearer};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Everything the gateway calls, then the gateway (callees first).
+pub const GATEWAY_STACK: &[&str] = &[
+    "users",
+    "catalog",
+    "inventory",
+    "payments",
+    "orders",
+    "gateway",
+];
+
+pub struct Shop {
+    pub stack: Stack,
+}
+
+/// A signed-up, logged-in end user.
+#[derive(Debug, Clone)]
+pub struct EndUser {
+    pub user_id: String,
+    pub email: String,
+    pub token: String,
+}
+
+impl Shop {
+    /// The stack with `extra` environment per service on top of the fast
+    /// saga settings; the gateway asks users about every token's subject
+    /// (no cache) and allows many sign-ups from 127.0.0.1.
+    pub async fn start(extra: BTreeMap<String, Vec<(String, String)>>) -> Self {
+        let mut service_env: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        service_env.insert(
+            "gateway".into(),
+            vec![
+                ("SHOP_GATEWAY__AUTH__SUBJECT_CACHE_TTL".into(), "0s".into()),
+                (
+                    "SHOP_GATEWAY__LIMITS__SIGNUP__PER_PEER__BURST".into(),
+                    "1000".into(),
+                ),
+                (
+                    "SHOP_GATEWAY__LIMITS__SIGNUP__PER_EMAIL__BURST".into(),
+                    "1000".into(),
+                ),
+            ],
+        );
+        for (service, env) in extra {
+            service_env.entry(service).or_default().extend(env);
+        }
+        let stack = Stack::start_with(StackOptions {
+            services: GATEWAY_STACK.iter().map(|s| s.to_string()).collect(),
+            env: fast_env(),
+            service_env,
+            ..StackOptions::default()
+        })
+        .await
+        .expect("the gateway stack starts");
+        Shop { stack }
+    }
+
+    pub async fn gateway(&self) -> ShopGatewayServiceClient<Channel> {
+        ShopGatewayServiceClient::connect(self.stack.service("gateway").url())
+            .await
+            .unwrap()
+    }
+
+    /// Signs up and logs in a new user.
+    pub async fn user(&self, name: &str) -> EndUser {
+        let mut gateway = self.gateway().await;
+        let email = format!("{name}-{}@example.com", uuid::Uuid::new_v4().simple());
+        let password = "correct horse battery".to_string();
+        let user = gateway
+            .sign_up(SignUpRequest {
+                email: email.clone(),
+                password: password.clone(),
+                display_name: name.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+        let token = gateway
+            .log_in(LogInRequest {
+                email: email.clone(),
+                password,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token;
+        EndUser {
+            user_id: user.user_id,
+            email,
+            token,
+        }
+    }
+
+    /// A product priced `price_minor` EUR, stocked with `stock` units (as
+    /// an operator, on catalog and inventory directly).
+    pub async fn product(&self, name: &str, price_minor: i64, stock: i64) -> String {
+        let sku = format!("SKU-{}", uuid::Uuid::new_v4().simple());
+        let product = CatalogServiceClient::connect(self.stack.service("catalog").url())
+            .await
+            .unwrap()
+            .create_product(CreateProductRequest {
+                sku,
+                name: name.into(),
+                description: String::new(),
+                category: "test".into(),
+                price: Some(Money {
+                    amount_minor: price_minor,
+                    currency_code: "EUR".into(),
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .product
+            .unwrap();
+        InventoryServiceClient::connect(self.stack.service("inventory").url())
+            .await
+            .unwrap()
+            .set_stock(SetStockRequest {
+                product_id: product.product_id.clone(),
+                available: stock,
+            })
+            .await
+            .unwrap();
+        product.product_id
+    }
+
+    /// `user` orders one unit of `product` through the gateway.
+    pub async fn order(&self, user: &EndUser, product: &str, payment: &str) -> Order {
+        self.gateway()
+            .await
+            .place_order(with_bearer(
+                &user.token,
+                PlaceOrderRequest {
+                    lines: vec![NewOrderLine {
+                        product_id: product.into(),
+                        quantity: 1,
+                    }],
+                    payment_token: payment.into(),
+                    idempotency_key: uuid::Uuid::new_v4().to_string(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .order
+            .unwrap()
+    }
+
+    /// Waits until `user`'s order is CONFIRMED or CANCELLED.
+    pub async fn settled(&self, user: &EndUser, order_id: &str) -> Order {
+        let gateway = self.gateway().await;
+        eventually(Duration::from_secs(60), || {
+            let mut gateway = gateway.clone();
+            let request = with_bearer(
+                &user.token,
+                GetOrderRequest {
+                    order_id: order_id.into(),
+                },
+            );
+            async move {
+                let order = gateway
+                    .get_order(request)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .order
+                    .ok_or("no order")?;
+                if order.status() == OrderStatus::Pending {
+                    Err("still pending".to_string())
+                } else {
+                    Ok(order)
+                }
+            }
+        })
+        .await
+        .unwrap()
+    }
+}
