@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 script=$(python3 - <<'PY'
 import os, re
 text = open("README.md").read()
-ports = {"7101": "USERS", "7102": "CATALOG", "7103": "INVENTORY", "7104": "ORDERS",
+ports = {"7100": "GATEWAY", "7101": "USERS", "7102": "CATALOG", "7103": "INVENTORY", "7104": "ORDERS",
          "7105": "PAYMENTS", "7106": "NOTIFICATIONS", "7107": "ANALYTICS"}
 blocks = re.findall(r"<!-- readme-examples:start -->\s*```sh\n(.*?)```\s*<!-- readme-examples:end -->",
                     text, re.S)

@@ -121,6 +121,15 @@ async fn the_readme_walkthrough_works_as_written() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("\"accessToken\""), "{stdout}");
+    // The gateway block: availability joined, details complete, and the
+    // calls without a valid token refused.
+    assert!(stdout.contains("\"availableQuantity\""), "{stdout}");
+    assert!(stdout.contains("\"payments\""), "{stdout}");
+    assert_eq!(
+        stderr.matches("Code: Unauthenticated").count(),
+        2,
+        "{stderr}"
+    );
     assert!(stdout.contains("\"sku\": \"BK-SICP-01\""), "{stdout}");
     assert!(stdout.contains("\"nextPageToken\""), "{stdout}");
     assert!(stderr.contains("Code: InvalidArgument"), "{stderr}");
