@@ -180,6 +180,48 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUIRED: &str = "[auth]\npublic_keys_dir = \"/keys\"\n";
+
+    #[test]
+    fn the_defaults_make_a_valid_config() {
+        let config: Config = shop_runtime::config::from_toml(REQUIRED).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.limits.login.per_email.burst, 5);
+        assert_eq!(config.upstreams.orders.timeout, Duration::from_secs(3));
+        assert_eq!(config.auth.leeway, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn one_bucket_key_can_change_alone_and_nonsense_is_refused() {
+        let config: Config = shop_runtime::config::from_toml(&format!(
+            "{REQUIRED}[limits.login.per_email]\nburst = 100\n"
+        ))
+        .unwrap();
+        assert_eq!(config.limits.login.per_email.burst, 100);
+        assert_eq!(
+            config.limits.login.per_email.refill,
+            Duration::from_secs(12)
+        );
+
+        let config: Config = shop_runtime::config::from_toml(&format!(
+            "{REQUIRED}[limits.signup.per_peer]\nburst = 0\n[details]\npart_share = 1.5\n"
+        ))
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("details.part_share"), "{err}");
+        let config: Config = shop_runtime::config::from_toml(&format!(
+            "{REQUIRED}[limits.signup.per_peer]\nburst = 0\n"
+        ))
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.signup.per_peer"), "{err}");
+    }
+}
+
 impl Settings for Config {
     const DEFAULTS: &'static str = r#"
         [server]
@@ -192,59 +234,29 @@ impl Settings for Config {
         per_email = { burst = 3, refill = "1m" }
         per_peer = { burst = 10, refill = "6s" }
 
+        # The mesh's own defaults apply to the rest (3 attempts on UNAVAILABLE
+        # for the methods the contracts mark safe, jittered backoff, a 20%
+        # budget, ejection after 5 consecutive failures).
         [upstreams.users]
         endpoints = ["http://127.0.0.1:7101"]
         timeout = "2s"
-        [upstreams.users.retry]
-        max_attempts = 3
-        per_try_timeout = "1s"
-        on = ["unavailable"]
-        backoff = { base = "20ms", max = "200ms" }
-        budget = { ratio = 0.2, min_per_second = 10 }
-
+        retry = { per_try_timeout = "1s" }
         [upstreams.catalog]
         endpoints = ["http://127.0.0.1:7102"]
         timeout = "2s"
-        [upstreams.catalog.retry]
-        max_attempts = 3
-        per_try_timeout = "500ms"
-        on = ["unavailable", "resource_exhausted"]
-        backoff = { base = "20ms", max = "200ms" }
-        budget = { ratio = 0.2, min_per_second = 10 }
-        [upstreams.catalog.outlier]
-        consecutive_failures = 3
-        base_ejection = "5s"
-        max_ejected_percent = 50
-
+        retry = { per_try_timeout = "500ms" }
         [upstreams.inventory]
         endpoints = ["http://127.0.0.1:7103"]
         timeout = "1s"
-        [upstreams.inventory.retry]
-        max_attempts = 2
-        per_try_timeout = "500ms"
-        on = ["unavailable"]
-        backoff = { base = "20ms", max = "100ms" }
-        budget = { ratio = 0.2, min_per_second = 10 }
-
+        retry = { per_try_timeout = "500ms" }
         [upstreams.orders]
         endpoints = ["http://127.0.0.1:7104"]
         timeout = "3s"
-        [upstreams.orders.retry]
-        max_attempts = 3
-        per_try_timeout = "1s"
-        on = ["unavailable"]
-        backoff = { base = "20ms", max = "200ms" }
-        budget = { ratio = 0.2, min_per_second = 10 }
-
+        retry = { per_try_timeout = "1s" }
         [upstreams.payments]
         endpoints = ["http://127.0.0.1:7105"]
         timeout = "1s"
-        [upstreams.payments.retry]
-        max_attempts = 2
-        per_try_timeout = "500ms"
-        on = ["unavailable"]
-        backoff = { base = "20ms", max = "100ms" }
-        budget = { ratio = 0.2, min_per_second = 10 }
+        retry = { per_try_timeout = "500ms" }
     "#;
     /// Stateless: `DATABASE_URL` and `NATS_URL` are not its business.
     const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[];
