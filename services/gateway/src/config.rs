@@ -180,48 +180,6 @@ impl Config {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const REQUIRED: &str = "[auth]\npublic_keys_dir = \"/keys\"\n";
-
-    #[test]
-    fn the_defaults_make_a_valid_config() {
-        let config: Config = shop_runtime::config::from_toml(REQUIRED).unwrap();
-        config.validate().unwrap();
-        assert_eq!(config.limits.login.per_email.burst, 5);
-        assert_eq!(config.upstreams.orders.timeout, Duration::from_secs(3));
-        assert_eq!(config.auth.leeway, Duration::from_secs(30));
-    }
-
-    #[test]
-    fn one_bucket_key_can_change_alone_and_nonsense_is_refused() {
-        let config: Config = shop_runtime::config::from_toml(&format!(
-            "{REQUIRED}[limits.login.per_email]\nburst = 100\n"
-        ))
-        .unwrap();
-        assert_eq!(config.limits.login.per_email.burst, 100);
-        assert_eq!(
-            config.limits.login.per_email.refill,
-            Duration::from_secs(12)
-        );
-
-        let config: Config = shop_runtime::config::from_toml(&format!(
-            "{REQUIRED}[limits.signup.per_peer]\nburst = 0\n[details]\npart_share = 1.5\n"
-        ))
-        .unwrap();
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("details.part_share"), "{err}");
-        let config: Config = shop_runtime::config::from_toml(&format!(
-            "{REQUIRED}[limits.signup.per_peer]\nburst = 0\n"
-        ))
-        .unwrap();
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("limits.signup.per_peer"), "{err}");
-    }
-}
-
 impl Settings for Config {
     const DEFAULTS: &'static str = r#"
         [server]
@@ -267,5 +225,47 @@ impl Settings for Config {
 
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUIRED: &str = "[auth]\npublic_keys_dir = \"/keys\"\n";
+
+    #[test]
+    fn the_defaults_make_a_valid_config() {
+        let config: Config = shop_runtime::config::from_toml(REQUIRED).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.limits.login.per_email.burst, 5);
+        assert_eq!(config.upstreams.orders.timeout, Duration::from_secs(3));
+        assert_eq!(config.auth.leeway, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn one_bucket_key_can_change_alone_and_nonsense_is_refused() {
+        let config: Config = shop_runtime::config::from_toml(&format!(
+            "{REQUIRED}[limits.login.per_email]\nburst = 100\n"
+        ))
+        .unwrap();
+        assert_eq!(config.limits.login.per_email.burst, 100);
+        assert_eq!(
+            config.limits.login.per_email.refill,
+            Duration::from_secs(12)
+        );
+
+        let config: Config = shop_runtime::config::from_toml(&format!(
+            "{REQUIRED}[limits.signup.per_peer]\nburst = 0\n[details]\npart_share = 1.5\n"
+        ))
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("details.part_share"), "{err}");
+        let config: Config = shop_runtime::config::from_toml(&format!(
+            "{REQUIRED}[limits.signup.per_peer]\nburst = 0\n"
+        ))
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.signup.per_peer"), "{err}");
     }
 }
