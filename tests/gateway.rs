@@ -478,7 +478,21 @@ async fn bad_input_to_every_rpc_names_the_fields() {
 
 #[tokio::test]
 async fn log_in_attempts_are_limited_per_email_without_locking_others_out() {
-    let shop = Shop::start(BTreeMap::new()).await;
+    // The address's bucket is made small enough to empty here too.
+    let shop = Shop::start(BTreeMap::from([(
+        "gateway".to_string(),
+        vec![
+            (
+                "SHOP_GATEWAY__LIMITS__LOGIN__PER_PEER__BURST".to_string(),
+                "20".to_string(),
+            ),
+            (
+                "SHOP_GATEWAY__LIMITS__LOGIN__PER_PEER__REFILL".to_string(),
+                "1h".to_string(),
+            ),
+        ],
+    )]))
+    .await;
     let ada = shop.user("ada").await;
     let grace = shop.user("grace").await;
     let mut gateway = shop.gateway().await;
@@ -537,4 +551,32 @@ async fn log_in_attempts_are_limited_per_email_without_locking_others_out() {
         })
         .await
         .expect("another user logs in");
+
+    // Many emails from one address empty the address's bucket: 20 tokens,
+    // of which the two log-ins after sign-up, ada's 4 attempts and grace's
+    // log-in took 7 (refused attempts take none).
+    for i in 0..13 {
+        let status = gateway
+            .log_in(LogInRequest {
+                email: format!("sprayed-{i}@example.com"),
+                password: "password123456".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "attempt {i}: {status:?}"
+        );
+    }
+    let status = gateway
+        .log_in(LogInRequest {
+            email: "sprayed-13@example.com".into(),
+            password: "password123456".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("from this address"), "{status:?}");
+    assert!(tonic_types::StatusExt::get_details_retry_info(&status).is_some());
 }
