@@ -4,6 +4,11 @@
 //! a child process on a free loopback port, so its PID is ours to signal.
 //! Postgres refuses to run as root; when we are root, both run as the
 //! `postgres` user if there is one, else `nobody`.
+//!
+//! Every login needs a password (SCRAM-SHA-256): the superuser's is made up
+//! per cluster, and [`Postgres::create_service_database`] gives a service
+//! a login role of its own that owns its database and nothing else, with
+//! `CONNECT` revoked from `PUBLIC`, as a deployment would.
 
 use crate::tools;
 use anyhow::{Context as _, bail};
@@ -22,7 +27,14 @@ pub struct Postgres {
     bin: PathBuf,
     port: u16,
     owner: Option<(u32, u32)>,
+    /// The superuser's password (made up per cluster).
+    password: String,
     child: Option<Child>,
+}
+
+/// A password fit for a URL and an SQL literal: 32 hex digits.
+fn new_password() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 impl std::fmt::Debug for Postgres {
@@ -44,15 +56,22 @@ impl Postgres {
             chown(dir.path(), Some(uid.into()), Some(gid.into()))
                 .context("handing the Postgres directory to the unprivileged user")?;
         }
+        let password = new_password();
+        let pwfile = dir.path().join("superuser.pw");
+        std::fs::write(&pwfile, format!("{password}\n"))?;
+        if let Some((uid, gid)) = owner {
+            chown(&pwfile, Some(uid.into()), Some(gid.into()))?;
+        }
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
             .arg("-D")
             .arg(dir.path().join("data"))
+            .arg(format!("--pwfile={}", pwfile.display()))
             .args([
                 "-U",
                 "postgres",
                 "-A",
-                "trust",
+                "scram-sha-256",
                 "-E",
                 "UTF8",
                 "--locale=C",
@@ -62,6 +81,7 @@ impl Postgres {
             .stderr(Stdio::piped());
         as_owner(&mut initdb, owner);
         let out = tokio::task::spawn_blocking(move || initdb.output()).await??;
+        let _ = std::fs::remove_file(&pwfile);
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -71,13 +91,17 @@ impl Postgres {
             bin,
             port: 0,
             owner,
+            password,
             child: None,
         };
         let mut last_err = None;
         for _ in 0..5 {
             pg.port = tools::free_port()?;
             match pg.launch().await {
-                Ok(()) => return Ok(pg),
+                Ok(()) => {
+                    pg.lock_down().await?;
+                    return Ok(pg);
+                }
                 Err(e) => last_err = Some(e),
             }
         }
@@ -94,9 +118,16 @@ impl Postgres {
         self.child.as_ref().map(Child::id)
     }
 
-    /// A connection URL for database `db` (user `postgres`, trust auth).
+    /// A connection URL for database `db` as the superuser `postgres`
+    /// (for tests that look behind a service's back; services get their
+    /// own role from [`Postgres::create_service_database`]).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        self.url_as("postgres", &self.password, db)
+    }
+
+    /// A connection URL for database `db` as `role` with `password`.
+    pub fn url_as(&self, role: &str, password: &str, db: &str) -> String {
+        format!("postgres://{role}:{password}@127.0.0.1:{}/{db}", self.port)
     }
 
     /// The server's log file.
@@ -116,6 +147,53 @@ impl Postgres {
             .with_context(|| format!("creating database {name}"))?;
         conn.close().await?;
         Ok(self.url(name))
+    }
+
+    /// Database `name` for service `role`: a login role of that name with a
+    /// fresh password, owning the database (so its migrations run as it),
+    /// which nobody else may connect to (`CONNECT` and `TEMPORARY` revoked
+    /// from `PUBLIC`; the role has no `CREATEDB`, `CREATEROLE` or
+    /// superuser rights). Returns the role's URL for the database.
+    pub async fn create_service_database(&self, name: &str, role: &str) -> anyhow::Result<String> {
+        use sqlx::Connection as _;
+        let quote = |ident: &str| format!("\"{}\"", ident.replace('"', ""));
+        let password = new_password();
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await?;
+        for sql in [
+            format!(
+                "CREATE ROLE {} LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE",
+                quote(role)
+            ),
+            format!("CREATE DATABASE {} OWNER {}", quote(name), quote(role)),
+            format!(
+                "REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC",
+                quote(name)
+            ),
+        ] {
+            // Identifiers cannot be bound; the names are ours and quoted,
+            // the password is hex.
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("creating database {name} for role {role}"))?;
+        }
+        conn.close().await?;
+        Ok(self.url_as(role, &password, name))
+    }
+
+    /// Nobody but the superuser may connect to the maintenance databases,
+    /// so a service's role cannot look around the cluster from there.
+    async fn lock_down(&self) -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await?;
+        for db in ["postgres", "template1"] {
+            let sql = format!("REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await?;
+        }
+        conn.close().await?;
+        Ok(())
     }
 
     /// `kill -9` the postmaster, as a crash would. Its backends notice that
