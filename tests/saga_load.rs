@@ -111,6 +111,7 @@ async fn two_hundred_orders_from_twenty_clients_compete_for_scarce_stock() {
             "rebuild".to_string(),
         ),
     ]);
+    env.extend(saga.stack.nats_env("analytics"));
     let rebuilt = ServiceProcess::start("analytics", env, saga.stack.dir(), None)
         .await
         .unwrap();
@@ -216,8 +217,7 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_while_orders_keep_flo
     )]))
     .await;
     let product = saga.product(1000, 5).await;
-    let settings: shop_events::EventsSettings =
-        serde_json::from_value(serde_json::json!({ "nats_url": saga.stack.nats.url() })).unwrap();
+    let settings = common::admin_events(&saga.stack);
     let events = shop_events::Events::connect("test", &settings)
         .await
         .unwrap();

@@ -60,6 +60,21 @@ pub fn fast_env() -> Vec<(String, String)> {
     env
 }
 
+/// Events settings of NATS's admin user: tests that look at streams or play
+/// the part of a service.
+pub fn admin_events(stack: &Stack) -> shop_events::EventsSettings {
+    let (user, password) = stack
+        .nats
+        .credentials(shop_testkit::nats::ADMIN)
+        .expect("the stack's NATS has users");
+    serde_json::from_value(serde_json::json!({
+        "nats_url": stack.nats.url(),
+        "nats_user": user,
+        "nats_password": password,
+    }))
+    .unwrap()
+}
+
 impl Saga {
     pub async fn start(service_env: BTreeMap<String, Vec<(String, String)>>) -> Self {
         let mut services: Vec<String> = SAGA_SERVICES.iter().map(|s| s.to_string()).collect();
@@ -345,9 +360,7 @@ impl Saga {
         if unpublished != 0 {
             return Err(format!("{service}: {unpublished} events not yet published"));
         }
-        let settings: shop_events::EventsSettings =
-            serde_json::from_value(serde_json::json!({ "nats_url": self.stack.nats.url() }))
-                .unwrap();
+        let settings = admin_events(&self.stack);
         let events = shop_events::Events::connect("test", &settings)
             .await
             .map_err(|e| e.to_string())?;

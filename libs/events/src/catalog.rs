@@ -16,36 +16,73 @@ pub struct StreamDef {
     pub name: &'static str,
     /// Subject filter (`shop.orders.>`).
     pub subjects: &'static str,
+    /// The one service that publishes to it.
+    pub owner: &'static str,
 }
 
 /// Events published by the orders service.
 pub const ORDERS: StreamDef = StreamDef {
     name: "ORDERS",
     subjects: "shop.orders.>",
+    owner: "orders",
 };
 /// Events published by the inventory service.
 pub const INVENTORY: StreamDef = StreamDef {
     name: "INVENTORY",
     subjects: "shop.inventory.>",
+    owner: "inventory",
 };
 /// Events published by the payments service.
 pub const PAYMENTS: StreamDef = StreamDef {
     name: "PAYMENTS",
     subjects: "shop.payments.>",
+    owner: "payments",
 };
 /// Events published by the users service.
 pub const USERS: StreamDef = StreamDef {
     name: "USERS",
     subjects: "shop.users.>",
+    owner: "users",
 };
 /// Events published by the catalog service.
 pub const CATALOG: StreamDef = StreamDef {
     name: "CATALOG",
     subjects: "shop.catalog.>",
+    owner: "catalog",
 };
 
-/// Every stream, created (or updated) by every service at start.
+/// Every stream.
 pub const STREAMS: &[StreamDef] = &[ORDERS, INVENTORY, PAYMENTS, USERS, CATALOG];
+
+/// The streams each consuming service reads: what its NATS permissions let
+/// it consume ([`crate::permissions`]), and what [`crate::Events::consumer`]
+/// checks its consumers against.
+pub const READS: &[(&str, &[StreamDef])] = &[
+    ("inventory", &[ORDERS]),
+    ("orders", &[INVENTORY, PAYMENTS]),
+    ("payments", &[INVENTORY, ORDERS]),
+    ("notifications", &[ORDERS, USERS]),
+    ("analytics", STREAMS),
+];
+
+/// The streams `service` reads (none for a service that consumes nothing).
+pub fn reads(service: &str) -> &'static [StreamDef] {
+    READS
+        .iter()
+        .find(|(s, _)| *s == service)
+        .map_or(&[], |(_, streams)| streams)
+}
+
+/// The stream `service` publishes to, if it publishes.
+pub fn owned_by(service: &str) -> Option<StreamDef> {
+    STREAMS.iter().copied().find(|s| s.owner == service)
+}
+
+/// Whether `service` is one of the shop's services (owns or reads a
+/// stream), as opposed to a test or a tool.
+pub(crate) fn is_service(service: &str) -> bool {
+    owned_by(service).is_some() || READS.iter().any(|(s, _)| *s == service)
+}
 
 /// A protobuf message that is a domain event.
 pub trait DomainEvent: prost::Message + Default + Sized {
@@ -86,13 +123,26 @@ domain_events! {
     ProductChanged => CATALOG, "shop.catalog.product_changed", "product";
 }
 
-/// Creates every stream of [`STREAMS`] on file storage, or updates it to the
-/// current settings.
+/// Sets up the streams `service` needs, on file storage: the one it
+/// publishes to is created or updated to the current settings; the ones it
+/// reads are created if they do not exist yet (so start order does not
+/// matter) and otherwise left to their owner. A process that is not one of
+/// the services (a test, a tool) sets up every stream.
 pub(crate) async fn ensure_streams(
     js: &jetstream::Context,
+    service: &str,
     settings: &EventsSettings,
 ) -> anyhow::Result<()> {
-    for def in STREAMS {
+    let owned = owned_by(service);
+    let streams: Vec<StreamDef> = if is_service(service) {
+        owned
+            .into_iter()
+            .chain(reads(service).iter().copied())
+            .collect()
+    } else {
+        STREAMS.to_vec()
+    };
+    for def in streams {
         let config = jetstream::stream::Config {
             name: def.name.to_string(),
             subjects: vec![def.subjects.to_string()],
@@ -100,12 +150,14 @@ pub(crate) async fn ensure_streams(
             duplicate_window: settings.duplicate_window,
             ..Default::default()
         };
+        let mine = owned == Some(def) || !is_service(service);
         match js.get_stream(def.name).await {
-            Ok(_) => {
+            Ok(_) if mine => {
                 js.update_stream(&config)
                     .await
                     .with_context(|| format!("updating stream {}", def.name))?;
             }
+            Ok(_) => {}
             Err(_) => {
                 js.get_or_create_stream(config)
                     .await
@@ -132,5 +184,20 @@ mod tests {
         check::<pb::UserRegistered>();
         check::<pb::ProductChanged>();
         assert_eq!(pb::OrderPlaced::TYPE, "shop.events.v1.OrderPlaced");
+    }
+
+    #[test]
+    fn each_stream_has_one_owner_and_owners_do_not_read_their_own() {
+        for def in STREAMS {
+            assert_eq!(owned_by(def.owner), Some(*def));
+            assert_eq!(def.subjects, format!("shop.{}.>", def.owner));
+        }
+        for (service, streams) in READS {
+            if *service != "analytics" {
+                assert!(!streams.iter().any(|s| s.owner == *service), "{service}");
+            }
+        }
+        assert_eq!(reads("users"), &[] as &[StreamDef]);
+        assert!(is_service("users") && is_service("analytics") && !is_service("test"));
     }
 }

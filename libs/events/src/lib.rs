@@ -11,6 +11,8 @@
 //!   redelivered or replayed event changes nothing. After `max_deliver`
 //!   failed attempts the event goes to `dead_letters` and the consumer moves
 //!   on.
+//! - [`permissions`]: each service's least-privilege NATS permissions,
+//!   derived from the catalog (for nats-server's configuration).
 //! - [`settings`]: `[events]` configuration.
 //! - [`Events`]: a connection, with the streams ensured, that makes relays
 //!   and consumers for a service.
@@ -23,6 +25,7 @@ pub mod dead_letters;
 pub mod envelope;
 pub mod inbox;
 pub mod outbox;
+pub mod permissions;
 pub mod settings;
 
 pub use catalog::{DomainEvent, STREAMS, StreamDef};
@@ -59,9 +62,24 @@ impl Events {
     /// creates or updates every stream of [`STREAMS`].
     pub async fn connect(service: &'static str, settings: &EventsSettings) -> anyhow::Result<Self> {
         let url = settings.nats_url.clone();
+        let mut options = match (&settings.nats_user, &settings.nats_password) {
+            (Some(user), Some(password)) => {
+                use secrecy::ExposeSecret as _;
+                async_nats::ConnectOptions::with_user_and_password(
+                    user.clone(),
+                    password.expose_secret().to_string(),
+                )
+            }
+            _ => async_nats::ConnectOptions::new(),
+        };
+        if catalog::is_service(service) {
+            // Replies and pull deliveries on the service's own prefix: the
+            // only inbox its permissions let it subscribe to.
+            options = options.custom_inbox_prefix(permissions::inbox_prefix(service));
+        }
         let client = tokio::time::timeout(
             settings.connect_timeout,
-            async_nats::ConnectOptions::new()
+            options
                 .name(service)
                 .retry_on_initial_connect()
                 .max_reconnects(None)
@@ -77,7 +95,7 @@ impl Events {
         })?
         .with_context(|| format!("connecting to NATS at {url}"))?;
         let js = jetstream::new(client);
-        catalog::ensure_streams(&js, settings).await?;
+        catalog::ensure_streams(&js, service, settings).await?;
         Ok(Self {
             service,
             js,
@@ -115,6 +133,13 @@ impl Events {
         handler: Arc<dyn Handler>,
     ) -> impl FnOnce(tokio_util::sync::CancellationToken) -> futures::future::BoxFuture<'static, ()>
     + use<> {
+        if catalog::is_service(self.service) && !catalog::reads(self.service).contains(&spec.stream)
+        {
+            panic!(
+                "consumer {} of {} reads stream {}, which catalog::READS does not grant it",
+                spec.name, self.service, spec.stream.name
+            );
+        }
         let consumer = inbox::Consumer {
             js: self.js.clone(),
             pool,

@@ -9,6 +9,13 @@ use std::time::Duration;
 pub struct EventsSettings {
     /// `nats://host:port`; `NATS_URL` sets it too.
     pub nats_url: String,
+    /// The service's NATS user (one per service, with its own subject
+    /// permissions); none for a server without authorization.
+    #[serde(default)]
+    pub nats_user: Option<String>,
+    /// That user's password; never logged.
+    #[serde(default)]
+    pub nats_password: Option<secrecy::SecretString>,
     /// How long start-up keeps trying to reach NATS.
     #[serde(with = "humantime_serde", default = "default_connect_timeout")]
     pub connect_timeout: Duration,

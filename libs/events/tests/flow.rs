@@ -69,6 +69,8 @@ async fn fixture() -> Fixture {
     let nats = Nats::start().await.unwrap();
     let settings = EventsSettings {
         nats_url: nats.url(),
+        nats_user: None,
+        nats_password: None,
         connect_timeout: Duration::from_secs(10),
         duplicate_window: Duration::from_secs(120),
         relay: RelaySettings {

@@ -1,5 +1,10 @@
 //! A throwaway `nats-server` with JetStream on file storage, every write
 //! synced (`sync_interval: always`), so a `kill -9` loses nothing acked.
+//!
+//! [`Nats::start_for_services`] runs it as a deployment would: no
+//! anonymous access, one user per service with the least-privilege subject
+//! permissions of `shop_events::permissions`, and an `admin` user with
+//! every right for tests and operators.
 
 use crate::tools;
 use anyhow::{Context as _, bail};
@@ -17,8 +22,18 @@ pub struct Nats {
     dir: TempDir,
     bin: PathBuf,
     port: u16,
+    /// `(user, password, permissions)`; `None` permissions = every right.
+    /// Empty: no authorization at all.
+    users: Vec<(
+        String,
+        String,
+        Option<shop_events::permissions::Permissions>,
+    )>,
     child: Option<Child>,
 }
+
+/// The user with every right, when the server has users.
+pub const ADMIN: &str = "admin";
 
 impl std::fmt::Debug for Nats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,12 +45,40 @@ impl std::fmt::Debug for Nats {
 }
 
 impl Nats {
-    /// Starts a server; JetStream is ready on return.
+    /// Starts a server that anyone may use for anything; JetStream is
+    /// ready on return.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_users(Vec::new()).await
+    }
+
+    /// Starts a server with [`ADMIN`] and one user per service of
+    /// `services`, each with its least-privilege permissions and a fresh
+    /// password; nobody else may connect.
+    pub async fn start_for_services(services: &[&str]) -> anyhow::Result<Self> {
+        let password = || uuid::Uuid::new_v4().simple().to_string();
+        let mut users = vec![(ADMIN.to_string(), password(), None)];
+        for service in services {
+            users.push((
+                service.to_string(),
+                password(),
+                Some(shop_events::permissions::for_service(service)),
+            ));
+        }
+        Self::start_with_users(users).await
+    }
+
+    async fn start_with_users(
+        users: Vec<(
+            String,
+            String,
+            Option<shop_events::permissions::Permissions>,
+        )>,
+    ) -> anyhow::Result<Self> {
         let mut nats = Nats {
             dir: tempfile::Builder::new().prefix("shop-nats-").tempdir()?,
             bin: tools::find("nats-server")?,
             port: 0,
+            users,
             child: None,
         };
         let mut last_err = None;
@@ -52,6 +95,14 @@ impl Nats {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The user name and password of `user`, if the server has users.
+    pub fn credentials(&self, user: &str) -> Option<(String, String)> {
+        self.users
+            .iter()
+            .find(|(u, ..)| u == user)
+            .map(|(u, p, _)| (u.clone(), p.clone()))
     }
 
     /// The server's PID while it runs.
@@ -106,8 +157,9 @@ impl Nats {
             format!(
                 "listen: \"127.0.0.1:{port}\"\n\
                  server_name: shop_test\n\
-                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n",
+                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n{auth}",
                 port = self.port,
+                auth = authorization(&self.users),
             ),
         )?;
         let log = std::fs::OpenOptions::new()
@@ -148,6 +200,41 @@ impl Drop for Nats {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// nats-server's `authorization` block for `users` (empty without users).
+/// Subjects are quoted strings, so `$JS...` is not read as a variable.
+fn authorization(
+    users: &[(
+        String,
+        String,
+        Option<shop_events::permissions::Permissions>,
+    )],
+) -> String {
+    if users.is_empty() {
+        return String::new();
+    }
+    let list = |subjects: &[String]| {
+        subjects
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = String::from("authorization {\n  users = [\n");
+    for (user, password, permissions) in users {
+        out.push_str(&format!("    {{ user: {user:?}, password: {password:?}"));
+        if let Some(p) = permissions {
+            out.push_str(&format!(
+                ", permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }}",
+                list(&p.publish),
+                list(&p.subscribe)
+            ));
+        }
+        out.push_str(" }\n");
+    }
+    out.push_str("  ]\n}\n");
+    out
 }
 
 /// Whether the server greets clients with an INFO that announces JetStream.

@@ -75,6 +75,8 @@ impl TokenKeys {
 
 /// Services without a database or NATS of their own.
 const STATELESS: &[&str] = &["gateway"];
+/// Services that do not talk to NATS (no `[events]` settings).
+const NO_EVENTS: &[&str] = &["gateway", "catalog"];
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,8 +117,14 @@ impl Stack {
             postgres.port(),
             postgres.pid().unwrap_or(0)
         ));
-        progress("starting nats-server with JetStream");
-        let nats = Nats::start().await?;
+        progress("starting nats-server with JetStream and a user per service");
+        let users: Vec<&str> = options
+            .services
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !NO_EVENTS.contains(s))
+            .collect();
+        let nats = Nats::start_for_services(&users).await?;
         progress(&format!(
             "nats ready at {} (pid {})",
             nats.url(),
@@ -134,10 +142,12 @@ impl Stack {
             progress(&format!("starting {name}"));
             let mut env = Vec::new();
             if !STATELESS.contains(&name.as_str()) {
+                // Its own role, owning its own database only.
                 let db_url = stack
                     .postgres
-                    .create_database(&format!("shop_{name}"))
+                    .create_service_database(&format!("shop_{name}"), name)
                     .await?;
+                env.extend(stack.nats_env(name));
                 env.extend([
                     ("DATABASE_URL".to_string(), db_url),
                     ("NATS_URL".to_string(), stack.nats.url()),
@@ -200,6 +210,21 @@ impl Stack {
     /// Where logs and address files live.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The environment that gives `service` its own NATS user (empty for a
+    /// service without one): for another instance started by a test.
+    pub fn nats_env(&self, service: &str) -> Vec<(String, String)> {
+        let events = format!("SHOP_{}__EVENTS__", service.to_uppercase());
+        self.nats
+            .credentials(service)
+            .map(|(user, password)| {
+                vec![
+                    (format!("{events}NATS_USER"), user),
+                    (format!("{events}NATS_PASSWORD"), password),
+                ]
+            })
+            .unwrap_or_default()
     }
 
     /// The token keys users signs with and the gateway trusts.

@@ -88,6 +88,8 @@ async fn world() -> World {
         "test",
         &EventsSettings {
             nats_url: nats.url(),
+            nats_user: None,
+            nats_password: None,
             connect_timeout: Duration::from_secs(10),
             duplicate_window: Duration::from_secs(120),
             relay: RelaySettings::default(),

@@ -62,6 +62,8 @@ async fn spawn_app() -> TestApp {
         "test",
         &EventsSettings {
             nats_url: nats.url(),
+            nats_user: None,
+            nats_password: None,
             connect_timeout: Duration::from_secs(10),
             duplicate_window: Duration::from_secs(120),
             relay: RelaySettings::default(),

@@ -69,6 +69,8 @@ impl Drop for TestApp {
 fn event_settings(nats_url: String) -> EventsSettings {
     EventsSettings {
         nats_url,
+        nats_user: None,
+        nats_password: None,
         connect_timeout: Duration::from_secs(10),
         duplicate_window: Duration::from_secs(120),
         relay: RelaySettings {

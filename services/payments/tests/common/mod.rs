@@ -67,6 +67,8 @@ pub(crate) async fn spawn_app() -> TestApp {
         "test",
         &EventsSettings {
             nats_url: nats.url(),
+            nats_user: None,
+            nats_password: None,
             connect_timeout: Duration::from_secs(10),
             duplicate_window: Duration::from_secs(120),
             relay: RelaySettings::default(),
