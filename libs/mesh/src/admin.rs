@@ -45,6 +45,9 @@ pub struct MeshAdmin {
     stats: Arc<MeshStats>,
     server: watch::Receiver<Arc<ServerPolicy>>,
     upstreams: RwLock<BTreeMap<String, watch::Receiver<Arc<UpstreamPolicy>>>>,
+    /// Per upstream, the configured keys its running client does not apply
+    /// (they need a restart).
+    pending: RwLock<BTreeMap<String, Vec<String>>>,
     /// Services this process serves (`shop.orders.v1.OrderService`).
     served: RwLock<BTreeSet<String>>,
     version: Mutex<PolicyVersion>,
@@ -70,6 +73,7 @@ impl MeshAdmin {
             stats,
             server,
             upstreams: RwLock::default(),
+            pending: RwLock::default(),
             served: RwLock::default(),
             version: Mutex::new(PolicyVersion {
                 generation: 1,
@@ -109,6 +113,25 @@ impl MeshAdmin {
         let mut version = self.version.lock().expect("not poisoned");
         version.generation += 1;
         version.load_time = SystemTime::now();
+    }
+
+    /// Records the keys of `upstream`'s configuration that its running
+    /// client does not apply (empty: none).
+    pub fn set_pending_restart(&self, upstream: &str, keys: Vec<String>) {
+        self.pending
+            .write()
+            .expect("not poisoned")
+            .insert(upstream.to_string(), keys);
+    }
+
+    /// The keys of `upstream`'s configuration pending a restart.
+    pub fn pending_restart(&self, upstream: &str) -> Vec<String> {
+        self.pending
+            .read()
+            .expect("not poisoned")
+            .get(upstream)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn upstream_policy(&self, name: &str) -> Option<Arc<UpstreamPolicy>> {
@@ -193,6 +216,7 @@ impl pb::mesh_admin_service_server::MeshAdminService for MeshAdmin {
                 .upstream_policy(&name)
                 .ok_or_else(|| Status::not_found(format!("no upstream named {name:?}")))?;
             let mut upstream = upstream_policy(&name, &policy);
+            upstream.pending_restart = self.pending_restart(&name);
             if let Some(method) = method {
                 upstream.methods.retain(|m| m.method == method);
                 if upstream.methods.is_empty() && !request.upstream.is_empty() {
@@ -394,6 +418,7 @@ fn upstream_policy(name: &str, p: &UpstreamPolicy) -> pb::UpstreamPolicy {
             .iter()
             .map(|path| method_policy(path, p))
             .collect(),
+        pending_restart: Vec::new(),
     }
 }
 
@@ -425,7 +450,10 @@ fn upstream_methods(name: &str, p: &UpstreamPolicy) -> Vec<String> {
 fn method_policy(path: &str, p: &UpstreamPolicy) -> pb::MethodPolicy {
     let effective = p.effective(path);
     let over = p.methods.get(method_name(path));
-    let retry = over.and_then(|m| m.retry.as_ref()).unwrap_or(&p.retry);
+    // The configured retry (shown even where the contract disables it).
+    let retry = over
+        .and_then(|m| m.retry.as_ref())
+        .map_or_else(|| p.retry.clone(), |r| r.with_budget(p.retry.budget));
     let hedge = over.and_then(|m| m.hedge).or(p.hedge);
     use pb::IdempotencyLevel as L;
     let level = match effective.idempotency {
@@ -564,7 +592,8 @@ fn client_counters(c: &stats::ClientCounters) -> pb::ClientCounters {
 
 // === helpers ===
 
-/// The methods of every service in the descriptor set, decoded once.
+/// The methods of every service in the descriptor set (`shop_proto::methods`),
+/// by service and by package.
 struct Descriptors {
     /// Package segment (`catalog`) -> full service names.
     packages: BTreeMap<String, Vec<String>>,
@@ -575,91 +604,27 @@ struct Descriptors {
 fn descriptors() -> &'static Descriptors {
     static DESCRIPTORS: OnceLock<Descriptors> = OnceLock::new();
     DESCRIPTORS.get_or_init(|| {
-        // FileDescriptorSet.file = 1; FileDescriptorProto.package = 2,
-        // .service = 6; ServiceDescriptorProto.name = 1, .method = 2;
-        // MethodDescriptorProto.name = 1.
-        let string = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let first = |msg: &[u8], field| {
-            wire::fields(msg, field)
-                .first()
-                .map(|b| string(b))
-                .unwrap_or_default()
-        };
         let mut d = Descriptors {
             packages: BTreeMap::new(),
             services: BTreeMap::new(),
         };
-        for file in wire::fields(shop_proto::FILE_DESCRIPTOR_SET, 1) {
-            let package = first(file, 2);
-            let segment = package
+        for method in shop_proto::methods() {
+            let paths = d.services.entry(method.service.clone()).or_default();
+            let first_of_service = paths.is_empty();
+            paths.push(method.path.clone());
+            let segment = method
+                .package
                 .strip_prefix("shop.")
                 .and_then(|p| p.split('.').next());
-            for service in wire::fields(file, 6) {
-                let full = format!("{package}.{}", first(service, 1));
-                let paths = wire::fields(service, 2)
-                    .into_iter()
-                    .map(|m| format!("/{full}/{}", first(m, 1)))
-                    .collect();
-                d.services.insert(full.clone(), paths);
-                if let Some(segment) = segment {
-                    d.packages
-                        .entry(segment.to_string())
-                        .or_default()
-                        .push(full);
-                }
+            if let (Some(segment), true) = (segment, first_of_service) {
+                d.packages
+                    .entry(segment.to_string())
+                    .or_default()
+                    .push(method.service.clone());
             }
         }
         d
     })
-}
-
-/// Just enough of the protobuf wire format to read names out of the
-/// descriptor set. (shop-mesh does not depend on `prost` itself, so
-/// `prost_types::FileDescriptorSet::decode` is out of reach.)
-mod wire {
-    /// The length-delimited fields numbered `wanted` at the top level of
-    /// `msg`, in order. Stops at anything malformed.
-    pub(super) fn fields(mut msg: &[u8], wanted: u64) -> Vec<&[u8]> {
-        let mut out = Vec::new();
-        while let Some(key) = varint(&mut msg) {
-            let skip = match key & 7 {
-                0 => match varint(&mut msg) {
-                    Some(_) => 0,
-                    None => break,
-                },
-                1 => 8,
-                5 => 4,
-                2 => match varint(&mut msg).and_then(|n| usize::try_from(n).ok()) {
-                    Some(n) if n <= msg.len() => {
-                        if key >> 3 == wanted {
-                            out.push(&msg[..n]);
-                        }
-                        n
-                    }
-                    _ => break,
-                },
-                _ => break,
-            };
-            if skip > msg.len() {
-                break;
-            }
-            msg = &msg[skip..];
-        }
-        out
-    }
-
-    fn varint(buf: &mut &[u8]) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = buf.split_first()?;
-            *buf = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
 }
 
 fn method_name(path: &str) -> &str {

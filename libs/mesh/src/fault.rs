@@ -123,7 +123,7 @@ pub struct ClientFaults {
 
 /// The server-side [`FaultSource`]: `ServerPolicy.methods[method]`, falling
 /// back to `ServerPolicy.fault`. Health, reflection and mesh admin calls
-/// (see [`crate::server::is_infrastructure`]) are never faulted.
+/// (see [`crate::infrastructure::is_infrastructure`]) are never faulted.
 #[derive(Debug, Clone)]
 pub struct ServerFaults {
     policy: watch::Receiver<Arc<ServerPolicy>>,
@@ -180,7 +180,7 @@ impl ServerFaults {
 
 impl FaultSource for ServerFaults {
     fn fault(&mut self, path: &str) -> FaultPolicy {
-        if crate::server::is_infrastructure(path) {
+        if crate::infrastructure::is_infrastructure(path) {
             return FaultPolicy::default();
         }
         if self.policy.has_changed().unwrap_or(false) {

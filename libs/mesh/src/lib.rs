@@ -18,6 +18,8 @@
 //!   [`admin`] (`shop.mesh.v1.MeshAdminService`) reads.
 //! - [`metrics`]: call and attempt metrics as OpenTelemetry instruments,
 //!   named as gRPC's own (`grpc.client.call.duration`, ...).
+//! - [`infrastructure`]: the calls (health, reflection, admin) that are
+//!   never shed or faulted.
 //! - [`status`]: reading and writing gRPC statuses, `grpc-timeout` and
 //!   `grpc-retry-pushback-ms` on `http` messages.
 
@@ -29,6 +31,7 @@ pub mod context;
 pub mod deadline;
 pub mod discovery;
 pub mod fault;
+pub mod infrastructure;
 pub mod metrics;
 pub mod outlier;
 pub mod policy;

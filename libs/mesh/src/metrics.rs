@@ -253,7 +253,7 @@ impl ServerMetrics {
         let meter = meter();
         Self {
             methods: MethodNames::new(|path| {
-                crate::server::is_infrastructure(path)
+                crate::infrastructure::is_infrastructure(path)
                     || shop_proto::idempotency_level(path).is_some()
             }),
             call_started: meter

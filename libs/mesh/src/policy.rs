@@ -110,6 +110,43 @@ pub struct RetryPolicy {
     pub max_buffered_bytes: usize,
 }
 
+/// `methods.<Method>.retry`: a method's own retries. The budget is the
+/// upstream's (one budget for every method: it bounds the load retries add
+/// to that upstream), so there is no `budget` here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodRetryPolicy {
+    /// Attempts in all, the first included; 1 disables retries.
+    #[serde(default = "d_max_attempts")]
+    pub max_attempts: u32,
+    /// Deadline of each attempt; none: only the overall deadline.
+    #[serde(with = "humantime_serde", default)]
+    pub per_try_timeout: Option<Duration>,
+    /// gRPC codes that are retried.
+    #[serde(default = "d_retry_on")]
+    pub on: Vec<GrpcCode>,
+    /// Exponential backoff with full jitter.
+    #[serde(default)]
+    pub backoff: BackoffPolicy,
+    /// Largest request body buffered for replay.
+    #[serde(default = "d_max_buffered")]
+    pub max_buffered_bytes: usize,
+}
+
+impl MethodRetryPolicy {
+    /// The whole retry policy, under the upstream's `budget`.
+    pub fn with_budget(&self, budget: BudgetPolicy) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            per_try_timeout: self.per_try_timeout,
+            on: self.on.clone(),
+            backoff: self.backoff,
+            budget,
+            max_buffered_bytes: self.max_buffered_bytes,
+        }
+    }
+}
+
 fn d_max_attempts() -> u32 {
     3
 }
@@ -322,9 +359,9 @@ pub struct MethodPolicy {
     /// Overall deadline.
     #[serde(with = "humantime_serde", default)]
     pub timeout: Option<Duration>,
-    /// Retries.
+    /// Retries (under the upstream's budget).
     #[serde(default)]
-    pub retry: Option<RetryPolicy>,
+    pub retry: Option<MethodRetryPolicy>,
     /// Hedging.
     #[serde(default)]
     pub hedge: Option<HedgePolicy>,
@@ -357,7 +394,8 @@ impl UpstreamPolicy {
         let over = self.methods.get(name);
         let idempotency = shop_proto::idempotency_level(path);
         let mut retry = over
-            .and_then(|m| m.retry.clone())
+            .and_then(|m| m.retry.as_ref())
+            .map(|r| r.with_budget(self.retry.budget))
             .unwrap_or_else(|| self.retry.clone());
         if !idempotency.is_some_and(|i| i.is_retry_safe()) {
             retry.max_attempts = 1;
@@ -373,6 +411,54 @@ impl UpstreamPolicy {
             fault: over.and_then(|m| m.fault).unwrap_or(self.fault),
             idempotency,
         }
+    }
+
+    /// What of `next` a client built with `self` applies while it runs,
+    /// and the keys of `next` it cannot apply (they need a restart, and
+    /// MeshAdmin reports them as pending instead of in force).
+    ///
+    /// Fixed when a client is built: its endpoints or DNS name, its connect
+    /// timeout, and its set of subsets with their endpoints. Everything
+    /// else (timeouts, retries, hedging, outlier, faults, per-method
+    /// overrides, EWMA decay, subset weights) comes from `next`; a subset
+    /// `next` drops gets weight 0.
+    pub fn reloadable(&self, next: &UpstreamPolicy) -> (UpstreamPolicy, Vec<String>) {
+        let mut in_force = next.clone();
+        let mut pending = Vec::new();
+        if next.endpoints != self.endpoints {
+            pending.push("endpoints".to_string());
+            in_force.endpoints = self.endpoints.clone();
+        }
+        if next.dns != self.dns {
+            pending.push("dns".to_string());
+            in_force.dns = self.dns.clone();
+        }
+        if next.connect_timeout != self.connect_timeout {
+            pending.push("connect_timeout".to_string());
+            in_force.connect_timeout = self.connect_timeout;
+        }
+        for subset in &next.subsets {
+            match self.subsets.iter().find(|s| s.name == subset.name) {
+                None => pending.push(format!("subsets.{}", subset.name)),
+                Some(running) if running.endpoints != subset.endpoints => {
+                    pending.push(format!("subsets.{}.endpoints", subset.name))
+                }
+                Some(_) => {}
+            }
+        }
+        in_force.subsets = self
+            .subsets
+            .iter()
+            .map(|running| Subset {
+                weight: next
+                    .subsets
+                    .iter()
+                    .find(|s| s.name == running.name)
+                    .map_or(0, |s| s.weight),
+                ..running.clone()
+            })
+            .collect();
+        (in_force, pending)
     }
 
     /// Refuses values that parse but cannot work, naming the key under
@@ -406,9 +492,18 @@ impl UpstreamPolicy {
             return err("timeout", "must be positive");
         }
         check_retry(&self.retry, &key("retry"))?;
+        if let Some(h) = &self.hedge {
+            check_hedge(h, &key("hedge"))?;
+        }
         for (method, m) in &self.methods {
             if let Some(r) = &m.retry {
-                check_retry(r, &key(&format!("methods.{method}.retry")))?;
+                check_retry(
+                    &r.with_budget(self.retry.budget),
+                    &key(&format!("methods.{method}.retry")),
+                )?;
+            }
+            if let Some(h) = &m.hedge {
+                check_hedge(h, &key(&format!("methods.{method}.hedge")))?;
             }
             if let Some(f) = &m.fault {
                 check_fault(f, &key(&format!("methods.{method}.fault")))?;
@@ -446,6 +541,26 @@ impl UpstreamPolicy {
         }
         Ok(())
     }
+}
+
+/// Most hedged attempts beyond the first (gRPC caps a hedging policy at 5
+/// attempts in all).
+pub const MAX_HEDGES: u32 = 4;
+
+fn check_hedge(h: &HedgePolicy, key: &str) -> Result<(), PolicyError> {
+    let err = |k: &str, m: String| {
+        Err(PolicyError {
+            key: format!("{key}.{k}"),
+            message: m,
+        })
+    };
+    if h.delay.is_zero() {
+        return err("delay", "must be positive".into());
+    }
+    if h.max_hedges == 0 || h.max_hedges > MAX_HEDGES {
+        return err("max_hedges", format!("must be 1 to {MAX_HEDGES}"));
+    }
+    Ok(())
 }
 
 fn check_retry(r: &RetryPolicy, key: &str) -> Result<(), PolicyError> {
@@ -740,6 +855,119 @@ mod tests {
             "upstreams.catalog.endpoints"
         );
         assert!(policy().validate("catalog").is_ok());
+    }
+
+    #[test]
+    fn a_reload_applies_what_a_running_client_can_and_names_the_rest() {
+        let mut running = policy();
+        running.endpoints = vec!["http://10.0.0.1:7000".into(), "http://10.0.0.2:7000".into()];
+        running.subsets = vec![
+            Subset {
+                name: "v1".into(),
+                weight: 90,
+                endpoints: vec!["http://10.0.0.1:7000".into()],
+            },
+            Subset {
+                name: "v2".into(),
+                weight: 10,
+                endpoints: vec!["http://10.0.0.2:7000".into()],
+            },
+        ];
+        let mut next = running.clone();
+        next.timeout = Duration::from_millis(700);
+        next.endpoints.push("http://10.0.0.3:7000".into());
+        next.connect_timeout = Duration::from_secs(3);
+        next.subsets[0].weight = 50;
+        next.subsets[1].endpoints = vec!["http://10.0.0.3:7000".into()];
+        next.subsets.push(Subset {
+            name: "v3".into(),
+            weight: 5,
+            endpoints: vec!["http://10.0.0.3:7000".into()],
+        });
+
+        let (in_force, pending) = running.reloadable(&next);
+        assert_eq!(
+            pending,
+            [
+                "endpoints",
+                "connect_timeout",
+                "subsets.v2.endpoints",
+                "subsets.v3"
+            ]
+        );
+        assert_eq!(in_force.timeout, Duration::from_millis(700), "applied live");
+        assert_eq!(in_force.endpoints, running.endpoints, "kept");
+        assert_eq!(in_force.connect_timeout, running.connect_timeout, "kept");
+        let weights: Vec<(&str, u32)> = in_force
+            .subsets
+            .iter()
+            .map(|s| (s.name.as_str(), s.weight))
+            .collect();
+        assert_eq!(weights, [("v1", 50), ("v2", 10)]);
+        assert_eq!(in_force.subsets[1].endpoints, running.subsets[1].endpoints);
+
+        let (_, none) = running.reloadable(&running);
+        assert!(none.is_empty());
+        let mut dropped = running.clone();
+        dropped.subsets.truncate(1);
+        let (in_force, pending) = running.reloadable(&dropped);
+        assert!(pending.is_empty());
+        assert_eq!(
+            in_force.subsets[1].weight, 0,
+            "a dropped subset gets no traffic"
+        );
+    }
+
+    #[test]
+    fn hedging_is_bounded_and_a_method_has_no_budget_of_its_own() {
+        let mut p = policy();
+        p.hedge = Some(HedgePolicy {
+            delay: Duration::from_millis(20),
+            max_hedges: MAX_HEDGES + 1,
+        });
+        assert_eq!(
+            p.validate("catalog").unwrap_err().key,
+            "upstreams.catalog.hedge.max_hedges"
+        );
+        let mut p = policy();
+        p.methods.insert(
+            "GetProduct".into(),
+            MethodPolicy {
+                hedge: Some(HedgePolicy {
+                    delay: Duration::ZERO,
+                    max_hedges: 1,
+                }),
+                ..MethodPolicy::default()
+            },
+        );
+        assert_eq!(
+            p.validate("catalog").unwrap_err().key,
+            "upstreams.catalog.methods.GetProduct.hedge.delay"
+        );
+
+        // A method's retry runs under the upstream's budget; a budget
+        // written under a method is refused, not silently ignored.
+        let mut p = policy();
+        p.retry.budget.ratio = 0.5;
+        p.methods.insert(
+            "GetProduct".into(),
+            MethodPolicy {
+                retry: Some(MethodRetryPolicy {
+                    max_attempts: 5,
+                    per_try_timeout: None,
+                    on: d_retry_on(),
+                    backoff: BackoffPolicy::default(),
+                    max_buffered_bytes: d_max_buffered(),
+                }),
+                ..MethodPolicy::default()
+            },
+        );
+        let effective = p.effective("/shop.catalog.v1.CatalogService/GetProduct");
+        assert_eq!(effective.retry.max_attempts, 5);
+        assert_eq!(effective.retry.budget.ratio, 0.5);
+        let refused =
+            serde_json::from_str::<MethodPolicy>(r#"{"retry": {"budget": {"ratio": 1.0}}}"#);
+        assert!(refused.unwrap_err().to_string().contains("budget"));
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! Health (`/grpc.health.v1.Health/`), reflection (`/grpc.reflection.`) and
 //! mesh admin (`/shop.mesh.v1.MeshAdminService/`) calls are counted and
 //! bound by their deadline, but never shed or faulted (see
-//! [`is_infrastructure`]): an overloaded server must still answer its
+//! [`crate::infrastructure::is_infrastructure`]): an overloaded server must still answer its
 //! health checks and let an operator look inside.
 //!
 //! # Streams
@@ -60,14 +60,6 @@ use std::task::{Context, Poll};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tower::{Layer, Service};
-
-/// Paths that are never shed or faulted: health, reflection (v1 and
-/// v1alpha), mesh admin.
-pub fn is_infrastructure(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/")
-        || path.starts_with("/grpc.reflection.")
-        || path.starts_with("/shop.mesh.v1.MeshAdminService/")
-}
 
 /// Builds the server stack around a service (tonic's `Routes`).
 ///
@@ -269,7 +261,7 @@ where
             .and_then(|timeout| Instant::now().checked_add(timeout));
         let call = self.metrics.started(request.uri().path(), deadline);
 
-        let permit = if is_infrastructure(request.uri().path()) {
+        let permit = if crate::infrastructure::is_infrastructure(request.uri().path()) {
             None
         } else {
             self.refresh();

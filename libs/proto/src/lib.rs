@@ -4,7 +4,8 @@
 //!   prost messages and tonic clients and servers. No logic lives here.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every contract, for
 //!   server reflection and for reading method options at run time.
-//! - [`idempotency_level`]: what a method's contract says about retrying it.
+//! - [`methods`]: every RPC of every contract, with [`idempotency_level`]:
+//!   what a method's contract says about retrying it.
 
 use prost::Message as _;
 use std::collections::HashMap;
@@ -45,39 +46,67 @@ impl Idempotency {
     }
 }
 
+/// One RPC of a contract in [`FILE_DESCRIPTOR_SET`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Method {
+    /// The HTTP/2 path: `/shop.users.v1.UserService/GetUser`.
+    pub path: String,
+    /// The full service name: `shop.users.v1.UserService`.
+    pub service: String,
+    /// The protobuf package: `shop.users.v1`.
+    pub package: String,
+    /// What the contract says about repeating it.
+    pub idempotency: Idempotency,
+}
+
+/// Every method of every service in the descriptor set, in file order,
+/// read once with prost's descriptor types.
+pub fn methods() -> &'static [Method] {
+    static TABLE: OnceLock<Vec<Method>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set was encoded by build.rs");
+        let mut table = Vec::new();
+        for file in &fds.file {
+            let package = file.package();
+            for service in &file.service {
+                let full = format!("{package}.{}", service.name());
+                for method in &service.method {
+                    let level = method
+                        .options
+                        .as_ref()
+                        .map(|o| o.idempotency_level())
+                        .unwrap_or_default();
+                    use prost_types::method_options::IdempotencyLevel as L;
+                    let idempotency = match level {
+                        L::NoSideEffects => Idempotency::NoSideEffects,
+                        L::Idempotent => Idempotency::Idempotent,
+                        L::IdempotencyUnknown => Idempotency::Unknown,
+                    };
+                    table.push(Method {
+                        path: format!("/{full}/{}", method.name()),
+                        service: full.clone(),
+                        package: package.to_string(),
+                        idempotency,
+                    });
+                }
+            }
+        }
+        table
+    })
+}
+
 /// The idempotency level of a gRPC method, by its HTTP/2 path
 /// (`/shop.users.v1.UserService/GetUser`); `None` for a method no contract
 /// in this crate defines.
 pub fn idempotency_level(path: &str) -> Option<Idempotency> {
-    static TABLE: OnceLock<HashMap<String, Idempotency>> = OnceLock::new();
-    TABLE
+    static BY_PATH: OnceLock<HashMap<&'static str, Idempotency>> = OnceLock::new();
+    BY_PATH
         .get_or_init(|| {
-            let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)
-                .expect("the descriptor set was encoded by build.rs");
-            let mut table = HashMap::new();
-            for file in &fds.file {
-                let package = file.package();
-                for service in &file.service {
-                    for method in &service.method {
-                        let level = method
-                            .options
-                            .as_ref()
-                            .map(|o| o.idempotency_level())
-                            .unwrap_or_default();
-                        use prost_types::method_options::IdempotencyLevel as L;
-                        let level = match level {
-                            L::NoSideEffects => Idempotency::NoSideEffects,
-                            L::Idempotent => Idempotency::Idempotent,
-                            L::IdempotencyUnknown => Idempotency::Unknown,
-                        };
-                        table.insert(
-                            format!("/{package}.{}/{}", service.name(), method.name()),
-                            level,
-                        );
-                    }
-                }
-            }
-            table
+            methods()
+                .iter()
+                .map(|m| (m.path.as_str(), m.idempotency))
+                .collect()
         })
         .get(path)
         .copied()

@@ -18,9 +18,13 @@ use tokio::sync::watch;
 pub struct MeshRuntime {
     stats: Arc<MeshStats>,
     server: watch::Sender<Arc<ServerPolicy>>,
-    upstreams: Mutex<BTreeMap<String, watch::Sender<Arc<UpstreamPolicy>>>>,
+    upstreams: Mutex<BTreeMap<String, Upstream>>,
     admin: Arc<shop_mesh::admin::MeshAdmin>,
 }
+
+/// An upstream's client as built: the policy it was built with (what fixes
+/// its endpoints and subsets), and the sender of the policy in force.
+type Upstream = (UpstreamPolicy, watch::Sender<Arc<UpstreamPolicy>>);
 
 impl std::fmt::Debug for MeshRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,7 +70,7 @@ impl MeshRuntime {
         self.upstreams
             .lock()
             .expect("not poisoned")
-            .insert(name.to_string(), tx);
+            .insert(name.to_string(), (policy.clone(), tx));
         let trace: shop_mesh::client::TraceContext =
             Arc::new(crate::telemetry::current_traceparent);
         MeshChannel::with_trace_context(name, rx, self.stats.clone(), Some(trace))
@@ -74,7 +78,10 @@ impl MeshRuntime {
     }
 
     /// Applies reloaded policies: all or nothing. Upstreams that were not
-    /// configured at start are ignored (their clients do not exist).
+    /// configured at start are ignored (their clients do not exist); keys a
+    /// running client cannot change (its endpoints, DNS name, connect
+    /// timeout, subsets: see [`UpstreamPolicy::reloadable`]) are kept as
+    /// they are and reported by MeshAdmin as pending a restart.
     pub fn apply(
         &self,
         server: ServerPolicy,
@@ -83,22 +90,33 @@ impl MeshRuntime {
         for (name, policy) in upstreams {
             policy.validate(name)?;
         }
+        let senders = self.upstreams.lock().expect("not poisoned");
+        let mut updates = Vec::new();
+        for (name, policy) in upstreams {
+            match senders.get(name) {
+                Some((built, tx)) => {
+                    let (next, pending) = built.reloadable(policy);
+                    next.validate(name)?;
+                    updates.push((name, tx, next, pending));
+                }
+                None => {
+                    tracing::warn!(upstream = %name, "new upstream in reloaded config ignored; restart to add it")
+                }
+            }
+        }
         let mut changed = 0;
         if **self.server.borrow() != server {
             self.server.send_replace(Arc::new(server));
             changed += 1;
         }
-        let senders = self.upstreams.lock().expect("not poisoned");
-        for (name, policy) in upstreams {
-            match senders.get(name) {
-                Some(tx) if **tx.borrow() != *policy => {
-                    tx.send_replace(Arc::new(policy.clone()));
-                    changed += 1;
-                }
-                Some(_) => {}
-                None => {
-                    tracing::warn!(upstream = %name, "new upstream in reloaded config ignored; restart to add it")
-                }
+        for (name, tx, next, pending) in updates {
+            if !pending.is_empty() {
+                tracing::warn!(upstream = %name, ?pending, "policy changes that need a restart are not applied");
+            }
+            self.admin.set_pending_restart(name, pending);
+            if **tx.borrow() != next {
+                tx.send_replace(Arc::new(next));
+                changed += 1;
             }
         }
         if changed > 0 {
@@ -122,7 +140,7 @@ mod tests {
         let _client = mesh
             .upstream("catalog", &policy("http://127.0.0.1:7102"))
             .unwrap();
-        let rx = mesh.upstreams.lock().unwrap()["catalog"].subscribe();
+        let rx = mesh.upstreams.lock().unwrap()["catalog"].1.subscribe();
 
         let mut changed = policy("http://127.0.0.1:7102");
         changed.timeout = std::time::Duration::from_millis(750);
@@ -145,6 +163,25 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.key, "upstreams.catalog.retry.max_attempts");
         assert_eq!(**rx.borrow(), changed, "the previous policy is kept");
+    }
+
+    #[tokio::test]
+    async fn new_endpoints_are_kept_pending_and_the_rest_applies() {
+        let mesh = MeshRuntime::new(ServerPolicy::default());
+        let _client = mesh
+            .upstream("catalog", &policy("http://127.0.0.1:7102"))
+            .unwrap();
+        let rx = mesh.upstreams.lock().unwrap()["catalog"].1.subscribe();
+        let mut moved = policy("http://127.0.0.1:7999");
+        moved.timeout = std::time::Duration::from_millis(750);
+        mesh.apply(
+            ServerPolicy::default(),
+            &BTreeMap::from([("catalog".into(), moved)]),
+        )
+        .unwrap();
+        assert_eq!(rx.borrow().endpoints, ["http://127.0.0.1:7102"]);
+        assert_eq!(rx.borrow().timeout, std::time::Duration::from_millis(750));
+        assert_eq!(mesh.admin.pending_restart("catalog"), ["endpoints"]);
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@
 //! a test panics.
 
 pub mod bearer;
+mod child;
 pub mod inproc;
 pub mod nats;
 pub mod postgres;

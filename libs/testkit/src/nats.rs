@@ -145,7 +145,7 @@ impl Nats {
     /// Graceful stop (SIGTERM), bounded.
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
-            crate::process::terminate(child, Signal::SIGTERM, Duration::from_secs(10));
+            crate::child::terminate(child, Signal::SIGTERM, Duration::from_secs(10));
         }
     }
 
@@ -179,7 +179,7 @@ impl Nats {
             if let Some(status) = child.try_wait()? {
                 bail!(
                     "nats-server exited ({status}) while starting; log:\n{}",
-                    crate::postgres::tail(&self.log_path())
+                    crate::child::tail(&self.log_path())
                 );
             }
             if jetstream_ready(self.port) {

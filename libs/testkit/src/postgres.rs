@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User, chown};
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -229,7 +229,7 @@ impl Postgres {
     /// Fast shutdown (SIGINT), bounded; SIGKILL if it does not stop in time.
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
-            crate::process::terminate(child, Signal::SIGINT, Duration::from_secs(10));
+            crate::child::terminate(child, Signal::SIGINT, Duration::from_secs(10));
         }
     }
 
@@ -264,7 +264,7 @@ impl Postgres {
             if let Some(status) = child.try_wait()? {
                 bail!(
                     "postgres exited ({status}) while starting; log:\n{}",
-                    tail(&self.log_path())
+                    crate::child::tail(&self.log_path())
                 );
             }
             if ready(&url).await {
@@ -276,7 +276,7 @@ impl Postgres {
                 let _ = child.wait();
                 bail!(
                     "postgres not ready after 30s; log:\n{}",
-                    tail(&self.log_path())
+                    crate::child::tail(&self.log_path())
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -319,11 +319,4 @@ fn as_owner(cmd: &mut Command, owner: Option<(u32, u32)>) {
         // std drops supplementary groups when root changes uid.
         cmd.uid(uid).gid(gid);
     }
-}
-
-/// The last lines of a log file, for error messages.
-pub(crate) fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }

@@ -183,7 +183,7 @@ impl ServiceProcess {
                 bail!(
                     "{} exited ({status}) while starting; log:\n{}",
                     self.name,
-                    crate::postgres::tail(&self.log_path())
+                    crate::child::tail(&self.log_path())
                 );
             }
             if addr.is_none() {
@@ -204,7 +204,7 @@ impl ServiceProcess {
                 bail!(
                     "{} not SERVING after 60s; log:\n{}",
                     self.name,
-                    crate::postgres::tail(&self.log_path())
+                    crate::child::tail(&self.log_path())
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -215,7 +215,7 @@ impl ServiceProcess {
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
         if let Some(child) = self.child.take() {
-            terminate(child, Signal::SIGTERM, Duration::from_secs(15));
+            crate::child::terminate(child, Signal::SIGTERM, Duration::from_secs(15));
         }
     }
 }
@@ -237,22 +237,4 @@ pub async fn health(addr: SocketAddr) -> anyhow::Result<ServingStatus> {
         2 => ServingStatus::NotServing,
         _ => ServingStatus::Unknown,
     })
-}
-
-/// Sends `signal`, waits up to `grace` for the exit, then SIGKILLs; always
-/// reaps. Blocking: used from `Drop`.
-pub(crate) fn terminate(mut child: Child, signal: Signal, grace: Duration) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    let _ = kill(Pid::from_raw(child.id() as i32), signal);
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
