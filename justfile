@@ -29,7 +29,7 @@ up: bootstrap
 test: bootstrap lint unit clients integration
 
 # formatting, clippy with warnings denied, buf lint, format and breaking of the contracts
-lint: fmt-check clippy buf-lint buf-breaking
+lint: fmt-check clippy buf-lint buf-breaking deny
 
 # fail if any file is not rustfmt-formatted
 fmt-check:
@@ -57,6 +57,13 @@ buf-breaking:
       && grep -q 'product_name = 16;' "$tmp/shop/orders/v1/orders.proto" \
       && ! (cd "$tmp" && buf breaking --against baseline.binpb > /dev/null 2>&1) \
       && echo "buf breaking: compatible with the baseline; a renumbered field is caught"
+
+# licenses, bans and sources of every dependency (deny.toml), offline; cargo-deny is
+# installed pinned into .tools/cargo. Advisories need the network: see the README.
+deny:
+    @(test -x .tools/cargo/bin/cargo-deny && .tools/cargo/bin/cargo-deny --version | grep -q '0\.20\.2') \
+      || cargo install cargo-deny --version 0.20.2 --locked --root .tools/cargo
+    .tools/cargo/bin/cargo-deny check --hide-inclusion-graph licenses bans sources
 
 # unit tests (no external processes)
 unit:
