@@ -209,6 +209,70 @@ async fn every_token_attack_is_one_unauthenticated() {
 }
 
 #[tokio::test]
+async fn a_signing_key_rotates_at_the_gateway_without_a_restart() {
+    let shop = Shop::start(BTreeMap::new()).await;
+    let ada = shop.user("ada").await;
+    let keys = shop.stack.keys();
+    let old_token = ada.token.clone();
+    let mut gateway = shop.gateway().await;
+    let lists = |token: String| {
+        let mut gateway = gateway.clone();
+        async move {
+            gateway
+                .list_orders(with_bearer(&token, ListOrdersRequest::default()))
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
+        }
+    };
+
+    // 1. The new key's public half joins the gateway's directory.
+    let k2 = shop_auth::KeyPair::generate();
+    let new_token = sign(&good_claims(&ada.user_id), "k2", &k2.private_pem);
+    assert_eq!(lists(new_token.clone()).await, Err(Code::Unauthenticated));
+    std::fs::write(keys.public_keys_dir.join("k2.pem"), &k2.public_pem).unwrap();
+    shop_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        lists(new_token.clone()).await.map_err(|c| format!("{c:?}"))
+    })
+    .await
+    .expect("the gateway picks the new key up without a restart");
+    // 2. While both are trusted, tokens of either key work.
+    assert_eq!(lists(old_token.clone()).await, Ok(()));
+
+    // 3. Once the old tokens have expired, the old key goes.
+    std::fs::remove_file(keys.public_keys_dir.join("k1.pem")).unwrap();
+    shop_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        match lists(old_token.clone()).await {
+            Err(Code::Unauthenticated) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect("tokens of a removed key are refused");
+    assert_eq!(lists(new_token).await, Ok(()));
+
+    // A bad file in the directory changes nothing.
+    std::fs::write(keys.public_keys_dir.join("k3.pem"), "not a key").unwrap();
+    shop_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        let log = shop.stack.service("gateway").log();
+        if log.contains("k3.pem") {
+            Ok(())
+        } else {
+            Err("the gateway has not looked at k3.pem yet")
+        }
+    })
+    .await
+    .expect("the refused change is logged, naming the file");
+    gateway
+        .list_orders(with_bearer(
+            &sign(&good_claims(&ada.user_id), "k2", &k2.private_pem),
+            ListOrdersRequest::default(),
+        ))
+        .await
+        .expect("the keys in force stay when a change cannot be read");
+}
+
+#[tokio::test]
 async fn a_user_only_sees_cancels_and_places_their_own_orders() {
     let shop = Shop::start(BTreeMap::new()).await;
     let ada = shop.user("ada").await;
