@@ -700,6 +700,7 @@ mod tests {
 
     fn catalog_policy() -> UpstreamPolicy {
         UpstreamPolicy {
+            keepalive: crate::policy::KeepalivePolicy::default(),
             endpoints: vec!["http://10.0.0.1:7000".into(), "http://10.0.0.2:7000".into()],
             dns: None,
             dns_refresh: Duration::from_secs(5),

@@ -83,11 +83,16 @@ impl MeshChannel {
         }
 
         let connect_timeout = current.connect_timeout;
+        let keepalive = crate::connection::Keepalive {
+            interval: current.keepalive.interval,
+            timeout: current.keepalive.timeout,
+        };
         let fault_policy = policy.clone();
         let fault_stats = upstream_stats.clone();
         let factory: Factory<_> = Arc::new(move |address: &str| {
             let connection = Connection::new(address, connect_timeout)
-                .unwrap_or_else(|_| unreachable_connection(connect_timeout));
+                .unwrap_or_else(|_| unreachable_connection(connect_timeout))
+                .with_keepalive(keepalive);
             FaultLayer::client(fault_policy.clone(), fault_stats.clone()).layer(connection)
         });
         let pool =

@@ -43,6 +43,20 @@
 //! flight on a lost connection fail with `h2`'s error, which the retry layer
 //! treats as UNAVAILABLE.
 //!
+//! # Keepalive
+//!
+//! A peer that stops answering without closing (a frozen process, a
+//! partition) leaves a half-open connection whose calls would wait until
+//! their deadlines, forever for the balancer. So the connection's task
+//! sends an HTTP/2 PING every `keepalive.interval`, busy or idle, and
+//! closes the connection when the PONG does not come within
+//! `keepalive.timeout`: its calls fail at once (UNAVAILABLE, retried
+//! elsewhere), and reconnecting to a peer that still does not answer fails
+//! the handshake within the connect timeout, which the outlier detector
+//! counts until it ejects the endpoint. (A connection counts as open only
+//! once the peer has answered a first PING: an HTTP/2 client handshake
+//! alone does not wait for the server.)
+//!
 //! Plain-text HTTP/2 (h2c) only, as between the services here. The
 //! connection settings are hyper's defaults for a client (2 MiB stream
 //! window, 5 MiB connection window, 16 KiB frames and header lists, 1 MiB
@@ -54,6 +68,8 @@ use futures::future::BoxFuture;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -72,15 +88,41 @@ pub struct Connection {
     address: String,
     authority: http::uri::Authority,
     connect_timeout: Duration,
+    keepalive: Keepalive,
     state: State,
+}
+
+/// How often a connection PINGs its peer, and how long it waits for the
+/// PONG before it gives the connection up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Time between PINGs.
+    pub interval: Duration,
+    /// Time a PONG may take.
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    /// A PING every second, answered within a second: a silent peer is
+    /// noticed within about 2 s.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 type Sender = h2::client::SendRequest<Bytes>;
 
+/// A connection's handle and whether its task still runs (it ends when the
+/// peer closes, fails, or goes silent past the keepalive).
+type Live = (Sender, Arc<AtomicBool>);
+
 enum State {
     Idle,
-    Connecting(BoxFuture<'static, Result<Sender, BoxError>>),
-    Connected(Sender),
+    Connecting(BoxFuture<'static, Result<Live, BoxError>>),
+    Connected(Live),
 }
 
 // === impl Connection ===
@@ -101,13 +143,21 @@ impl Connection {
             address: address.to_string(),
             authority,
             connect_timeout,
+            keepalive: Keepalive::default(),
             state: State::Idle,
         })
     }
 
-    fn connect(&self) -> BoxFuture<'static, Result<Sender, BoxError>> {
+    /// The same connection, pinging its peer as `keepalive` says.
+    pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    fn connect(&self) -> BoxFuture<'static, Result<Live, BoxError>> {
         let target = self.authority.as_str().to_string();
         let timeout = self.connect_timeout;
+        let keepalive = self.keepalive;
         let address = self.address.clone();
         Box::pin(async move {
             let handshake = async {
@@ -124,16 +174,64 @@ impl Connection {
                     .await?;
                 Ok::<_, BoxError>((sender, connection))
             };
-            let (sender, connection) = tokio::time::timeout(timeout, handshake)
+            let deadline = tokio::time::Instant::now() + timeout;
+            let (sender, mut connection) = tokio::time::timeout_at(deadline, handshake)
                 .await
                 .map_err(|_| format!("connecting to {address} timed out after {timeout:?}"))??;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(endpoint = %address, %error, "connection ended");
+            let pings = connection
+                .ping_pong()
+                .expect("the first call on a new connection");
+            let alive = Arc::new(AtomicBool::new(true));
+            let running = alive.clone();
+            let (answered, first_pong) = tokio::sync::oneshot::channel();
+            let endpoint = address.clone();
+            let task = tokio::spawn(async move {
+                tokio::select! {
+                    result = connection => if let Err(error) = result {
+                        tracing::debug!(%endpoint, %error, "connection ended");
+                    },
+                    silent = keep_alive(pings, keepalive, answered) => {
+                        // Dropping the connection closes the socket and
+                        // fails its streams.
+                        tracing::warn!(%endpoint, ?silent, "peer did not answer a PING; connection closed");
+                    }
                 }
+                running.store(false, Ordering::Release);
             });
-            Ok(sender)
+            // An h2 client handshake does not wait for the server: the
+            // first PONG is what proves the peer is there.
+            match tokio::time::timeout_at(deadline, first_pong).await {
+                Ok(Ok(())) => Ok((sender, alive)),
+                _ => {
+                    task.abort();
+                    Err(format!("{address} did not answer within {timeout:?}").into())
+                }
+            }
         })
+    }
+}
+
+/// PINGs at once (reporting the first PONG through `answered`), then every
+/// `keepalive.interval`, until one goes unanswered for `keepalive.timeout`;
+/// returns that timeout. Never returns if the connection fails under it:
+/// the connection's own future reports that.
+async fn keep_alive(
+    mut pings: h2::PingPong,
+    keepalive: Keepalive,
+    answered: tokio::sync::oneshot::Sender<()>,
+) -> Duration {
+    // The first wait is bounded by the connect deadline, not here.
+    if pings.ping(h2::Ping::opaque()).await.is_err() {
+        return std::future::pending().await;
+    }
+    let _ = answered.send(());
+    loop {
+        tokio::time::sleep(keepalive.interval).await;
+        match tokio::time::timeout(keepalive.timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return keepalive.timeout,
+        }
     }
 }
 
@@ -153,7 +251,11 @@ impl tower::Service<Request> for Connection {
                         return Poll::Ready(Err(error));
                     }
                 },
-                State::Connected(sender) => match sender.poll_ready(cx) {
+                State::Connected((_, alive)) if !alive.load(Ordering::Acquire) => {
+                    tracing::debug!(endpoint = %self.address, "connection ended");
+                    self.state = State::Idle;
+                }
+                State::Connected((sender, _)) => match sender.poll_ready(cx) {
                     Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(error)) => {
@@ -168,7 +270,7 @@ impl tower::Service<Request> for Connection {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let State::Connected(sender) = &mut self.state else {
+        let State::Connected((sender, _)) = &mut self.state else {
             panic!("Connection::call before poll_ready said it was ready");
         };
         let (mut head, body) = request.into_parts();
@@ -199,8 +301,9 @@ impl Clone for Connection {
             address: self.address.clone(),
             authority: self.authority.clone(),
             connect_timeout: self.connect_timeout,
+            keepalive: self.keepalive,
             state: match &self.state {
-                State::Connected(sender) => State::Connected(sender.clone()),
+                State::Connected(live) => State::Connected(live.clone()),
                 State::Idle | State::Connecting(_) => State::Idle,
             },
         }
@@ -599,5 +702,85 @@ mod tests {
         }
         // Every connection went away after its first request.
         assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    /// A TCP relay to `upstream` that can be frozen: frozen, it keeps both
+    /// sockets open and forwards nothing, as a stopped (SIGSTOP) process or
+    /// a partition does.
+    async fn freezable_relay(upstream: String) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(server_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(server_read), Box::new(client_write)),
+                ] {
+                    let frozen = flag.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf).await {
+                            while frozen.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        (address, frozen)
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_answering_is_given_up_within_the_keepalive() {
+        let (server, _) = byte_server(false).await;
+        let (address, frozen) = freezable_relay(server.trim_start_matches("http://").into()).await;
+        let keepalive = Keepalive {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+        };
+        let mut connection = Connection::new(&address, Duration::from_millis(300))
+            .unwrap()
+            .with_keepalive(keepalive);
+        let response = connection.ready().await.unwrap().call(request()).await;
+        assert_eq!(response.unwrap().status(), http::StatusCode::OK);
+
+        // Half-open: the socket stays up, nothing comes back. Without
+        // keepalive this call would wait for ever.
+        frozen.store(true, Ordering::SeqCst);
+        let call = connection.ready().await.unwrap().call(request());
+        let outcome = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call ends when the PING goes unanswered");
+        assert!(
+            outcome.is_err(),
+            "the call fails (and is retried elsewhere)"
+        );
+
+        // Connecting again through the frozen peer fails the handshake
+        // within the connect timeout: an error the outlier detector counts.
+        let again = tokio::time::timeout(Duration::from_secs(10), connection.ready())
+            .await
+            .expect("poll_ready does not hang on a silent peer");
+        assert!(again.is_err());
+
+        // Thawed, the same endpoint works again.
+        frozen.store(false, Ordering::SeqCst);
+        let response = connection.ready().await.unwrap().call(request()).await;
+        assert_eq!(response.unwrap().status(), http::StatusCode::OK);
     }
 }

@@ -70,6 +70,38 @@ pub struct UpstreamPolicy {
     /// Per-method overrides, by method name (`ListProducts`).
     #[serde(default)]
     pub methods: BTreeMap<String, MethodPolicy>,
+    /// HTTP/2 PINGs that find a peer gone silent (half-open).
+    #[serde(default)]
+    pub keepalive: KeepalivePolicy,
+}
+
+/// `keepalive`: a PING every `interval`; a connection whose PONG takes
+/// longer than `timeout` is closed (its calls fail over at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepalivePolicy {
+    /// Time between PINGs.
+    #[serde(with = "humantime_serde", default = "d_keepalive_interval")]
+    pub interval: Duration,
+    /// Time a PONG may take.
+    #[serde(with = "humantime_serde", default = "d_keepalive_timeout")]
+    pub timeout: Duration,
+}
+
+fn d_keepalive_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn d_keepalive_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for KeepalivePolicy {
+    fn default() -> Self {
+        Self {
+            interval: d_keepalive_interval(),
+            timeout: d_keepalive_timeout(),
+        }
+    }
 }
 
 fn d_dns_refresh() -> Duration {
@@ -418,7 +450,7 @@ impl UpstreamPolicy {
     /// MeshAdmin reports them as pending instead of in force).
     ///
     /// Fixed when a client is built: its endpoints or DNS name, its connect
-    /// timeout, and its set of subsets with their endpoints. Everything
+    /// timeout and keepalive, and its set of subsets with their endpoints. Everything
     /// else (timeouts, retries, hedging, outlier, faults, per-method
     /// overrides, EWMA decay, subset weights) comes from `next`; a subset
     /// `next` drops gets weight 0.
@@ -436,6 +468,10 @@ impl UpstreamPolicy {
         if next.connect_timeout != self.connect_timeout {
             pending.push("connect_timeout".to_string());
             in_force.connect_timeout = self.connect_timeout;
+        }
+        if next.keepalive != self.keepalive {
+            pending.push("keepalive".to_string());
+            in_force.keepalive = self.keepalive;
         }
         for subset in &next.subsets {
             match self.subsets.iter().find(|s| s.name == subset.name) {
@@ -490,6 +526,9 @@ impl UpstreamPolicy {
         }
         if self.timeout.is_zero() {
             return err("timeout", "must be positive");
+        }
+        if self.keepalive.interval.is_zero() || self.keepalive.timeout.is_zero() {
+            return err("keepalive", "interval and timeout must be positive");
         }
         check_retry(&self.retry, &key("retry"))?;
         if let Some(h) = &self.hedge {
@@ -762,6 +801,7 @@ mod tests {
 
     fn policy() -> UpstreamPolicy {
         UpstreamPolicy {
+            keepalive: KeepalivePolicy::default(),
             endpoints: vec!["http://127.0.0.1:7102".into()],
             dns: None,
             dns_refresh: d_dns_refresh(),
