@@ -20,8 +20,12 @@
 //! asked for a missing product must not be ejected. DEADLINE_EXCEEDED is the
 //! caller's budget running out and RESOURCE_EXHAUSTED is load shedding with
 //! a pushback; neither ejects (slowness is the balancer's business, through
-//! peak-EWMA). A call whose future is dropped before it answers (a per-try
-//! timeout, a hedge that lost) has no outcome and is not counted.
+//! peak-EWMA). An attempt cut by its per-try timeout is a failure of the
+//! endpoint that did not answer in time (a timeout of local origin, as
+//! Envoy counts it): the retry layer marks each attempt with its
+//! [`AttemptDeadline`], and a call dropped at or after it counts. A call
+//! dropped before (a hedge that lost, a caller that gave up, the caller's
+//! own deadline) has no outcome and is not counted.
 //!
 //! # Ejection time
 //!
@@ -94,12 +98,50 @@ pub struct Outlier<S> {
 }
 
 pin_project! {
-    /// The response future of [`Outlier`]: records the outcome.
+    /// The response future of [`Outlier`]: records the outcome (also when
+    /// it is dropped past its attempt's per-try deadline).
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         endpoint: Option<Arc<Endpoint>>,
+        per_try_deadline: Option<Instant>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let (Some(endpoint), Some(deadline)) = (this.endpoint.take(), *this.per_try_deadline)
+                && Instant::now() >= deadline
+            {
+                stats::incr(&endpoint.stats.failures);
+                endpoint.record(Outcome::TimedOut);
+            }
+        }
+    }
+}
+
+/// When an attempt's per-try timeout cuts it: a request extension set by
+/// the retry layer when that timeout (not the call's deadline) bounds the
+/// attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptDeadline(pub Instant);
+
+/// A request that may carry an [`AttemptDeadline`].
+pub trait Attempt {
+    /// The attempt's per-try deadline, if one bounds it.
+    fn attempt_deadline(&self) -> Option<Instant>;
+}
+
+impl<B> Attempt for http::Request<B> {
+    fn attempt_deadline(&self) -> Option<Instant> {
+        self.extensions().get::<AttemptDeadline>().map(|d| d.0)
+    }
+}
+
+impl Attempt for () {
+    fn attempt_deadline(&self) -> Option<Instant> {
+        None
     }
 }
 
@@ -154,6 +196,8 @@ enum Outcome {
     Failed,
     /// The endpoint could not be reached (an error, not a response).
     Unreachable,
+    /// The endpoint did not answer within the attempt's per-try timeout.
+    TimedOut,
 }
 
 /// Whether a response says the endpoint is unwell (see the module docs):
@@ -289,6 +333,7 @@ impl<S: Clone> Clone for Outlier<S> {
 
 impl<S, Req, B> Service<Req> for Outlier<S>
 where
+    Req: Attempt,
     S: Service<Req, Response = http::Response<B>>,
     S::Error: std::fmt::Display,
 {
@@ -325,9 +370,11 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         stats::incr(&self.endpoint.stats.requests);
+        let per_try_deadline = request.attempt_deadline();
         ResponseFuture {
             inner: self.inner.call(request),
             endpoint: Some(self.endpoint.clone()),
+            per_try_deadline,
         }
     }
 }
@@ -602,6 +649,55 @@ pub(crate) mod tests {
         );
         assert_eq!(ep.state(), EndpointState::Healthy);
         assert_eq!(pool.ejected(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_cut_by_their_per_try_timeout_count_and_abandoned_ones_do_not() {
+        let (pool, stats) = pool(outlier_policy(|_| {}));
+        // An endpoint that never answers (a frozen peer).
+        let hung = tower::service_fn(|_: http::Request<()>| {
+            std::future::pending::<Result<Response, std::convert::Infallible>>()
+        });
+        let mut a = Outlier::new(hung, "http://a:1", &pool);
+        let _b = Outlier::new(hung, "http://b:1", &pool);
+        let ready = |a: &mut Outlier<_>| {
+            std::future::poll_fn(|cx| Service::<http::Request<()>>::poll_ready(a, cx))
+                .now_or_never()
+                .is_some()
+        };
+        let attempt = |per_try: Option<Duration>| {
+            let mut request = http::Request::new(());
+            if let Some(t) = per_try {
+                request
+                    .extensions_mut()
+                    .insert(AttemptDeadline(Instant::now() + t));
+            }
+            request
+        };
+        let give_up_after = |a: &mut Outlier<_>, request, after| {
+            let call = a.call(request);
+            async move {
+                assert!(tokio::time::timeout(after, call).await.is_err());
+            }
+        };
+        let ms = Duration::from_millis;
+        let ep = stats.endpoint("http://a:1");
+
+        // Dropped before its per-try deadline (a hedge that lost), or
+        // bounded by the caller's deadline only: no outcome.
+        for _ in 0..3 {
+            give_up_after(&mut a, attempt(Some(ms(100))), ms(50)).await;
+            give_up_after(&mut a, attempt(None), ms(200)).await;
+        }
+        assert!(ready(&mut a));
+        assert_eq!(stats::read(&ep.failures), 0);
+
+        // Cut at its per-try deadline: a failure of this endpoint.
+        for _ in 0..3 {
+            give_up_after(&mut a, attempt(Some(ms(100))), ms(100)).await;
+        }
+        assert_eq!(stats::read(&ep.failures), 3);
+        assert!(!ready(&mut a), "ejected after three timed-out attempts");
     }
 
     #[tokio::test(start_paused = true)]

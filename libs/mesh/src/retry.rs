@@ -601,12 +601,19 @@ where
             (None, None) => None,
         };
         let mut request = self.head.request(self.body.body());
-        if let Some((until, _)) = until {
+        if let Some((until, overall)) = until {
             // The server gives up when this attempt does.
             let left = until.saturating_duration_since(now);
             request
                 .headers_mut()
                 .insert(status::GRPC_TIMEOUT, status::format_grpc_timeout(left));
+            if !overall {
+                // Cut by its own timeout, the attempt counts against the
+                // endpoint that did not answer (outlier detection).
+                request
+                    .extensions_mut()
+                    .insert(crate::outlier::AttemptDeadline(until));
+            }
         }
         let is_ready = std::mem::take(&mut self.first_is_ready);
         let service = if is_ready {
