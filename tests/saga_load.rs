@@ -17,7 +17,8 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 /// Places `request`, retrying the very same request (same idempotency key)
-/// while the orders service is unreachable: the key makes it safe.
+/// while the orders service is unreachable or too slow to answer in time
+/// (three stacks share two cores here): the key makes it safe.
 async fn place_with_retries(
     client: &mut OrderServiceClient<Channel>,
     request: PlaceOrderRequest,
@@ -29,7 +30,10 @@ async fn place_with_retries(
             Err(status)
                 if matches!(
                     status.code(),
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                        | tonic::Code::DeadlineExceeded
                 ) && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
