@@ -1,15 +1,10 @@
 //! A stack behind the gateway, and an end user's view of it.
 
 use super::fast_env;
-use shop_proto::shop::catalog::v1::CreateProductRequest;
-use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
-use shop_proto::shop::common::v1::Money;
 use shop_proto::shop::gateway::v1::shop_gateway_service_client::ShopGatewayServiceClient;
 use shop_proto::shop::gateway::v1::{
     GetOrderRequest, LogInRequest, PlaceOrderRequest, SignUpRequest,
 };
-use shop_proto::shop::inventory::v1::SetStockRequest;
-use shop_proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
 use shop_proto::shop::orders::v1::{NewOrderLine, Order, OrderStatus};
 use shop_testkit::stack::{Stack, StackOptions};
 use shop_testkit::{eventually, with_bearer};
@@ -114,35 +109,7 @@ impl Shop {
     /// A product priced `price_minor` EUR, stocked with `stock` units (as
     /// an operator, on catalog and inventory directly).
     pub async fn product(&self, name: &str, price_minor: i64, stock: i64) -> String {
-        let sku = format!("SKU-{}", uuid::Uuid::new_v4().simple());
-        let product = CatalogServiceClient::connect(self.stack.service("catalog").url())
-            .await
-            .unwrap()
-            .create_product(CreateProductRequest {
-                sku,
-                name: name.into(),
-                description: String::new(),
-                category: "test".into(),
-                price: Some(Money {
-                    amount_minor: price_minor,
-                    currency_code: "EUR".into(),
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .product
-            .unwrap();
-        InventoryServiceClient::connect(self.stack.service("inventory").url())
-            .await
-            .unwrap()
-            .set_stock(SetStockRequest {
-                product_id: product.product_id.clone(),
-                available: stock,
-            })
-            .await
-            .unwrap();
-        product.product_id
+        super::stocked_product(&self.stack, Some(name), price_minor, stock).await
     }
 
     /// `user` orders one unit of `product` through the gateway.
