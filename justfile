@@ -90,9 +90,9 @@ bench what="mesh":
 clients: bootstrap
     bash tests/clients/generate.sh
 
-# run the client programs against a running gateway, e.g. `just clients-run 127.0.0.1:PORT`
-clients-run target: clients
-    .tools/venv/bin/python tests/clients/python/shop_client.py --target {{target}}
-    .tools/venv/bin/python tests/clients/python/failures.py --target {{target}}
-    node tests/clients/ts/dist/src/client.js --target {{target}}
-    node tests/clients/ts/dist/src/failures.js --target {{target}}
+# run the client programs against a running gateway over TLS, e.g. `just clients-run 127.0.0.1:PORT`
+clients-run target ca=".stack/pki/ca.crt": clients
+    .tools/venv/bin/python tests/clients/python/shop_client.py --target {{target}} --ca {{ca}}
+    .tools/venv/bin/python tests/clients/python/failures.py --target {{target}} --ca {{ca}}
+    node tests/clients/ts/dist/src/client.js --target {{target}} --ca {{ca}}
+    node tests/clients/ts/dist/src/failures.js --target {{target}} --ca {{ca}}

@@ -44,7 +44,7 @@ fn typescript() -> Language {
     }
 }
 
-fn run(language: &Language, script: &str, target: &str) -> Output {
+fn run(language: &Language, script: &str, target: &str, ca: &std::path::Path) -> Output {
     assert!(
         language.built.exists(),
         "{} is missing: run `just clients` first",
@@ -55,6 +55,8 @@ fn run(language: &Language, script: &str, target: &str) -> Output {
         .args(args)
         .arg(script)
         .args(["--target", target])
+        .arg("--ca")
+        .arg(ca)
         .current_dir(tools::repo_root())
         .output()
         .unwrap();
@@ -72,8 +74,12 @@ async fn the_programs_work(language: Language) {
     shop.product("A book to buy", 1999, 5).await;
     shop.product("Something out of stock", 999, 0).await;
     let target = shop.stack.service("gateway").addr().to_string();
+    // The gateway's port is TLS; the programs trust the stack's CA and
+    // present no certificate, as an end user's would.
+    let ca = shop_testkit::identities::Identities::dir_in(shop.stack.dir(), "operator")
+        .join(shop_identity::files::CA);
 
-    let out = run(&language, language.shop, &target);
+    let out = run(&language, language.shop, &target, &ca);
     assert!(out.status.success(), "{} shop client failed", language.name);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default();
@@ -84,7 +90,7 @@ async fn the_programs_work(language: Language) {
     assert!(stdout.contains("available: 5"), "availability is shown");
     assert!(stdout.contains("missing parts: none"), "{stdout}");
 
-    let out = run(&language, language.failures, &target);
+    let out = run(&language, language.failures, &target, &ca);
     assert!(
         out.status.success(),
         "{} failure cases failed",

@@ -185,9 +185,7 @@ async fn every_token_attack_is_one_unauthenticated() {
     assert_eq!(answers[0].2, "Bearer realm=\"shop\"");
 
     // A deactivated user's token stops working, and they cannot log in.
-    UserServiceClient::connect(shop.stack.service("users").url())
-        .await
-        .unwrap()
+    UserServiceClient::new(shop.stack.service("users").channel().await.unwrap())
         .deactivate_user(DeactivateUserRequest {
             user_id: ada.user_id.clone(),
         })

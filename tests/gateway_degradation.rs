@@ -17,9 +17,7 @@ use tonic::Code;
 
 /// Calls the gateway has made to `upstream` so far.
 async fn calls_to(shop: &Shop, upstream: &str) -> i64 {
-    MeshAdminServiceClient::connect(shop.stack.service("gateway").url())
-        .await
-        .unwrap()
+    MeshAdminServiceClient::new(shop.stack.service("gateway").channel().await.unwrap())
         .list_upstreams(ListUpstreamsRequest::default())
         .await
         .unwrap()

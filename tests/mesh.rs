@@ -34,8 +34,8 @@ async fn a_replica_failing_everything_is_ejected_and_almost_every_call_succeeds(
     // MeshAdmin, through the real grpcurl, shows the replica ejected and why.
     let catalog3 = mesh.stack.service("catalog-3").url();
     let out = std::process::Command::new(tools::find("grpcurl").unwrap())
+        .args(mesh.stack.operator_grpcurl_args())
         .args([
-            "-plaintext",
             "-d",
             r#"{"upstream":"catalog"}"#,
             &mesh.stack.service("orders").addr().to_string(),

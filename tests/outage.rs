@@ -19,12 +19,8 @@ use tonic_health::ServingStatus;
 async fn services_report_a_killed_database_and_recover_when_it_returns() {
     let mut stack = Stack::start(&["users", "catalog"]).await.unwrap();
     let pids_before: Vec<_> = stack.services().map(|s| s.pid()).collect();
-    let mut users = UserServiceClient::connect(stack.service("users").url())
-        .await
-        .unwrap();
-    let mut catalog = CatalogServiceClient::connect(stack.service("catalog").url())
-        .await
-        .unwrap();
+    let mut users = UserServiceClient::new(stack.service("users").channel().await.unwrap());
+    let mut catalog = CatalogServiceClient::new(stack.service("catalog").channel().await.unwrap());
     catalog
         .list_products(ListProductsRequest::default())
         .await

@@ -2,7 +2,8 @@
 # Runs the grpcurl walkthrough of README.md exactly as written: every shell
 # block between readme-examples markers, in order, in one shell. Against a
 # running `just up` by default; <SERVICE>_ADDR variables (USERS_ADDR,
-# CATALOG_ADDR, ...) point it at another stack, as the end-to-end test does.
+# CATALOG_ADDR, ...) and PKI_DIR (its CA and operator identity) point it at
+# another stack, as the end-to-end test does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 script=$(python3 - <<'PY'
@@ -13,6 +14,8 @@ ports = {"7100": "GATEWAY", "7101": "USERS", "7102": "CATALOG", "7103": "INVENTO
 blocks = re.findall(r"<!-- readme-examples:start -->\s*```sh\n(.*?)```\s*<!-- readme-examples:end -->",
                     text, re.S)
 script = "\n".join(blocks)
+# the CA and operator identity `just up` copies to .stack/pki (PKI_DIR for another stack)
+script = script.replace(".stack/pki", os.environ.get("PKI_DIR", ".stack/pki"))
 for port, name in ports.items():
     script = script.replace("127.0.0.1:" + port,
                             os.environ.get(name + "_ADDR", "127.0.0.1:" + port))

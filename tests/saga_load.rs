@@ -116,15 +116,14 @@ async fn two_hundred_orders_from_twenty_clients_compete_for_scarce_stock() {
         ),
     ]);
     env.extend(saga.stack.nats_env("analytics"));
+    env.extend(saga.stack.tls_env("analytics").unwrap());
     let rebuilt = ServiceProcess::start("analytics", env, saga.stack.dir(), None)
         .await
         .unwrap();
     let rebuilt_client =
-        shop_proto::shop::analytics::v1::analytics_service_client::AnalyticsServiceClient::connect(
-            rebuilt.url(),
-        )
-        .await
-        .unwrap();
+        shop_proto::shop::analytics::v1::analytics_service_client::AnalyticsServiceClient::new(
+            rebuilt.channel().await.unwrap(),
+        );
     eventually(Duration::from_secs(60), || {
         let mut live = live.clone();
         let mut rebuilt = rebuilt_client.clone();

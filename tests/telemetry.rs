@@ -210,9 +210,7 @@ async fn a_service_logs_json_and_exports_its_spans_over_otlp() {
     .await
     .unwrap();
 
-    CatalogServiceClient::connect(catalog.url())
-        .await
-        .unwrap()
+    CatalogServiceClient::new(catalog.channel().await.unwrap())
         .list_products(ListProductsRequest::default())
         .await
         .unwrap();

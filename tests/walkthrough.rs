@@ -12,6 +12,10 @@ use std::time::Duration;
 struct LocalStack {
     child: Child,
     addrs: HashMap<String, String>,
+    /// Health-only plaintext ports, by service.
+    health: HashMap<String, String>,
+    /// The CA certificate and the operator's identity.
+    pki: std::path::PathBuf,
     // Holds the state file until the stack is stopped.
     _dir: tempfile::TempDir,
 }
@@ -20,9 +24,12 @@ impl LocalStack {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("stack.state");
+        let pki = dir.path().join("pki");
         let child = Command::new(tools::workspace_bin_dir().unwrap().join("shop-stack"))
             .args(["--port-base", "0", "--state-file"])
             .arg(&state)
+            .arg("--pki-dir")
+            .arg(&pki)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -32,18 +39,36 @@ impl LocalStack {
         })
         .await
         .unwrap();
-        let addrs = lines
+        let rows: Vec<Vec<String>> = lines
             .lines()
-            .map(|l| {
-                let parts: Vec<_> = l.split_whitespace().collect();
-                (parts[0].to_string(), parts[2].to_string())
-            })
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect();
+        let addrs = rows.iter().map(|r| (r[0].clone(), r[2].clone())).collect();
+        let health = rows
+            .iter()
+            .filter(|r| r.len() > 3)
+            .map(|r| (r[0].clone(), r[3].clone()))
             .collect();
         LocalStack {
             child,
             addrs,
+            health,
+            pki,
             _dir: dir,
         }
+    }
+
+    /// grpcurl's flags to call as the operator.
+    fn operator(&self) -> Vec<String> {
+        let p = |f: &str| self.pki.join(f).display().to_string();
+        vec![
+            "-cacert".into(),
+            p("ca.crt"),
+            "-cert".into(),
+            p("operator/tls.crt"),
+            "-key".into(),
+            p("operator/tls.key"),
+        ]
     }
 }
 
@@ -67,9 +92,23 @@ fn grpcurl(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+fn grpcurl_fails(args: &[&str]) -> String {
+    let out = Command::new(tools::find("grpcurl").unwrap())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "grpcurl {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test]
 async fn grpcurl_lists_each_service_with_health_and_reflection() {
     let stack = LocalStack::start().await;
+    let operator = stack.operator();
+    let op: Vec<&str> = operator.iter().map(String::as_str).collect();
+    let protoset = stack.pki.join("health.protoset");
+    std::fs::write(&protoset, tonic_health::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let protoset = protoset.display().to_string();
 
     for (name, service) in [
         ("users", "shop.users.v1.UserService"),
@@ -81,8 +120,8 @@ async fn grpcurl_lists_each_service_with_health_and_reflection() {
         ("analytics", "shop.analytics.v1.AnalyticsService"),
         ("gateway", "shop.gateway.v1.ShopGatewayService"),
     ] {
-        let addr = &stack.addrs[name];
-        let list = grpcurl(&["-plaintext", addr, "list"]);
+        let addr = stack.addrs[name].as_str();
+        let list = grpcurl(&[&op[..], &[addr, "list"]].concat());
         let listed: Vec<&str> = list.lines().collect();
         let mut expected = vec![
             "grpc.health.v1.Health",
@@ -93,16 +132,57 @@ async fn grpcurl_lists_each_service_with_health_and_reflection() {
         ];
         expected.sort();
         assert_eq!(listed, expected, "{name}");
-        let health = grpcurl(&["-plaintext", addr, "grpc.health.v1.Health/Check"]);
+        let health = grpcurl(&[&op[..], &[addr, "grpc.health.v1.Health/Check"]].concat());
         assert!(health.contains("\"SERVING\""), "{health}");
+        let check = format!("{{\"service\":\"{service}\"}}");
+        let health = grpcurl(
+            &[
+                &op[..],
+                &["-d", &check, addr, "grpc.health.v1.Health/Check"],
+            ]
+            .concat(),
+        );
+        assert!(health.contains("\"SERVING\""), "{health}");
+
+        // The plaintext port answers health, and nothing else (no
+        // reflection either: grpcurl reads the health contract from a
+        // descriptor set).
+        let plain = stack.health[name].as_str();
         let health = grpcurl(&[
             "-plaintext",
-            "-d",
-            &format!("{{\"service\":\"{service}\"}}"),
-            addr,
+            "-protoset",
+            &protoset,
+            plain,
             "grpc.health.v1.Health/Check",
         ]);
         assert!(health.contains("\"SERVING\""), "{health}");
+        let refused = grpcurl_fails(&["-plaintext", plain, "list"]);
+        assert!(
+            refused.contains("Unimplemented")
+                || refused.contains("does not support the reflection API"),
+            "{name}: {refused}"
+        );
+        let refused = grpcurl_fails(&[
+            "-plaintext",
+            "-import-path",
+            &tools::repo_root().join("proto").display().to_string(),
+            "-proto",
+            "shop/mesh/v1/admin.proto",
+            plain,
+            "shop.mesh.v1.MeshAdminService/GetStats",
+        ]);
+        assert!(refused.contains("Code: Unimplemented"), "{name}: {refused}");
+
+        // The service port refuses plaintext at the handshake.
+        if name != "gateway" {
+            grpcurl_fails(&[
+                "-plaintext",
+                "-protoset",
+                &protoset,
+                addr,
+                "grpc.health.v1.Health/Check",
+            ]);
+        }
     }
 }
 
@@ -115,6 +195,7 @@ async fn the_readme_walkthrough_works_as_written() {
     for (name, addr) in &stack.addrs {
         script.env(format!("{}_ADDR", name.to_uppercase()), addr);
     }
+    script.env("PKI_DIR", &stack.pki);
     let out = script.output().unwrap();
 
     let stdout = String::from_utf8_lossy(&out.stdout);

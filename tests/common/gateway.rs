@@ -69,9 +69,13 @@ impl Shop {
     }
 
     pub async fn gateway(&self) -> ShopGatewayServiceClient<Channel> {
-        ShopGatewayServiceClient::connect(self.stack.service("gateway").url())
-            .await
-            .unwrap()
+        ShopGatewayServiceClient::new(
+            self.stack
+                .service("gateway")
+                .public_channel()
+                .await
+                .unwrap(),
+        )
     }
 
     /// Signs up and logs in a new user.

@@ -65,9 +65,7 @@ impl Mesh {
         })
         .await
         .unwrap();
-        let product = CatalogServiceClient::connect(stack.service("catalog").url())
-            .await
-            .unwrap()
+        let product = CatalogServiceClient::new(stack.service("catalog").channel().await.unwrap())
             .create_product(CreateProductRequest {
                 sku: "MESH-1".into(),
                 name: "Mesh test product".into(),
@@ -92,15 +90,11 @@ impl Mesh {
     }
 
     pub async fn orders(&self) -> OrderServiceClient<Channel> {
-        OrderServiceClient::connect(self.stack.service("orders").url())
-            .await
-            .unwrap()
+        OrderServiceClient::new(self.stack.service("orders").channel().await.unwrap())
     }
 
     pub async fn admin(&self, instance: &str) -> MeshAdminServiceClient<Channel> {
-        MeshAdminServiceClient::connect(self.stack.service(instance).url())
-            .await
-            .unwrap()
+        MeshAdminServiceClient::new(self.stack.service(instance).channel().await.unwrap())
     }
 
     pub fn request(&self) -> PlaceOrderRequest {

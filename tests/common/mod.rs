@@ -70,9 +70,7 @@ pub async fn stocked_product(
     stock: i64,
 ) -> String {
     let sku = format!("SKU-{}", uuid::Uuid::new_v4().simple());
-    let product = CatalogServiceClient::connect(stack.service("catalog").url())
-        .await
-        .unwrap()
+    let product = CatalogServiceClient::new(stack.service("catalog").channel().await.unwrap())
         .create_product(CreateProductRequest {
             sku: sku.clone(),
             name: name.map_or_else(|| format!("Product {sku}"), str::to_string),
@@ -88,9 +86,7 @@ pub async fn stocked_product(
         .into_inner()
         .product
         .unwrap();
-    InventoryServiceClient::connect(stack.service("inventory").url())
-        .await
-        .unwrap()
+    InventoryServiceClient::new(stack.service("inventory").channel().await.unwrap())
         .set_stock(SetStockRequest {
             product_id: product.product_id.clone(),
             available: stock,
@@ -136,29 +132,19 @@ impl Saga {
     }
 
     pub async fn catalog(&self) -> CatalogServiceClient<Channel> {
-        CatalogServiceClient::connect(self.stack.service("catalog").url())
-            .await
-            .unwrap()
+        CatalogServiceClient::new(self.stack.service("catalog").channel().await.unwrap())
     }
     pub async fn inventory(&self) -> InventoryServiceClient<Channel> {
-        InventoryServiceClient::connect(self.stack.service("inventory").url())
-            .await
-            .unwrap()
+        InventoryServiceClient::new(self.stack.service("inventory").channel().await.unwrap())
     }
     pub async fn orders(&self) -> OrderServiceClient<Channel> {
-        OrderServiceClient::connect(self.stack.service("orders").url())
-            .await
-            .unwrap()
+        OrderServiceClient::new(self.stack.service("orders").channel().await.unwrap())
     }
     pub async fn payments(&self) -> PaymentServiceClient<Channel> {
-        PaymentServiceClient::connect(self.stack.service("payments").url())
-            .await
-            .unwrap()
+        PaymentServiceClient::new(self.stack.service("payments").channel().await.unwrap())
     }
     pub async fn analytics(&self) -> AnalyticsServiceClient<Channel> {
-        AnalyticsServiceClient::connect(self.stack.service("analytics").url())
-            .await
-            .unwrap()
+        AnalyticsServiceClient::new(self.stack.service("analytics").channel().await.unwrap())
     }
 
     /// A product priced `price_minor` EUR with `stock` units in inventory.

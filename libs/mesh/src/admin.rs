@@ -19,8 +19,8 @@
 //! # What it cannot answer yet
 //!
 //! The stats hold no per-method client counters, no consecutive-failure
-//! run, no discovery times or errors, no authorization counters and no
-//! allowed callers; those fields are left at their defaults.
+//! run and no discovery times or errors; those fields are left at their
+//! defaults.
 
 use crate::policy::{self, FaultPolicy, ServerPolicy, UpstreamPolicy};
 use crate::stats::{self, EjectionReason, EndpointState, EndpointStats, MeshStats};
@@ -52,6 +52,15 @@ pub struct MeshAdmin {
     served: RwLock<BTreeSet<String>>,
     version: Mutex<PolicyVersion>,
     start_time: SystemTime,
+    /// This server's SPIFFE ID (None: plaintext, nothing enforced), and
+    /// each upstream's expected one.
+    identities: RwLock<Identities>,
+}
+
+#[derive(Debug, Default)]
+struct Identities {
+    own: Option<String>,
+    upstreams: BTreeMap<String, String>,
 }
 
 /// Which version of the policy is in force.
@@ -81,7 +90,23 @@ impl MeshAdmin {
                 source: String::new(),
             }),
             start_time: now,
+            identities: RwLock::default(),
         }
+    }
+
+    /// Records this server's SPIFFE ID: it serves mTLS, and authorization
+    /// is enforced.
+    pub fn set_identity(&self, id: &str) {
+        self.identities.write().expect("not poisoned").own = Some(id.to_string());
+    }
+
+    /// Records the SPIFFE ID `upstream`'s endpoints must present.
+    pub fn set_upstream_identity(&self, upstream: &str, id: &str) {
+        self.identities
+            .write()
+            .expect("not poisoned")
+            .upstreams
+            .insert(upstream.to_string(), id.to_string());
     }
 
     /// Names where the policy was loaded from (the config file path).
@@ -169,6 +194,8 @@ impl MeshAdmin {
             }
         }
         methods.sort();
+        let authorizer = crate::authz::Authorizer::new(&policy.authorization);
+        let identity = self.identities.read().expect("not poisoned").own.clone();
         pb::ServerPolicy {
             max_concurrency: saturate(policy.max_concurrency),
             shed_pushback: duration(policy.shed_pushback),
@@ -176,10 +203,12 @@ impl MeshAdmin {
                 .into_iter()
                 .map(|(path, name)| pb::ServerMethodPolicy {
                     fault: fault(policy.methods.get(name).unwrap_or(&policy.fault)),
+                    allowed_callers: authorizer.allowed(&path).to_vec(),
                     method: path,
-                    allowed_callers: vec![],
                 })
                 .collect(),
+            authorization_enforced: identity.is_some(),
+            identity: identity.unwrap_or_default(),
         }
     }
 }
@@ -217,6 +246,14 @@ impl pb::mesh_admin_service_server::MeshAdminService for MeshAdmin {
                 .ok_or_else(|| Status::not_found(format!("no upstream named {name:?}")))?;
             let mut upstream = upstream_policy(&name, &policy);
             upstream.pending_restart = self.pending_restart(&name);
+            upstream.identity = self
+                .identities
+                .read()
+                .expect("not poisoned")
+                .upstreams
+                .get(&name)
+                .cloned()
+                .unwrap_or_default();
             if let Some(method) = method {
                 upstream.methods.retain(|m| m.method == method);
                 if upstream.methods.is_empty() && !request.upstream.is_empty() {
@@ -320,8 +357,8 @@ impl pb::mesh_admin_service_server::MeshAdminService for MeshAdmin {
             in_flight: s.in_flight.load(Ordering::Relaxed),
             shed: count(&s.shed),
             deadline_exceeded: count(&s.deadline_exceeded),
-            unauthenticated: 0,
-            permission_denied: 0,
+            unauthenticated: count(&s.unauthenticated),
+            permission_denied: count(&s.permission_denied),
             faults_delayed: count(&s.faults_delayed),
             faults_aborted: count(&s.faults_aborted),
         };
@@ -338,6 +375,16 @@ impl pb::mesh_admin_service_server::MeshAdminService for MeshAdmin {
             start_time: Some(self.start_time.into()),
             server: Some(server),
             upstreams,
+            denials: s
+                .denials()
+                .into_iter()
+                .map(|((method, caller, code), n)| pb::AuthorizationDenial {
+                    method,
+                    caller,
+                    code,
+                    count: i64::try_from(n).unwrap_or(i64::MAX),
+                })
+                .collect(),
         }))
     }
 }
@@ -418,6 +465,7 @@ fn upstream_policy(name: &str, p: &UpstreamPolicy) -> pb::UpstreamPolicy {
             .iter()
             .map(|path| method_policy(path, p))
             .collect(),
+        identity: String::new(),
         pending_restart: Vec::new(),
     }
 }
@@ -549,6 +597,11 @@ fn endpoint_status(
                 EjectionReason::ConnectFailure => pb::EjectionReason::ConnectFailure,
             } as i32;
             out.ejection_detail = ejection_detail(reason, count, policy.map(|p| &p.outlier));
+            if reason == EjectionReason::ConnectFailure
+                && let Some((kind, message)) = e.last_error()
+            {
+                out.ejection_detail = format!("{}; last: {kind}: {message}", out.ejection_detail);
+            }
         }
     }
     out
@@ -701,6 +754,7 @@ mod tests {
     fn catalog_policy() -> UpstreamPolicy {
         UpstreamPolicy {
             keepalive: crate::policy::KeepalivePolicy::default(),
+            identity: None,
             endpoints: vec!["http://10.0.0.1:7000".into(), "http://10.0.0.2:7000".into()],
             dns: None,
             dns_refresh: Duration::from_secs(5),

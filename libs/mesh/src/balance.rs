@@ -385,7 +385,7 @@ impl std::task::Wake for Waiters {
 impl<E> P2c<E>
 where
     E: Service<Request, Response = Response>,
-    E::Error: fmt::Display,
+    E::Error: Into<BoxError> + fmt::Display,
 {
     /// Applies the endpoint changes discovery has ready, and a changed
     /// `ewma_decay`.
@@ -1034,7 +1034,7 @@ mod tests {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
     ) {
-        let address = discovery::address_of(listener.local_addr().unwrap());
+        let address = discovery::address_of("http", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -1078,9 +1078,9 @@ mod tests {
         });
         let listen = || tokio::net::TcpListener::bind("127.0.0.1:0");
         let (a, b) = (listen().await.unwrap(), listen().await.unwrap());
-        let a_address = discovery::address_of(a.local_addr().unwrap());
+        let a_address = discovery::address_of("http", a.local_addr().unwrap());
         let b_socket = b.local_addr().unwrap();
-        let b_address = discovery::address_of(b_socket);
+        let b_address = discovery::address_of("http", b_socket);
         let (_stop_a, _) = serve(a);
         let (stop_b, b_server) = serve(b);
         let discover =

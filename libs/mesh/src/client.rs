@@ -37,6 +37,17 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer as _, Service, ServiceBuilder, ServiceExt as _};
 use tracing::Instrument as _;
 
+/// How a [`MeshChannel`] is built beyond its policy.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Where the trace context of outgoing calls comes from.
+    pub trace: Option<TraceContext>,
+    /// The identity to present and the one to accept: every connection is
+    /// mutual TLS to `https://` endpoints. `None`: plaintext h2c to
+    /// `http://` endpoints.
+    pub tls: Option<crate::connection::ClientTls>,
+}
+
 /// Supplies the current trace context (`traceparent`) for outgoing calls;
 /// the runtime's telemetry provides it (this crate knows no OpenTelemetry).
 pub type TraceContext = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -56,30 +67,40 @@ impl std::fmt::Debug for MeshChannel {
 
 impl MeshChannel {
     /// A client for `upstream` following `policy` (which may change while
-    /// it runs), reporting into `stats`. Spawns the balancer and discovery
-    /// tasks: call from within a tokio runtime.
+    /// it runs), reporting into `stats`, over plaintext h2c. Spawns the
+    /// balancer and discovery tasks: call from within a tokio runtime.
     pub fn new(
         upstream: &str,
         policy: watch::Receiver<Arc<UpstreamPolicy>>,
         stats: Arc<MeshStats>,
     ) -> Result<Self, BoxError> {
-        Self::with_trace_context(upstream, policy, stats, None)
+        Self::with_options(upstream, policy, stats, Options::default())
     }
 
-    /// [`MeshChannel::new`], sending the trace context `trace` yields.
-    pub fn with_trace_context(
+    /// [`MeshChannel::new`], with the trace context and the TLS identity
+    /// `options` give.
+    pub fn with_options(
         upstream: &str,
         policy: watch::Receiver<Arc<UpstreamPolicy>>,
         stats: Arc<MeshStats>,
-        trace: Option<TraceContext>,
+        options: Options,
     ) -> Result<Self, BoxError> {
+        let Options { trace, tls } = options;
         let upstream_stats = stats.upstream(upstream);
         let current = policy.borrow().clone();
         current
             .validate(upstream)
             .map_err(|e| -> BoxError { e.to_string().into() })?;
+        let connect = {
+            let tls = tls.clone();
+            move |address: &str, connect_timeout| match &tls {
+                Some(tls) => Connection::secure(address, connect_timeout, tls.clone()),
+                None => Connection::new(address, connect_timeout),
+            }
+        };
         for address in &current.endpoints {
-            Connection::new(address, current.connect_timeout)?;
+            connect(address, current.connect_timeout)
+                .map_err(|e| format!("upstreams.{upstream}.endpoints: {e}"))?;
         }
 
         let connect_timeout = current.connect_timeout;
@@ -90,13 +111,19 @@ impl MeshChannel {
         let fault_policy = policy.clone();
         let fault_stats = upstream_stats.clone();
         let factory: Factory<_> = Arc::new(move |address: &str| {
-            let connection = Connection::new(address, connect_timeout)
+            let connection = connect(address, connect_timeout)
                 .unwrap_or_else(|_| unreachable_connection(connect_timeout))
                 .with_keepalive(keepalive);
             FaultLayer::client(fault_policy.clone(), fault_stats.clone()).layer(connection)
         });
-        let pool =
-            crate::split::Split::new(&current, factory, policy.clone(), upstream_stats.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let pool = crate::split::Split::new(
+            &current,
+            scheme,
+            factory,
+            policy.clone(),
+            upstream_stats.clone(),
+        );
 
         let stack = ServiceBuilder::new()
             .layer_fn(|inner| Trace {

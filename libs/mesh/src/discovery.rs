@@ -67,6 +67,8 @@ struct StaticList<S> {
 /// Periodically resolved DNS name: see [`dns`].
 struct Dns<S> {
     name: String,
+    /// `http` or `https`, for the endpoints made of its addresses.
+    scheme: &'static str,
     refresh: Duration,
     factory: Factory<S>,
     resolve: Resolver,
@@ -107,13 +109,20 @@ where
 }
 
 /// Endpoints of DNS name `name` (`host:port`), resolved with
-/// [`tokio::net::lookup_host`] now and then every `refresh`.
-pub fn dns<S>(name: &str, refresh: Duration, factory: Factory<S>) -> Discovery<S>
+/// [`tokio::net::lookup_host`] now and then every `refresh`; each address
+/// becomes an endpoint `<scheme>://ip:port`.
+pub fn dns<S>(
+    name: &str,
+    scheme: &'static str,
+    refresh: Duration,
+    factory: Factory<S>,
+) -> Discovery<S>
 where
     S: Send + 'static,
 {
     dns_with_resolver(
         name,
+        scheme,
         refresh,
         factory,
         Box::new(|name: String| {
@@ -126,6 +135,7 @@ where
 /// the answers).
 pub fn dns_with_resolver<S>(
     name: &str,
+    scheme: &'static str,
     refresh: Duration,
     factory: Factory<S>,
     mut resolve: Resolver,
@@ -136,6 +146,7 @@ where
     let first = resolve(name.to_string());
     Discovery::driven(Dns {
         name: name.to_string(),
+        scheme,
         refresh,
         factory,
         resolve,
@@ -145,24 +156,29 @@ where
     })
 }
 
-/// The endpoints a policy names: its `dns` name if it has one, otherwise
-/// its static `endpoints`.
-pub fn from_policy<S>(policy: &crate::policy::UpstreamPolicy, factory: Factory<S>) -> Discovery<S>
+/// The endpoints a policy names: its `dns` name if it has one (its
+/// addresses made `<scheme>://` endpoints), otherwise its static
+/// `endpoints`.
+pub fn from_policy<S>(
+    policy: &crate::policy::UpstreamPolicy,
+    scheme: &'static str,
+    factory: Factory<S>,
+) -> Discovery<S>
 where
     S: Send + 'static,
 {
     match &policy.dns {
-        Some(name) => dns(name, policy.dns_refresh, factory),
+        Some(name) => dns(name, scheme, policy.dns_refresh, factory),
         None => static_list(policy.endpoints.iter().cloned(), |a: &str| factory(a)),
     }
 }
 
-/// The endpoint address of a resolved socket address: `http://ip:port`,
+/// The endpoint address of a resolved socket address: `<scheme>://ip:port`,
 /// IPv6 in brackets (without a zone, which a URI cannot carry).
-pub fn address_of(addr: SocketAddr) -> String {
+pub fn address_of(scheme: &str, addr: SocketAddr) -> String {
     match addr {
-        SocketAddr::V4(a) => format!("http://{}:{}", a.ip(), a.port()),
-        SocketAddr::V6(a) => format!("http://[{}]:{}", a.ip(), a.port()),
+        SocketAddr::V4(a) => format!("{scheme}://{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("{scheme}://[{}]:{}", a.ip(), a.port()),
     }
 }
 
@@ -245,7 +261,10 @@ impl<S> Unpin for Dns<S> {}
 impl<S> Dns<S> {
     /// Queues the changes from the previous answer to `addrs`.
     fn apply(&mut self, addrs: Vec<SocketAddr>) {
-        let next: BTreeSet<String> = addrs.into_iter().map(address_of).collect();
+        let next: BTreeSet<String> = addrs
+            .into_iter()
+            .map(|a| address_of(self.scheme, a))
+            .collect();
         if next.is_empty() {
             tracing::warn!(name = %self.name, "DNS answer without addresses; keeping the endpoints we have");
             return;
@@ -381,7 +400,7 @@ mod tests {
             Ok(vec![v4(2, 7000), v4(3, 7000)]),
         ]);
         let refresh = Duration::from_secs(5);
-        let mut d = dns_with_resolver("catalog:7000", refresh, names(), resolver);
+        let mut d = dns_with_resolver("catalog:7000", "http", refresh, names(), resolver);
 
         assert_eq!(next(&mut d).await, "+http://10.0.0.1:7000");
         assert_eq!(next(&mut d).await, "+http://10.0.0.2:7000");
@@ -407,7 +426,7 @@ mod tests {
             Ok(vec![v4(4, 7000)]),
         ]);
         let refresh = Duration::from_secs(1);
-        let mut d = dns_with_resolver("catalog:7000", refresh, names(), resolver);
+        let mut d = dns_with_resolver("catalog:7000", "http", refresh, names(), resolver);
         assert_eq!(next(&mut d).await, "+http://10.0.0.1:7000");
         for _ in 0..2 {
             advance(refresh).await;
@@ -423,7 +442,7 @@ mod tests {
     async fn names_are_resolved_again_while_nobody_asks() {
         let (resolver, calls) = scripted(vec![Ok(vec![v4(1, 7000)]), Ok(vec![v4(2, 7000)])]);
         let refresh = Duration::from_secs(5);
-        let mut d = dns_with_resolver("catalog:7000", refresh, names(), resolver);
+        let mut d = dns_with_resolver("catalog:7000", "http", refresh, names(), resolver);
         assert_eq!(next(&mut d).await, "+http://10.0.0.1:7000");
         // Idle: nothing polls the discovery for three refreshes.
         for _ in 0..3 {
@@ -444,7 +463,7 @@ mod tests {
     async fn the_resolving_task_ends_with_the_discovery() {
         let (resolver, calls) = scripted(vec![Ok(vec![v4(1, 7000)])]);
         let refresh = Duration::from_secs(1);
-        let mut d = dns_with_resolver("catalog:7000", refresh, names(), resolver);
+        let mut d = dns_with_resolver("catalog:7000", "http", refresh, names(), resolver);
         assert_eq!(next(&mut d).await, "+http://10.0.0.1:7000");
         drop(d);
         for _ in 0..3 {
@@ -455,15 +474,15 @@ mod tests {
 
     #[test]
     fn addresses_bracket_ipv6() {
-        assert_eq!(address_of(v4(9, 80)), "http://10.0.0.9:80");
+        assert_eq!(address_of("http", v4(9, 80)), "http://10.0.0.9:80");
         let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 7000);
-        assert_eq!(address_of(v6), "http://[::1]:7000");
-        assert!(address_of(v6).parse::<http::Uri>().is_ok());
+        assert_eq!(address_of("http", v6), "http://[::1]:7000");
+        assert!(address_of("http", v6).parse::<http::Uri>().is_ok());
     }
 
     #[tokio::test]
     async fn localhost_resolves_through_the_system_resolver() {
-        let mut d = dns("localhost:7777", Duration::from_secs(60), names());
+        let mut d = dns("localhost:7777", "http", Duration::from_secs(60), names());
         let first = next(&mut d).await;
         assert!(
             first == "+http://127.0.0.1:7777" || first == "+http://[::1]:7777",

@@ -9,8 +9,9 @@
 //! ejection -> [`fault`] injection -> the connection.
 //!
 //! Server stack (see [`server`]): deadline enforcement from `grpc-timeout`,
-//! concurrency limit with load shedding (RESOURCE_EXHAUSTED + pushback),
-//! fault injection.
+//! per-method authorization by caller identity ([`authz`]), concurrency
+//! limit with load shedding (RESOURCE_EXHAUSTED + pushback), fault
+//! injection.
 //!
 //! - [`policy`]: the configuration, in the shape of Istio's
 //!   VirtualService/DestinationRule; validated, and swapped at run time.
@@ -20,10 +21,13 @@
 //!   named as gRPC's own (`grpc.client.call.duration`, ...).
 //! - [`infrastructure`]: the calls (health, reflection, admin) that are
 //!   never shed or faulted.
+//! - [`transport`]: typed transport errors (connect refused, TLS failure,
+//!   peer identity mismatch, GOAWAY...).
 //! - [`status`]: reading and writing gRPC statuses, `grpc-timeout` and
 //!   `grpc-retry-pushback-ms` on `http` messages.
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod client;
 pub mod connection;
@@ -40,6 +44,7 @@ pub mod server;
 pub mod split;
 pub mod stats;
 pub mod status;
+pub mod transport;
 
 /// The body every layer carries: tonic's.
 pub type Body = tonic::body::Body;

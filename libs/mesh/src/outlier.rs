@@ -335,7 +335,7 @@ impl<S, Req, B> Service<Req> for Outlier<S>
 where
     Req: Attempt,
     S: Service<Req, Response = http::Response<B>>,
-    S::Error: std::fmt::Display,
+    S::Error: Into<crate::BoxError>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -360,7 +360,11 @@ where
                 Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(error)) => {
-                    tracing::debug!(endpoint = %self.endpoint.address, %error, "endpoint not ready");
+                    let error: crate::BoxError = error.into();
+                    let kind = crate::transport::transport_error(&*error)
+                        .map_or("error", crate::transport::TransportError::kind);
+                    tracing::debug!(endpoint = %self.endpoint.address, kind, %error, "endpoint not ready");
+                    self.endpoint.stats.set_last_error(kind, error.to_string());
                     self.endpoint.record(Outcome::Unreachable);
                     self.not_ready_until = Some(now + NOT_READY_BACKOFF);
                 }

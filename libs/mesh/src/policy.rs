@@ -73,6 +73,11 @@ pub struct UpstreamPolicy {
     /// HTTP/2 PINGs that find a peer gone silent (half-open).
     #[serde(default)]
     pub keepalive: KeepalivePolicy,
+    /// The identity the upstream's endpoints must present over mTLS: a
+    /// workload name of this service's trust domain and namespace, or a
+    /// full SPIFFE ID; the upstream's name when unset.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// `keepalive`: a PING every `interval`; a connection whose PONG takes
@@ -473,6 +478,10 @@ impl UpstreamPolicy {
             pending.push("keepalive".to_string());
             in_force.keepalive = self.keepalive;
         }
+        if next.identity != self.identity {
+            pending.push("identity".to_string());
+            in_force.identity = self.identity.clone();
+        }
         for subset in &next.subsets {
             match self.subsets.iter().find(|s| s.name == subset.name) {
                 None => pending.push(format!("subsets.{}", subset.name)),
@@ -520,7 +529,23 @@ impl UpstreamPolicy {
             {
                 return err(
                     "endpoints",
-                    &format!("{e:?} is not an http://host:port URI"),
+                    &format!("{e:?} is not an http://host:port or https://host:port URI"),
+                );
+            }
+        }
+        if let Some(identity) = &self.identity {
+            let valid = if identity.starts_with("spiffe://") {
+                shop_identity::SpiffeId::parse(identity).is_ok()
+            } else {
+                shop_identity::spiffe::is_workload(identity)
+            };
+            if !valid {
+                return err(
+                    "identity",
+                    &format!(
+                        "unknown identity {identity:?}: give a workload ({}) or a spiffe:// ID",
+                        shop_identity::spiffe::WORKLOADS.join(", ")
+                    ),
                 );
             }
         }
@@ -666,6 +691,17 @@ pub struct ServerPolicy {
     /// Fault injection per method name.
     #[serde(default)]
     pub methods: BTreeMap<String, FaultPolicy>,
+    /// Callers allowed per service or method (see [`crate::authz`]);
+    /// enforced on mTLS connections.
+    #[serde(default)]
+    pub authorization: crate::authz::AuthorizationPolicy,
+}
+
+impl ServerPolicy {
+    /// Refuses values that parse but make no sense, naming the key.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        crate::authz::validate(&self.authorization)
+    }
 }
 
 fn d_max_concurrency() -> usize {
@@ -682,6 +718,7 @@ impl Default for ServerPolicy {
             shed_pushback: d_shed_pushback(),
             fault: FaultPolicy::default(),
             methods: BTreeMap::new(),
+            authorization: BTreeMap::new(),
         }
     }
 }
@@ -802,6 +839,7 @@ mod tests {
     fn policy() -> UpstreamPolicy {
         UpstreamPolicy {
             keepalive: KeepalivePolicy::default(),
+            identity: None,
             endpoints: vec!["http://127.0.0.1:7102".into()],
             dns: None,
             dns_refresh: d_dns_refresh(),

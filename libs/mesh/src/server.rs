@@ -12,14 +12,18 @@
 //!    its own outgoing calls never outlive the caller; when it passes, the
 //!    caller gets a trailers-only DEADLINE_EXCEEDED and the handler's
 //!    future is dropped (its work cancelled);
-//! 3. concurrency limit: beyond `max_concurrency` calls at once a request
+//! 3. authorization ([`crate::authz`]): the caller's identity against the
+//!    callers the policy allows for the method; a refusal is answered at
+//!    once (UNAUTHENTICATED or PERMISSION_DENIED), counted per method and
+//!    caller, and logged; it takes no slot of the limit below;
+//! 4. concurrency limit: beyond `max_concurrency` calls at once a request
 //!    is shed at once with RESOURCE_EXHAUSTED and `grpc-retry-pushback-ms`,
 //!    before any work is done for it (queueing would only add latency the
 //!    caller's deadline pays for); the permit is held until the inner
 //!    future completes or is dropped;
-//! 4. fault injection ([`crate::fault`]) with the server policy, inside the
+//! 5. fault injection ([`crate::fault`]) with the server policy, inside the
 //!    limit so an injected delay occupies a slot as a slow handler would;
-//! 5. the service (tonic's `Routes`), its response body boxed into
+//! 6. the service (tonic's `Routes`), its response body boxed into
 //!    [`crate::Body`] so the trailers-only answers of the layers above have
 //!    the same type.
 //!
@@ -46,6 +50,7 @@
 //! A `max_concurrency` of 0 sheds every request that is not
 //! infrastructure.
 
+use crate::authz::{Authorizer, Decision};
 use crate::context::with_incoming_deadline;
 use crate::fault::{Fault, FaultLayer, ServerFaults};
 use crate::metrics::ServerMetrics;
@@ -93,6 +98,8 @@ pub struct ServerService<S> {
     current: Arc<ServerPolicy>,
     /// The semaphore for `current.max_concurrency`.
     semaphore: Arc<Semaphore>,
+    /// `current.authorization`, compiled.
+    authorizer: Arc<Authorizer>,
     limiter: Arc<Mutex<Limiter>>,
 }
 
@@ -155,6 +162,7 @@ impl<S> Layer<S> for ServerLayer {
             stats: self.stats.clone(),
             metrics: self.metrics.clone(),
             policy,
+            authorizer: Arc::new(Authorizer::new(&current.authorization)),
             current,
             semaphore,
             limiter: self.limiter.clone(),
@@ -216,6 +224,7 @@ impl<S> ServerService<S> {
             return;
         }
         self.current = self.policy.borrow_and_update().clone();
+        self.authorizer = Arc::new(Authorizer::new(&self.current.authorization));
         self.semaphore = self
             .limiter
             .lock()
@@ -261,10 +270,32 @@ where
             .and_then(|timeout| Instant::now().checked_add(timeout));
         let call = self.metrics.started(request.uri().path(), deadline);
 
+        self.refresh();
+        let peer = request.extensions().get::<shop_identity::Peer>();
+        let path = request.uri().path();
+        let decision = self.authorizer.decide(path, peer);
+        if decision != Decision::Allow {
+            let caller = peer.and_then(|p| p.identity.as_ref()).map(|id| id.as_str());
+            let status = match decision {
+                Decision::Unauthenticated => tonic::Status::unauthenticated(
+                    "a client certificate with a SPIFFE ID of this mesh's trust bundle is required",
+                ),
+                _ => tonic::Status::permission_denied(format!(
+                    "{} may not call {path}",
+                    caller.unwrap_or("this caller")
+                )),
+            };
+            tracing::warn!(method = path, caller = caller.unwrap_or(""), code = ?status.code(), "call refused by authorization");
+            self.stats.server.denied(path, caller, status.code());
+            drop(in_flight);
+            return Box::pin(std::future::ready(
+                call.answer(Ok(status::response(status))),
+            ));
+        }
+
         let permit = if crate::infrastructure::is_infrastructure(request.uri().path()) {
             None
         } else {
-            self.refresh();
             match self.semaphore.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {

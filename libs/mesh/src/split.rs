@@ -70,18 +70,21 @@ where
 {
     /// The split a policy describes: one [`Balancer`] per subset of
     /// `policy.subsets` over its endpoints, or, without subsets, one
-    /// balancer over all the upstream's endpoints (static or DNS). Endpoint
+    /// balancer over all the upstream's endpoints (static, or DNS made
+    /// `<scheme>://` endpoints). Endpoint
     /// services are made by `factory`; `watch` and `stats` are handed to
     /// the balancers. Draws from an OS-seeded generator.
     ///
     pub fn new(
         policy: &UpstreamPolicy,
+        scheme: &'static str,
         factory: Factory<E>,
         watch: watch::Receiver<Arc<UpstreamPolicy>>,
         stats: Arc<UpstreamStats>,
     ) -> Self {
         Self::with_rng(
             policy,
+            scheme,
             factory,
             watch,
             stats,
@@ -92,6 +95,7 @@ where
     /// [`Split::new`], drawing from `rng`.
     pub fn with_rng(
         policy: &UpstreamPolicy,
+        scheme: &'static str,
         factory: Factory<E>,
         watch: watch::Receiver<Arc<UpstreamPolicy>>,
         stats: Arc<UpstreamStats>,
@@ -100,7 +104,7 @@ where
         let mut weights = watch.clone();
         weights.mark_unchanged();
         let subsets = if policy.subsets.is_empty() {
-            let all = discovery::from_policy(policy, factory);
+            let all = discovery::from_policy(policy, scheme, factory);
             vec![("all".to_string(), 1, Balancer::new(all, watch, stats))]
         } else {
             policy
@@ -415,7 +419,7 @@ mod tests {
         ]);
         let stats = crate::stats::MeshStats::default().upstream("catalog");
         let watch = watch::channel(Arc::new(p.clone())).1;
-        let split = Split::with_rng(&p, factory, watch, stats, StdRng::seed_from_u64(5));
+        let split = Split::with_rng(&p, "http", factory, watch, stats, StdRng::seed_from_u64(5));
         assert_eq!(split.names(), ["v1", "v2"]);
 
         let seen = tally(&split, 4_000).await;
@@ -439,7 +443,7 @@ mod tests {
         let (p, factory) = three_endpoints(vec![v1(99), v2(1)]);
         let stats = crate::stats::MeshStats::default().upstream("catalog");
         let (tx, watch) = watch::channel(Arc::new(p.clone()));
-        let split = Split::with_rng(&p, factory, watch, stats, StdRng::seed_from_u64(9));
+        let split = Split::with_rng(&p, "http", factory, watch, stats, StdRng::seed_from_u64(9));
         assert_eq!(split.weights(), [99, 1]);
 
         // The canary goes to half the traffic, then takes all of it.
@@ -474,7 +478,7 @@ mod tests {
         let (p, factory) = three_endpoints(vec![]);
         let stats = crate::stats::MeshStats::default().upstream("catalog");
         let watch = watch::channel(Arc::new(p.clone())).1;
-        let split = Split::new(&p, factory, watch, stats.clone());
+        let split = Split::new(&p, "http", factory, watch, stats.clone());
         assert_eq!(split.names(), ["all"]);
         let seen = tally(&split, 300).await;
         assert_eq!(seen.len(), 3, "{seen:?}");

@@ -140,6 +140,38 @@ pub struct ServerCounters {
     pub faults_delayed: AtomicU64,
     /// Requests aborted by fault injection.
     pub faults_aborted: AtomicU64,
+    /// Requests refused UNAUTHENTICATED (no caller identity).
+    pub unauthenticated: AtomicU64,
+    /// Requests refused PERMISSION_DENIED (a caller not allowed).
+    pub permission_denied: AtomicU64,
+    /// Refusals by (method, caller SPIFFE ID or "", gRPC code).
+    denials: Mutex<BTreeMap<(String, String, i32), u64>>,
+}
+
+impl ServerCounters {
+    /// Counts a refused call of `method` by `caller`.
+    pub fn denied(&self, method: &str, caller: Option<&str>, code: tonic::Code) {
+        incr(match code {
+            tonic::Code::Unauthenticated => &self.unauthenticated,
+            _ => &self.permission_denied,
+        });
+        *self
+            .denials
+            .lock()
+            .expect("not poisoned")
+            .entry((
+                method.to_string(),
+                caller.unwrap_or("").to_string(),
+                code as i32,
+            ))
+            .or_default() += 1;
+    }
+
+    /// Refusals so far: (method, caller, code) and their count.
+    pub fn denials(&self) -> Vec<((String, String, i32), u64)> {
+        let denials = self.denials.lock().expect("not poisoned");
+        denials.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 /// Adds one to a counter.
@@ -195,9 +227,23 @@ pub struct EndpointStats {
     /// Of which failed.
     pub failures: AtomicU64,
     state: Mutex<EndpointState>,
+    /// The last transport failure reaching it: its kind
+    /// ([`crate::transport::TransportError::kind`], or `error` for another
+    /// error) and message.
+    last_error: Mutex<Option<(&'static str, String)>>,
 }
 
 impl EndpointStats {
+    /// Records the transport failure that last kept it from answering.
+    pub fn set_last_error(&self, kind: &'static str, message: String) {
+        *self.last_error.lock().expect("not poisoned") = Some((kind, message));
+    }
+
+    /// The transport failure that last kept it from answering.
+    pub fn last_error(&self) -> Option<(&'static str, String)> {
+        self.last_error.lock().expect("not poisoned").clone()
+    }
+
     fn new(address: &str) -> Self {
         Self {
             address: address.to_string(),
@@ -206,6 +252,7 @@ impl EndpointStats {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             state: Mutex::new(EndpointState::Healthy),
+            last_error: Mutex::new(None),
         }
     }
 

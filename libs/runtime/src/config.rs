@@ -44,14 +44,48 @@ pub struct ServerSettings {
     /// How long in-flight calls may take to finish after a shutdown signal.
     #[serde(with = "humantime_serde", default = "default_grace")]
     pub shutdown_grace: Duration,
-    /// `[server.mesh]`: the mesh's server side (concurrency limit and
-    /// shedding, fault injection); reloaded live.
+    /// `[server.mesh]`: the mesh's server side (authorization,
+    /// concurrency limit and shedding, fault injection); reloaded live.
     #[serde(default)]
     pub mesh: shop_mesh::policy::ServerPolicy,
+    /// `[server.tls]`: the workload identity. With it the port is mutual
+    /// TLS, callers are authorized by identity, and every upstream is
+    /// called over mTLS; without it everything is plaintext and nothing is
+    /// authorized (a development server, which says so at start).
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// A second port, plaintext, serving `grpc.health.v1.Health` and
+    /// nothing else (Kubernetes gRPC probes do not speak TLS).
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
+    /// After binding, the health port's actual address is written here.
+    #[serde(default)]
+    pub health_addr_file: Option<PathBuf>,
 }
 
 fn default_grace() -> Duration {
     Duration::from_secs(10)
+}
+
+/// `[server.tls]`: where the workload's identity is, and how it is used.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// A directory in the layout of a cert-manager Secret: `tls.crt` (the
+    /// chain, its leaf carrying the SPIFFE ID), `tls.key`, `ca.crt` (the
+    /// trust bundle).
+    pub dir: PathBuf,
+    /// `required` (service ports) or `optional` (the gateway's public
+    /// port: end users have tokens, not certificates).
+    #[serde(default)]
+    pub client_certificates: shop_identity::ClientAuth,
+    /// How often the directory is checked for a rotated identity.
+    #[serde(with = "humantime_serde", default = "default_reload_interval")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[database]`: the service's own Postgres database.

@@ -9,6 +9,8 @@
 //!   health truthful.
 //! - [`server`]: [`server::Application`] binds (port 0 works), adds health and
 //!   reflection (v1 and v1alpha), serves, and drains on shutdown.
+//! - [`listener`]: accepted connections, mutual TLS with a workload
+//!   identity, each tagged with its caller ([`shop_identity::Peer`]).
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 //! - [`error`]: [`error::ServiceError`], the one mapping from service errors
 //!   to `tonic::Status`.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod convert;
 pub mod db;
 pub mod error;
+pub mod listener;
 pub mod mesh;
 pub mod paging;
 pub mod server;

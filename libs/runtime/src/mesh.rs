@@ -7,6 +7,7 @@
 //! policy is validated and swapped in without a restart; an invalid change
 //! is logged and the previous policy kept.
 
+use shop_identity::{Identity, SpiffeId};
 use shop_mesh::client::MeshChannel;
 use shop_mesh::policy::{PolicyError, ServerPolicy, UpstreamPolicy};
 use shop_mesh::stats::MeshStats;
@@ -17,6 +18,9 @@ use tokio::sync::watch;
 /// One process's mesh: stats, policies, and the means to change them.
 pub struct MeshRuntime {
     stats: Arc<MeshStats>,
+    /// The service's workload identity: with it every upstream is called
+    /// over mTLS.
+    identity: Option<Identity>,
     server: watch::Sender<Arc<ServerPolicy>>,
     upstreams: Mutex<BTreeMap<String, Upstream>>,
     admin: Arc<shop_mesh::admin::MeshAdmin>,
@@ -33,13 +37,18 @@ impl std::fmt::Debug for MeshRuntime {
 }
 
 impl MeshRuntime {
-    /// A mesh with `server` as the server-side policy.
-    pub fn new(server: ServerPolicy) -> Arc<Self> {
+    /// A mesh with `server` as the server-side policy, and `identity` (if
+    /// any) as the service's workload identity.
+    pub fn new(server: ServerPolicy, identity: Option<Identity>) -> Arc<Self> {
         let stats = Arc::new(MeshStats::default());
         let (server, server_rx) = watch::channel(Arc::new(server));
         let admin = Arc::new(shop_mesh::admin::MeshAdmin::new(stats.clone(), server_rx));
+        if let Some(identity) = &identity {
+            admin.set_identity(identity.id().as_str());
+        }
         Arc::new(Self {
             stats,
+            identity,
             server,
             upstreams: Mutex::new(BTreeMap::new()),
             admin,
@@ -65,6 +74,17 @@ impl MeshRuntime {
     /// error names the key). Hand it to a generated tonic client.
     pub fn upstream(&self, name: &str, policy: &UpstreamPolicy) -> anyhow::Result<MeshChannel> {
         policy.validate(name)?;
+        let tls = match &self.identity {
+            Some(identity) => {
+                let expected = expected_identity(&identity.id(), name, policy)?;
+                self.admin.set_upstream_identity(name, expected.as_str());
+                Some(shop_mesh::connection::ClientTls {
+                    identity: identity.clone(),
+                    expected,
+                })
+            }
+            None => None,
+        };
         let (tx, rx) = watch::channel(Arc::new(policy.clone()));
         self.admin.register_upstream(name, rx.clone());
         self.upstreams
@@ -73,11 +93,16 @@ impl MeshRuntime {
             .insert(name.to_string(), (policy.clone(), tx));
         let trace: shop_mesh::client::TraceContext =
             Arc::new(crate::telemetry::current_traceparent);
-        MeshChannel::with_trace_context(name, rx, self.stats.clone(), Some(trace))
+        let options = shop_mesh::client::Options {
+            trace: Some(trace),
+            tls,
+        };
+        MeshChannel::with_options(name, rx, self.stats.clone(), options)
             .map_err(|e| anyhow::anyhow!("building the mesh client for {name}: {e}"))
     }
 
-    /// Applies reloaded policies: all or nothing. Upstreams that were not
+    /// Applies reloaded policies: all or nothing (the server policy is
+    /// validated too). Upstreams that were not
     /// configured at start are ignored (their clients do not exist); keys a
     /// running client cannot change (its endpoints, DNS name, connect
     /// timeout, subsets: see [`UpstreamPolicy::reloadable`]) are kept as
@@ -87,6 +112,7 @@ impl MeshRuntime {
         server: ServerPolicy,
         upstreams: &BTreeMap<String, UpstreamPolicy>,
     ) -> Result<usize, PolicyError> {
+        server.validate()?;
         for (name, policy) in upstreams {
             policy.validate(name)?;
         }
@@ -126,6 +152,28 @@ impl MeshRuntime {
     }
 }
 
+/// The SPIFFE ID upstream `name`'s endpoints must present: the policy's
+/// `identity` (a full SPIFFE ID, or a workload of our own trust domain and
+/// namespace), else the workload named like the upstream.
+fn expected_identity(
+    own: &SpiffeId,
+    name: &str,
+    policy: &UpstreamPolicy,
+) -> anyhow::Result<SpiffeId> {
+    let key = format!("upstreams.{name}.identity");
+    match policy.identity.as_deref() {
+        Some(id) if id.starts_with("spiffe://") => {
+            SpiffeId::parse(id).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+        }
+        Some(workload) => own
+            .sibling(workload)
+            .map_err(|e| anyhow::anyhow!("{key}: {e}")),
+        None => own
+            .sibling(name)
+            .map_err(|e| anyhow::anyhow!("{key}: no identity given, and none can be derived: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_valid_change_is_applied_and_an_invalid_one_keeps_the_previous_policy() {
-        let mesh = MeshRuntime::new(ServerPolicy::default());
+        let mesh = MeshRuntime::new(ServerPolicy::default(), None);
         let _client = mesh
             .upstream("catalog", &policy("http://127.0.0.1:7102"))
             .unwrap();
@@ -167,7 +215,7 @@ mod tests {
 
     #[tokio::test]
     async fn new_endpoints_are_kept_pending_and_the_rest_applies() {
-        let mesh = MeshRuntime::new(ServerPolicy::default());
+        let mesh = MeshRuntime::new(ServerPolicy::default(), None);
         let _client = mesh
             .upstream("catalog", &policy("http://127.0.0.1:7102"))
             .unwrap();
@@ -186,7 +234,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_invalid_policy_at_start_is_refused_naming_the_key() {
-        let mesh = MeshRuntime::new(ServerPolicy::default());
+        let mesh = MeshRuntime::new(ServerPolicy::default(), None);
         let mut bad = policy("http://127.0.0.1:7102");
         bad.outlier.max_ejected_percent = 101;
         let err = mesh.upstream("catalog", &bad).unwrap_err().to_string();

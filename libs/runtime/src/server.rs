@@ -8,11 +8,18 @@
 //! overall `""` entry) to NOT_SERVING when the database stops answering and
 //! back when it returns. On shutdown everything goes NOT_SERVING first, then
 //! the listener closes and in-flight calls get `shutdown_grace` to finish.
+//!
+//! With `[server.tls]` the port is mutual TLS (see [`crate::listener`]):
+//! callers present certificates of the trust bundle, the mesh authorizes
+//! each call by the caller's SPIFFE ID, and the identity is re-read from
+//! disk when it rotates. `server.health_listen` adds a plaintext port that
+//! serves health and nothing else, for probes that cannot speak TLS.
 
 use crate::config::{ConfigSource, ServerSettings};
 use crate::mesh::MeshRuntime;
 use anyhow::Context as _;
 use futures::future::BoxFuture;
+use shop_identity::Identity;
 use sqlx::PgPool;
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,6 +47,8 @@ pub struct Application {
     tasks: Vec<(&'static str, BackgroundTask)>,
     grace: Duration,
     mesh: Arc<MeshRuntime>,
+    identity: Option<(Identity, Duration)>,
+    health_listener: Option<TcpListener>,
 }
 
 /// Work a service runs beside its server (an outbox relay, a consumer):
@@ -67,17 +76,43 @@ impl Application {
     /// Binds `settings.listen` (port 0 picks a free port) and, when
     /// configured, writes the bound address to `settings.addr_file`.
     pub async fn bind(name: &'static str, settings: &ServerSettings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding server.listen = {}", settings.listen))?;
+        settings.mesh.validate()?;
+        let identity = match &settings.tls {
+            Some(tls) => {
+                let identity = Identity::load(&tls.dir, tls.client_certificates)
+                    .with_context(|| format!("server.tls.dir = {}", tls.dir.display()))?;
+                tracing::info!(id = %identity.id(), client_certificates = ?tls.client_certificates, "mutual TLS with a workload identity");
+                Some((identity, tls.reload_interval))
+            }
+            None => {
+                tracing::warn!(
+                    "no server.tls: plaintext, no caller identities, no authorization (a development server)"
+                );
+                None
+            }
+        };
+        let listener = bind_writing(
+            settings.listen,
+            settings.addr_file.as_deref(),
+            "server.listen",
+        )
+        .await?;
         let local_addr = listener.local_addr()?;
-        if let Some(path) = &settings.addr_file {
-            // Write then rename, so a reader never sees a half-written file.
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, local_addr.to_string())
-                .and_then(|()| std::fs::rename(&tmp, path))
-                .with_context(|| format!("writing server.addr_file {}", path.display()))?;
-        }
+        let health_listener = match settings.health_listen {
+            Some(addr) => Some(
+                bind_writing(
+                    addr,
+                    settings.health_addr_file.as_deref(),
+                    "server.health_listen",
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let mesh = MeshRuntime::new(
+            settings.mesh.clone(),
+            identity.as_ref().map(|(identity, _)| identity.clone()),
+        );
         Ok(Self {
             name,
             listener,
@@ -87,7 +122,9 @@ impl Application {
             database: None,
             tasks: Vec::new(),
             grace: settings.shutdown_grace,
-            mesh: MeshRuntime::new(settings.mesh.clone()),
+            mesh,
+            identity,
+            health_listener,
         })
     }
 
@@ -158,6 +195,8 @@ impl Application {
             tasks,
             grace,
             mesh,
+            identity,
+            health_listener,
         } = self;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -169,7 +208,7 @@ impl Application {
                     mesh.admin(),
                 ),
             )
-            .add_service(health_service)
+            .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
 
@@ -189,6 +228,23 @@ impl Application {
 
         let stop_tasks = CancellationToken::new();
         let mut running = tokio::task::JoinSet::new();
+        if let Some((identity, interval)) = &identity {
+            running.spawn(identity.clone().watch(*interval, stop_tasks.clone()));
+        }
+        let stop_health = CancellationToken::new();
+        if let Some(listener) = health_listener {
+            let stop = stop_health.clone();
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            running.spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(health_service)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "health port stopped");
+                }
+            });
+        }
         for (task_name, task) in tasks {
             let future = task(stop_tasks.clone());
             running.spawn(async move {
@@ -198,7 +254,7 @@ impl Application {
         }
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = crate::listener::incoming(listener, identity.map(|(identity, _)| identity));
         let server = tonic::transport::Server::builder()
             // A span per call, a child of the caller's (its `traceparent`,
             // sent by the mesh client) when there is one.
@@ -228,6 +284,7 @@ impl Application {
             result = &mut server => {
                 probe.abort();
                 stop_tasks.cancel();
+                stop_health.cancel();
                 return result.context("server stopped unexpectedly");
             }
             () = shutdown => {}
@@ -243,8 +300,9 @@ impl Application {
             Err(_) => tracing::warn!("grace period over; abandoning calls still in flight"),
         }
         // Consumers and relays stop after the calls that may have written
-        // outbox rows have finished.
+        // outbox rows have finished; the health port goes with them.
         stop_tasks.cancel();
+        stop_health.cancel();
         if tokio::time::timeout_at(deadline, async {
             while running.join_next().await.is_some() {}
         })
@@ -257,6 +315,26 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Binds `addr` and, when asked, writes the bound address to `file` (write
+/// then rename, so a reader never sees half an address); `key` names the
+/// setting in errors.
+async fn bind_writing(
+    addr: SocketAddr,
+    file: Option<&std::path::Path>,
+    key: &str,
+) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {key} = {addr}"))?;
+    if let Some(path) = file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, listener.local_addr()?.to_string())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("writing the address of {key} to {}", path.display()))?;
+    }
+    Ok(listener)
 }
 
 /// Reflection over what this server really serves: its own services,

@@ -6,7 +6,8 @@
 //!   dir, as an unprivileged user when run as root), one database per use.
 //! - [`nats`]: a throwaway `nats-server` with JetStream on file storage.
 //! - [`process`]: a service binary on a free port, waited on until SERVING.
-//! - [`stack`]: all of the above for a list of services.
+//! - [`identities`]: a CA and workload certificates (SPIFFE IDs) for a stack.
+//! - [`stack`]: all of the above for a list of services, over mTLS.
 //! - [`inproc`]: a service served inside the test process.
 //! - [`status`]: assertions on gRPC statuses (`violated_fields`).
 //! - [`bearer`]: authenticated requests to the gateway.
@@ -17,6 +18,7 @@
 
 pub mod bearer;
 mod child;
+pub mod identities;
 pub mod inproc;
 pub mod nats;
 pub mod postgres;

@@ -1,8 +1,11 @@
 //! A service binary of this workspace running as a child process.
 //!
 //! It binds port 0 (or a given address) and reports the address it bound
-//! through `server.addr_file`; [`ServiceProcess::start`] returns once the
-//! service's health check answers SERVING. Its output goes to a log file
+//! through `server.addr_file`, and a plaintext health-only port through
+//! `server.health_addr_file`; [`ServiceProcess::start`] returns once the
+//! health port answers SERVING. A service given an identity
+//! (`SHOP_<SVC>__SERVER__TLS__DIR`) serves mutual TLS: [`ServiceProcess::channel`]
+//! calls it as the stack's `operator`. Its output goes to a log file
 //! (and, for the local stack, to our stdout as well).
 
 use crate::tools;
@@ -26,6 +29,10 @@ pub struct ServiceProcess {
     dir: PathBuf,
     env: Vec<(String, String)>,
     addr: Option<SocketAddr>,
+    health_addr: Option<SocketAddr>,
+    /// The identity tests call it with (the operator's), when it serves
+    /// mTLS.
+    client_identity: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -60,6 +67,11 @@ impl ServiceProcess {
         dir: &Path,
         listen: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
+        let tls_key = format!("SHOP_{}__SERVER__TLS__DIR", service.to_uppercase());
+        let client_identity = env
+            .iter()
+            .any(|(k, _)| *k == tls_key)
+            .then(|| crate::identities::Identities::dir_in(dir, "operator"));
         let mut process = ServiceProcess {
             name: instance.to_string(),
             service: service.to_string(),
@@ -67,6 +79,8 @@ impl ServiceProcess {
             dir: dir.to_path_buf(),
             env,
             addr: listen,
+            health_addr: None,
+            client_identity,
             child: None,
         };
         process.launch().await?;
@@ -88,9 +102,45 @@ impl ServiceProcess {
         self.addr.expect("the service has been started once")
     }
 
-    /// `http://<addr>`, for tonic clients.
+    /// `https://<addr>` when it serves mTLS, else `http://<addr>`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        let scheme = if self.client_identity.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr())
+    }
+
+    /// Whether it serves mutual TLS.
+    pub fn is_tls(&self) -> bool {
+        self.client_identity.is_some()
+    }
+
+    /// The plaintext port that serves health and nothing else.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health_addr.expect("the service has been started once")
+    }
+
+    /// A channel to it as an end user would open one: TLS trusting the
+    /// stack's CA, no client certificate (the gateway's public port).
+    pub async fn public_channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.url())?
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(dir) = &self.client_identity {
+            endpoint = endpoint.tls_config(crate::identities::server_only_tls(dir)?)?;
+        }
+        Ok(endpoint.connect().await?)
+    }
+
+    /// A channel to it, as the stack's operator when it serves mTLS.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.url())?
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(dir) = &self.client_identity {
+            endpoint = endpoint.tls_config(crate::identities::client_tls(dir)?)?;
+        }
+        Ok(endpoint.connect().await?)
     }
 
     /// The PID while the process runs.
@@ -150,15 +200,18 @@ impl ServiceProcess {
         self.launch().await
     }
 
-    /// The service's own health answer, with a short timeout.
+    /// The service's own health answer (from its health port), with a
+    /// short timeout.
     pub async fn health(&self) -> anyhow::Result<ServingStatus> {
-        health(self.addr()).await
+        health(self.health_addr()).await
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {
         let prefix = format!("SHOP_{}__SERVER__", self.service.to_uppercase());
         let addr_file = self.dir.join(format!("{}.addr", self.name));
+        let health_file = self.dir.join(format!("{}.health.addr", self.name));
         let _ = std::fs::remove_file(&addr_file);
+        let _ = std::fs::remove_file(&health_file);
         let listen = self
             .addr
             .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
@@ -170,6 +223,8 @@ impl ServiceProcess {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(format!("{prefix}LISTEN"), listen)
             .env(format!("{prefix}ADDR_FILE"), &addr_file)
+            .env(format!("{prefix}HEALTH_LISTEN"), "127.0.0.1:0")
+            .env(format!("{prefix}HEALTH_ADDR_FILE"), &health_file)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -178,6 +233,12 @@ impl ServiceProcess {
 
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut addr = None;
+        let mut health_addr = None;
+        let read = |file: &Path| {
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+        };
         loop {
             if let Some(status) = child.try_wait()? {
                 bail!(
@@ -187,14 +248,16 @@ impl ServiceProcess {
                 );
             }
             if addr.is_none() {
-                addr = std::fs::read_to_string(&addr_file)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<SocketAddr>().ok());
+                addr = read(&addr_file);
             }
-            if let Some(a) = addr
-                && matches!(health(a).await, Ok(ServingStatus::Serving))
+            if health_addr.is_none() {
+                health_addr = read(&health_file);
+            }
+            if let (Some(a), Some(h)) = (addr, health_addr)
+                && matches!(health(h).await, Ok(ServingStatus::Serving))
             {
                 self.addr = Some(a);
+                self.health_addr = Some(h);
                 self.child = Some(child);
                 return Ok(());
             }

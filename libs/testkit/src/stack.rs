@@ -1,6 +1,10 @@
 //! Postgres, NATS and a set of services, started together, one database per
-//! service, stopped together (services first) when dropped.
+//! service, stopped together (services first) when dropped. Every service
+//! gets a workload identity from a CA made for the stack, so every hop is
+//! mutual TLS and authorized by identity, as deployed; tests call the
+//! services as `operator` ([`ServiceProcess::channel`]).
 
+use crate::identities::Identities;
 use crate::{Nats, Postgres, ServiceProcess};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +38,7 @@ pub struct Stack {
     /// The Postgres server.
     pub postgres: Postgres,
     keys: TokenKeys,
+    identities: Identities,
     dir: TempDir,
 }
 
@@ -131,11 +136,20 @@ impl Stack {
             nats.pid().unwrap_or(0)
         ));
         let keys = TokenKeys::create(dir.path())?;
+        let identities = Identities::create(dir.path())?;
+        identities.mint("operator")?;
+        progress(&format!(
+            "identities: a CA for spiffe://{}/ns/{}/sa/*, operator's in {}",
+            crate::identities::TRUST_DOMAIN,
+            crate::identities::NAMESPACE,
+            Identities::dir_in(dir.path(), "operator").display()
+        ));
         let mut stack = Stack {
             services: BTreeMap::new(),
             nats,
             postgres,
             keys,
+            identities,
             dir,
         };
         for name in &options.services {
@@ -157,6 +171,7 @@ impl Stack {
                     ),
                 ]);
             }
+            env.extend(stack.tls_env(name)?);
             env.extend(service_env(name, &stack.services, &stack.keys));
             env.extend(options.env.iter().cloned());
             if let Some(extra) = options.service_env.get(name) {
@@ -230,6 +245,39 @@ impl Stack {
     /// The token keys users signs with and the gateway trusts.
     pub fn keys(&self) -> &TokenKeys {
         &self.keys
+    }
+
+    /// grpcurl's flags to call the stack's services as its operator.
+    pub fn operator_grpcurl_args(&self) -> Vec<String> {
+        crate::identities::grpcurl_args(&Identities::dir_in(self.dir.path(), "operator"))
+    }
+
+    /// The stack's CA, to mint (or rotate) identities.
+    pub fn identities(&self) -> &Identities {
+        &self.identities
+    }
+
+    /// The environment that gives `service` its identity (minted now if it
+    /// has none yet): for another instance started by a test.
+    pub fn tls_env(&self, service: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let prefix = format!("SHOP_{}__SERVER__TLS__", service.to_uppercase());
+        let dir = Identities::dir_in(self.dir.path(), service);
+        if !dir.exists() {
+            self.identities.mint(service)?;
+        }
+        let mut env = vec![
+            (format!("{prefix}DIR"), dir.display().to_string()),
+            // Tests rotate certificates: see it quickly.
+            (format!("{prefix}RELOAD_INTERVAL"), "200ms".to_string()),
+        ];
+        if service == "gateway" {
+            // The public port: end users have tokens, not certificates.
+            env.push((
+                format!("{prefix}CLIENT_CERTIFICATES"),
+                "optional".to_string(),
+            ));
+        }
+        Ok(env)
     }
 }
 

@@ -23,6 +23,10 @@ impl Settings for Config {
     const DEFAULTS: &'static str = r#"
         [server]
         listen = "127.0.0.1:7107"
+        # Who may call what (mTLS identities; see shop_mesh::authz): the
+        # operator everything, the services only what they need.
+        [server.mesh.authorization]
+        "shop.analytics.v1.AnalyticsService" = ["operator"]
     "#;
     const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[
         ("DATABASE_URL", "database.url"),

@@ -40,8 +40,12 @@ pub(crate) struct GatewayApi {
     pub(crate) budget: Budget,
 }
 
+/// The caller's address, as the server's listener recorded it.
 fn peer<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
-    request.remote_addr().map(|a| a.ip())
+    request
+        .extensions()
+        .get::<shop_identity::Peer>()
+        .map(|p| p.remote_addr.ip())
 }
 
 impl GatewayApi {

@@ -184,6 +184,13 @@ impl Settings for Config {
     const DEFAULTS: &'static str = r#"
         [server]
         listen = "127.0.0.1:7100"
+        # End users: anyone may call the public API (tokens authenticate
+        # them, not certificates) and read its contract by reflection;
+        # MeshAdmin stays operator-only.
+        [server.mesh.authorization]
+        "shop.gateway.v1.ShopGatewayService" = ["public"]
+        "grpc.reflection.v1.ServerReflection" = ["public"]
+        "grpc.reflection.v1alpha.ServerReflection" = ["public"]
 
         [limits.login]
         per_email = { burst = 5, refill = "12s" }

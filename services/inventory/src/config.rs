@@ -24,6 +24,12 @@ impl Settings for Config {
     const DEFAULTS: &'static str = r#"
         [server]
         listen = "127.0.0.1:7103"
+        # Who may call what (mTLS identities; see shop_mesh::authz): the
+        # operator everything, the services only what they need.
+        [server.mesh.authorization]
+        "shop.inventory.v1.InventoryService" = ["operator"]
+        "shop.inventory.v1.InventoryService/GetStock" = ["gateway", "operator"]
+        "shop.inventory.v1.InventoryService/BatchGetStock" = ["gateway", "operator"]
     "#;
 
     const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[

@@ -66,6 +66,14 @@ impl Settings for Config {
     const DEFAULTS: &'static str = r#"
         [server]
         listen = "127.0.0.1:7104"
+        # Who may call what (mTLS identities; see shop_mesh::authz): the
+        # operator everything, the services only what they need.
+        [server.mesh.authorization]
+        "shop.orders.v1.OrderService" = ["operator"]
+        "shop.orders.v1.OrderService/PlaceOrder" = ["gateway", "operator"]
+        "shop.orders.v1.OrderService/GetOrder" = ["gateway", "operator"]
+        "shop.orders.v1.OrderService/ListOrders" = ["gateway", "operator"]
+        "shop.orders.v1.OrderService/CancelOrder" = ["gateway", "operator"]
         [upstreams.catalog]
         endpoints = ["http://127.0.0.1:7102"]
         timeout = "2s"

@@ -48,6 +48,12 @@ impl Settings for Config {
     const DEFAULTS: &'static str = r#"
         [server]
         listen = "127.0.0.1:7105"
+        # Who may call what (mTLS identities; see shop_mesh::authz): the
+        # operator everything, the services only what they need.
+        [server.mesh.authorization]
+        "shop.payments.v1.PaymentService" = ["operator"]
+        "shop.payments.v1.PaymentService/GetPayment" = ["gateway", "operator"]
+        "shop.payments.v1.PaymentService/ListPayments" = ["gateway", "operator"]
         [processor]
         slow_delay = "1500ms"
     "#;

@@ -85,6 +85,13 @@ impl Settings for Config {
     const DEFAULTS: &'static str = r#"
         [server]
         listen = "127.0.0.1:7101"
+        # Who may call what (mTLS identities; see shop_mesh::authz): the
+        # operator everything, the services only what they need.
+        [server.mesh.authorization]
+        "shop.users.v1.UserService" = ["operator"]
+        "shop.users.v1.UserService/CreateUser" = ["gateway", "operator"]
+        "shop.users.v1.UserService/GetUser" = ["gateway", "operator"]
+        "shop.users.v1.UserService/Authenticate" = ["gateway", "operator"]
     "#;
     const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[
         ("DATABASE_URL", "database.url"),

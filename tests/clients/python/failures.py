@@ -126,7 +126,7 @@ def main() -> int:
     args = c.parse_args("Check that the gateway refuses unauthenticated and invalid calls.")
     failed = []
     try:
-        with grpc.insecure_channel(args.target) as channel:
+        with c.channel(args) as channel:
             stub = gateway_pb2_grpc.ShopGatewayServiceStub(channel)
             for name, check in CHECKS:
                 try:

@@ -119,7 +119,7 @@ def print_order_details(d: gateway_pb2.GetOrderDetailsResponse) -> None:
 
 
 def run(args) -> int:
-    with grpc.insecure_channel(args.target) as channel:
+    with c.channel(args) as channel:
         s = Session(channel, args.timeout)
 
         email = "client-%s@example.com" % uuid.uuid4().hex[:16]

@@ -75,7 +75,10 @@ class RpcFailed(Exception):
 def parse_args(description: str, extra=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--target", required=True, metavar="HOST:PORT",
-                   help="address of the shop gateway (plaintext gRPC), e.g. 127.0.0.1:7100")
+                   help="address of the shop gateway, e.g. 127.0.0.1:7100")
+    p.add_argument("--ca", metavar="FILE",
+                   help="CA certificate (PEM) the gateway's TLS certificate chains to, e.g. .stack/pki/ca.crt;"
+                        " without it, plaintext gRPC (a gateway without TLS)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                    help="deadline of each RPC (default 10)")
     if extra:
@@ -85,6 +88,16 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
         if args.target.startswith(prefix):
             args.target = args.target[len(prefix):]
     return args
+
+
+def channel(args) -> grpc.Channel:
+    """A channel to the gateway: TLS trusting --ca (no client certificate: end users
+    authenticate with tokens), or plaintext without it."""
+    if args.ca is None:
+        return grpc.insecure_channel(args.target)
+    with open(args.ca, "rb") as f:
+        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel(args.target, credentials)
 
 
 def code_name(code: int) -> str:

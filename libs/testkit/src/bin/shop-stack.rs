@@ -7,7 +7,15 @@
 //! Flags: `--services users,catalog`, `--port-base 7100` (`0` for free
 //! ports), `--replicas catalog=3` (more instances of a service, on ports
 //! base+offset+10, +20...; orders balances over every catalog instance),
-//! `--state-file PATH` (writes `name pid addr` lines once ready).
+//! `--state-file PATH` (writes `name pid addr health-addr` lines once
+//! ready), `--pki-dir PATH` (where the stack's CA certificate and the
+//! operator's identity are copied for grpcurl, `.stack/pki` by default).
+//!
+//! Every hop is mutual TLS with identities from a CA made for the run: the
+//! internal ports want a client certificate (the operator's, for grpcurl),
+//! the gateway's port a TLS client that trusts the CA; health alone is also
+//! served plaintext on a port of its own per service (the table's last
+//! column), as Kubernetes probes need.
 
 use anyhow::Context as _;
 use shop_proto::shop::catalog::v1::CreateProductRequest;
@@ -38,6 +46,7 @@ struct Args {
     replicas: BTreeMap<String, usize>,
     port_base: u16,
     state_file: Option<std::path::PathBuf>,
+    pki_dir: std::path::PathBuf,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -46,6 +55,7 @@ fn parse_args() -> anyhow::Result<Args> {
         replicas: BTreeMap::new(),
         port_base: 7100,
         state_file: None,
+        pki_dir: ".stack/pki".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,9 +75,10 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.replicas.insert(name.to_string(), n);
             }
             "--state-file" => args.state_file = Some(value()?.into()),
+            "--pki-dir" => args.pki_dir = value()?.into(),
             "-h" | "--help" => {
                 println!(
-                    "shop-stack [--services users,catalog,...] [--port-base 7100] [--replicas catalog=3] [--state-file PATH]"
+                    "shop-stack [--services users,catalog,...] [--port-base 7100] [--replicas catalog=3] [--state-file PATH] [--pki-dir .stack/pki]"
                 );
                 std::process::exit(0);
             }
@@ -128,10 +139,11 @@ async fn run() -> anyhow::Result<()> {
     };
     let stack = started;
 
+    publish_pki(&stack, &args.pki_dir)?;
     let has = |name: &str| args.services.iter().any(|s| s == name);
     let mut products = Vec::new();
     if has("catalog") {
-        products = seed_catalog(&stack.service("catalog").url()).await?;
+        products = seed_catalog(stack.service("catalog")).await?;
         println!(
             "==> seeded the demo catalog with {} products",
             products.len()
@@ -143,7 +155,7 @@ async fn run() -> anyhow::Result<()> {
     {
         demo_saga(&stack, &products).await?;
     }
-    print_summary(&stack);
+    print_summary(&stack, &args.pki_dir);
     if let Some(path) = &args.state_file {
         write_state(&stack, path)?;
     }
@@ -166,66 +178,101 @@ async fn stop_signal() {
     }
 }
 
-fn print_summary(stack: &Stack) {
+fn print_summary(stack: &Stack, pki: &std::path::Path) {
     println!();
-    println!("  {:<13} {:<24} {:<8} log", "component", "address", "pid");
     println!(
-        "  {:<13} {:<24} {:<8} {}",
+        "  {:<13} {:<24} {:<8} {:<24} log",
+        "component", "address", "pid", "health (plaintext)"
+    );
+    println!(
+        "  {:<13} {:<24} {:<8} {:<24} {}",
         "postgres",
         format!("127.0.0.1:{}", stack.postgres.port()),
         stack.postgres.pid().unwrap_or(0),
+        "",
         stack.postgres.log_path().display()
     );
     println!(
-        "  {:<13} {:<24} {:<8} {}",
+        "  {:<13} {:<24} {:<8} {:<24} {}",
         "nats",
         stack.nats.url(),
         stack.nats.pid().unwrap_or(0),
+        "",
         stack.nats.log_path().display()
     );
     for s in entry_first(stack) {
         println!(
-            "  {:<13} {:<24} {:<8} {}",
+            "  {:<13} {:<24} {:<8} {:<24} {}",
             s.name(),
             s.addr().to_string(),
             s.pid().unwrap_or(0),
+            s.health_addr().to_string(),
             s.log_path().display()
         );
     }
+    let pki = pki.display();
+    let public = format!("-cacert {pki}/ca.crt");
+    let operator =
+        format!("-cacert {pki}/ca.crt -cert {pki}/operator/tls.crt -key {pki}/operator/tls.key");
     println!();
     println!("  Try (with .tools/bin on PATH: export PATH=\"$PWD/.tools/bin:$PATH\"):");
     for s in entry_first(stack) {
         let addr = s.addr();
-        println!("    grpcurl -plaintext {addr} list");
-        println!("    grpcurl -plaintext {addr} grpc.health.v1.Health/Check");
         match s.name() {
             "gateway" => {
+                println!("    grpcurl {public} {addr} list shop.gateway.v1.ShopGatewayService");
                 println!(
-                    "    grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\",\"display_name\":\"Ada\"}}' {addr} shop.gateway.v1.ShopGatewayService/SignUp"
+                    "    grpcurl {public} -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\",\"display_name\":\"Ada\"}}' {addr} shop.gateway.v1.ShopGatewayService/SignUp"
                 );
                 println!(
-                    "    grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}' {addr} shop.gateway.v1.ShopGatewayService/LogIn"
+                    "    grpcurl {public} -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}' {addr} shop.gateway.v1.ShopGatewayService/LogIn"
                 );
                 println!(
-                    "    grpcurl -plaintext -d '{{\"page_size\":4}}' {addr} shop.gateway.v1.ShopGatewayService/ListProducts"
+                    "    grpcurl {public} -d '{{\"page_size\":4}}' {addr} shop.gateway.v1.ShopGatewayService/ListProducts"
                 );
                 println!(
-                    "    grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {addr} shop.gateway.v1.ShopGatewayService/ListOrders"
+                    "    grpcurl {public} -H \"authorization: Bearer $TOKEN\" {addr} shop.gateway.v1.ShopGatewayService/ListOrders"
                 );
             }
-            "users" => println!(
-                "    grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\",\"display_name\":\"Ada\"}}' {addr} shop.users.v1.UserService/CreateUser"
-            ),
-            "catalog" => println!(
-                "    grpcurl -plaintext -d '{{\"page_size\":4}}' {addr} shop.catalog.v1.CatalogService/ListProducts"
-            ),
-            "analytics" => println!(
-                "    grpcurl -plaintext {addr} shop.analytics.v1.AnalyticsService/GetSalesReport"
-            ),
-            _ => {}
+            name => {
+                println!("    grpcurl {operator} {addr} list");
+                println!(
+                    "    grpcurl -plaintext {} grpc.health.v1.Health/Check",
+                    s.health_addr()
+                );
+                match name {
+                    "catalog" => println!(
+                        "    grpcurl {operator} -d '{{\"page_size\":4}}' {addr} shop.catalog.v1.CatalogService/ListProducts"
+                    ),
+                    "analytics" => println!(
+                        "    grpcurl {operator} {addr} shop.analytics.v1.AnalyticsService/GetSalesReport"
+                    ),
+                    _ => {}
+                }
+            }
         }
     }
     println!();
+}
+
+/// Copies the CA certificate and the operator's identity to `dir`, for
+/// grpcurl and the README's examples.
+fn publish_pki(stack: &Stack, dir: &std::path::Path) -> anyhow::Result<()> {
+    use shop_identity::files;
+    let operator = shop_testkit::identities::Identities::dir_in(stack.dir(), "operator");
+    std::fs::create_dir_all(dir.join("operator"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::copy(operator.join(files::CA), dir.join(files::CA))?;
+    for name in [files::CERT, files::KEY] {
+        std::fs::copy(operator.join(name), dir.join("operator").join(name))?;
+    }
+    println!(
+        "==> the CA certificate and the operator's identity (spiffe://{}/ns/{}/sa/operator) are in {}",
+        shop_testkit::identities::TRUST_DOMAIN,
+        shop_testkit::identities::NAMESPACE,
+        dir.display()
+    );
+    Ok(())
 }
 
 /// The gateway (the entry point) first, then the others by name.
@@ -249,10 +296,11 @@ fn write_state(stack: &Stack, path: &std::path::Path) -> anyhow::Result<()> {
     ];
     for s in stack.services() {
         lines.push(format!(
-            "{} {} {}",
+            "{} {} {} {}",
             s.name(),
             s.pid().unwrap_or(0),
-            s.addr()
+            s.addr(),
+            s.health_addr()
         ));
     }
     let tmp = path.with_extension("tmp");
@@ -263,7 +311,7 @@ fn write_state(stack: &Stack, path: &std::path::Path) -> anyhow::Result<()> {
 
 /// A small demo catalog: three categories, prices in EUR minor units.
 /// Returns the product ids.
-async fn seed_catalog(url: &str) -> anyhow::Result<Vec<String>> {
+async fn seed_catalog(catalog: &shop_testkit::ServiceProcess) -> anyhow::Result<Vec<String>> {
     const PRODUCTS: &[(&str, &str, &str, i64)] = &[
         ("BK-RUST-01", "The Rust Programming Language", "books", 3999),
         (
@@ -281,7 +329,7 @@ async fn seed_catalog(url: &str) -> anyhow::Result<Vec<String>> {
         ("GM-PUZ-01", "1000-piece puzzle: lighthouse", "games", 1899),
         ("GM-CARD-01", "Deck of playing cards", "games", 499),
     ];
-    let mut client = CatalogServiceClient::connect(url.to_string()).await?;
+    let mut client = CatalogServiceClient::new(catalog.channel().await?);
     let mut ids = Vec::new();
     for (sku, name, category, price) in PRODUCTS {
         let product = client
@@ -318,7 +366,7 @@ async fn demo_saga(stack: &Stack, products: &[String]) -> anyhow::Result<()> {
     use shop_proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
     use shop_proto::shop::orders::v1::{NewOrderLine, OrderStatus, SagaStepStatus, SagaStepType};
 
-    let mut inventory = InventoryServiceClient::connect(stack.service("inventory").url()).await?;
+    let mut inventory = InventoryServiceClient::new(stack.service("inventory").channel().await?);
     for id in products {
         inventory
             .set_stock(SetStockRequest {
@@ -328,7 +376,8 @@ async fn demo_saga(stack: &Stack, products: &[String]) -> anyhow::Result<()> {
             .await
             .context("stocking the demo products")?;
     }
-    let mut gateway = ShopGatewayServiceClient::connect(stack.service("gateway").url()).await?;
+    let mut gateway =
+        ShopGatewayServiceClient::new(stack.service("gateway").public_channel().await?);
     let user = gateway
         .sign_up(SignUpRequest {
             email: "demo@example.com".into(),

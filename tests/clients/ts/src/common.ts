@@ -1,5 +1,6 @@
 // Shared by the TypeScript client programs: arguments, the gRPC transport, formatting, errors.
 
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
@@ -20,14 +21,18 @@ const usageError = (message: string) => new Failure(message, 2);
 
 export interface Options {
   target: string;
+  /** PEM of the CA the gateway's certificate chains to; plaintext without it. */
+  ca?: string;
   timeoutMs: number;
   paymentToken: string;
 }
 
 const USAGE = (prog: string, withPaymentToken: boolean) =>
-  `usage: node ${prog} --target HOST:PORT [--timeout SECONDS]` +
+  `usage: node ${prog} --target HOST:PORT [--ca FILE] [--timeout SECONDS]` +
   (withPaymentToken ? " [--payment-token TOKEN]" : "") +
-  `\n  --target HOST:PORT     address of the shop gateway (plaintext gRPC, h2c), e.g. 127.0.0.1:7100` +
+  `\n  --target HOST:PORT     address of the shop gateway, e.g. 127.0.0.1:7100` +
+  `\n  --ca FILE              CA certificate (PEM) of the gateway's TLS certificate, e.g. .stack/pki/ca.crt;` +
+  `\n                         without it, plaintext gRPC (h2c)` +
   `\n  --timeout SECONDS      deadline of each RPC (default 10)` +
   (withPaymentToken ? `\n  --payment-token TOKEN  payment token of the order (default tok_approve)` : "");
 
@@ -38,6 +43,7 @@ export function parseOptions(prog: string, withPaymentToken: boolean): Options {
     ({ values } = parseArgs({
       options: {
         target: { type: "string" },
+        ca: { type: "string" },
         timeout: { type: "string" },
         "payment-token": { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -62,22 +68,35 @@ export function parseOptions(prog: string, withPaymentToken: boolean): Options {
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
     throw usageError(`--timeout must be a positive number of seconds, got ${values.timeout}`);
   }
+  let ca: string | undefined;
+  if (values.ca !== undefined) {
+    try {
+      ca = readFileSync(values.ca, "utf8");
+    } catch (e) {
+      throw usageError(`--ca ${values.ca}: ${errorText(e)}`);
+    }
+  }
   return {
     target: values.target,
+    ca,
     timeoutMs: Math.round(timeoutS * 1000),
     paymentToken: values["payment-token"] ?? "tok_approve",
   };
 }
 
-/** A gateway client over gRPC (HTTP/2 without TLS) and a function that closes its connection. */
-export function connect(target: string): { client: Gateway; close: () => void } {
-  const baseUrl = /^https?:\/\//.test(target) ? target : `http://${target}`;
+/**
+ * A gateway client over gRPC and a function that closes its connection: TLS trusting `ca`
+ * (no client certificate: end users authenticate with tokens), or HTTP/2 without TLS.
+ */
+export function connect(target: string, ca?: string): { client: Gateway; close: () => void } {
+  const scheme = ca === undefined ? "http" : "https";
+  const baseUrl = /^https?:\/\//.test(target) ? target : `${scheme}://${target}`;
   try {
     new URL(baseUrl);
   } catch {
     throw usageError(`--target ${target} is not HOST:PORT`);
   }
-  const sessionManager = new Http2SessionManager(baseUrl);
+  const sessionManager = new Http2SessionManager(baseUrl, undefined, ca === undefined ? {} : { ca });
   const transport = createGrpcTransport({ baseUrl, sessionManager });
   return { client: createClient(ShopGatewayService, transport), close: () => sessionManager.abort() };
 }
