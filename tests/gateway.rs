@@ -204,6 +204,45 @@ async fn every_token_attack_is_one_unauthenticated() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+
+    // The gateway's port asks for no client certificate (end users have
+    // tokens), but MeshAdmin there is still the operator's: without a
+    // certificate UNAUTHENTICATED, with another workload's
+    // PERMISSION_DENIED, with the operator's answered.
+    use shop_proto::shop::mesh::v1::GetStatsRequest;
+    use shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
+    let gw = shop.stack.service("gateway");
+    let status = MeshAdminServiceClient::new(gw.public_channel().await.unwrap())
+        .get_stats(GetStatsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let orders = shop_testkit::identities::Identities::dir_in(shop.stack.dir(), "orders");
+    let as_orders = tonic::transport::Endpoint::from_shared(gw.url())
+        .unwrap()
+        .tls_config(shop_testkit::identities::client_tls(&orders).unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = MeshAdminServiceClient::new(as_orders)
+        .get_stats(GetStatsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let stats = MeshAdminServiceClient::new(gw.channel().await.unwrap())
+        .get_stats(GetStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.server.unwrap().unauthenticated, 1);
+    assert!(
+        stats.denials.iter().any(|d| d.caller.is_empty()
+            && d.code == Code::Unauthenticated as i32
+            && d.method == "/shop.mesh.v1.MeshAdminService/GetStats"),
+        "{:?}",
+        stats.denials
+    );
 }
 
 #[tokio::test]

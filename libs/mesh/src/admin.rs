@@ -574,6 +574,10 @@ fn endpoint_status(
         failures: count(&e.failures),
         ..Default::default()
     };
+    if let Some((kind, message)) = e.last_error() {
+        out.last_transport_error_kind = kind.to_string();
+        out.last_transport_error = message;
+    }
     let raw = e.state();
     match live_state(raw, SystemTime::now()) {
         EndpointState::Healthy => {
@@ -598,9 +602,9 @@ fn endpoint_status(
             } as i32;
             out.ejection_detail = ejection_detail(reason, count, policy.map(|p| &p.outlier));
             if reason == EjectionReason::ConnectFailure
-                && let Some((kind, message)) = e.last_error()
+                && let Some((kind, _)) = e.last_error()
             {
-                out.ejection_detail = format!("{}; last: {kind}: {message}", out.ejection_detail);
+                out.ejection_detail = format!("{}; last: {kind}", out.ejection_detail);
             }
         }
     }
