@@ -99,16 +99,7 @@ pub async fn stocked_product(
 /// Events settings of NATS's admin user: tests that look at streams or play
 /// the part of a service.
 pub fn admin_events(stack: &Stack) -> shop_events::EventsSettings {
-    let (user, password) = stack
-        .nats
-        .credentials(shop_testkit::nats::ADMIN)
-        .expect("the stack's NATS has users");
-    serde_json::from_value(serde_json::json!({
-        "nats_url": stack.nats.url(),
-        "nats_user": user,
-        "nats_password": password,
-    }))
-    .unwrap()
+    stack.admin_events().unwrap()
 }
 
 impl Saga {

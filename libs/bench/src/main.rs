@@ -9,6 +9,14 @@
 //!   injection off) to the server's port behind the mesh server stack;
 //! - (c) **sidecar**: plain tonic channels through two HAProxy h2c hops
 //!   (client-side and server-side proxy), as a sidecar mesh places them;
+//! - (d, e, f) **bare-tls**, **mesh-tls**, **sidecar-tls**: the same three
+//!   with TLS everywhere, from a CA minted for the run: tonic's own mTLS
+//!   (`ServerTlsConfig` / `ClientTlsConfig`); the mesh's mTLS (the
+//!   runtime's listener, the mesh client's TLS connections verifying the
+//!   server's SPIFFE ID, authorization of the caller); and the two HAProxy
+//!   hops with mutual TLS between them (the application to its sidecar and
+//!   the sidecar to its application stay on loopback h2c, as Linkerd and
+//!   Istio place them);
 //! - and, on request (`--variants`), **mesh-client** (the mesh client stack
 //!   to the bare port) and **mesh-server** (plain channels to the mesh
 //!   port), to tell the two halves' costs apart.
@@ -61,7 +69,16 @@ fn parse_args() -> anyhow::Result<Args> {
         conns: 16,
         streams: 1,
         out: "target/bench/mesh.txt".into(),
-        variants: vec!["bare".into(), "mesh".into(), "sidecar".into()],
+        variants: [
+            "bare",
+            "mesh",
+            "sidecar",
+            "bare-tls",
+            "mesh-tls",
+            "sidecar-tls",
+        ]
+        .map(String::from)
+        .to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -151,20 +168,57 @@ fn wait_idle() {
     }
 }
 
+/// How an HAProxy hop speaks on each side.
+enum HopTls<'a> {
+    /// h2c in and out.
+    None,
+    /// Accepts mTLS (its certificate and key in one PEM, the CA to verify
+    /// clients with), forwards h2c: the server-side sidecar.
+    Accept {
+        pem: &'a std::path::Path,
+        ca: &'a std::path::Path,
+    },
+    /// Accepts h2c, forwards over mTLS: the client-side sidecar.
+    Originate {
+        pem: &'a std::path::Path,
+        ca: &'a std::path::Path,
+    },
+}
+
 fn haproxy_hop(
     listen: u16,
     upstream: &str,
     dir: &std::path::Path,
     name: &str,
+    tls: HopTls<'_>,
 ) -> anyhow::Result<Proc> {
+    let (bind, server) = match tls {
+        HopTls::None => (" proto h2".to_string(), " proto h2".to_string()),
+        HopTls::Accept { pem, ca } => (
+            format!(
+                " ssl crt {} ca-file {} verify required alpn h2",
+                pem.display(),
+                ca.display()
+            ),
+            " proto h2".to_string(),
+        ),
+        HopTls::Originate { pem, ca } => (
+            " proto h2".to_string(),
+            format!(
+                " ssl crt {} ca-file {} verify required alpn h2",
+                pem.display(),
+                ca.display()
+            ),
+        ),
+    };
     let cfg = dir.join(format!("{name}.cfg"));
     std::fs::write(
         &cfg,
         format!(
             "global\n  nbthread 1\n  maxconn 4096\n\
              defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             frontend fe\n  bind 127.0.0.1:{listen} proto h2\n  default_backend be\n\
-             backend be\n  server s1 {upstream} proto h2\n"
+             frontend fe\n  bind 127.0.0.1:{listen}{bind}\n  default_backend be\n\
+             backend be\n  server s1 {upstream}{server}\n"
         ),
     )?;
     let child = pinned("1", std::path::Path::new("haproxy"))
@@ -176,6 +230,43 @@ fn haproxy_hop(
         .spawn()
         .context("starting haproxy (apt-get install haproxy)")?;
     Ok(Proc(child))
+}
+
+/// A CA for the run and two identities: the server's (`catalog`, which
+/// the mesh client expects) and the load generator's (`operator`, which
+/// MeshAdmin allows); the directory of each, and PEMs for HAProxy.
+struct Pki {
+    ca: std::path::PathBuf,
+    server: std::path::PathBuf,
+    client: std::path::PathBuf,
+    server_pem: std::path::PathBuf,
+    client_pem: std::path::PathBuf,
+}
+
+fn mint_pki(dir: &std::path::Path) -> anyhow::Result<Pki> {
+    use shop_identity::files;
+    use shop_identity::mint::{Authority, Leaf};
+    let ca = Authority::generate("bench.local")?;
+    let leaf = Leaf::local(Duration::from_secs(3600));
+    let id = |sa| shop_identity::SpiffeId::workload("bench.local", "bench", sa);
+    let server = dir.join("pki/catalog");
+    let client = dir.join("pki/operator");
+    ca.write(&server, &id("catalog")?, &leaf)?;
+    ca.write(&client, &id("operator")?, &leaf)?;
+    let pem = |d: &std::path::Path, name: &str| -> anyhow::Result<std::path::PathBuf> {
+        let path = dir.join(format!("pki/{name}.pem"));
+        let mut both = std::fs::read(d.join(files::CERT))?;
+        both.extend(std::fs::read(d.join(files::KEY))?);
+        std::fs::write(&path, both)?;
+        Ok(path)
+    };
+    Ok(Pki {
+        ca: server.join(files::CA),
+        server_pem: pem(&server, "server")?,
+        client_pem: pem(&client, "client")?,
+        server,
+        client,
+    })
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -307,40 +398,94 @@ async fn main() -> anyhow::Result<()> {
         .parent()
         .context("exe dir")?
         .join("bench-server");
+    let pki = mint_pki(&dir)?;
     let mut server = pinned("1", &server_bin)
+        .arg("--tls")
+        .arg(&pki.server)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting bench-server")?;
     let mut line = String::new();
     BufReader::new(server.stdout.take().context("stdout")?).read_line(&mut line)?;
     let server = Proc(server);
-    let (bare, meshed) = {
-        let mut parts = line.split_whitespace();
-        let bare = parts
-            .next()
-            .and_then(|p| p.strip_prefix("bare="))
-            .context("bare addr")?
-            .to_string();
-        let meshed = parts
-            .next()
-            .and_then(|p| p.strip_prefix("mesh="))
-            .context("mesh addr")?
-            .to_string();
-        (bare, meshed)
+    let addr_of = |key: &str| -> anyhow::Result<String> {
+        line.split_whitespace()
+            .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+            .with_context(|| format!("bench-server printed no {key}= address"))
     };
+    let (bare, meshed) = (addr_of("bare")?, addr_of("mesh")?);
+    let (bare_tls, meshed_tls) = (addr_of("bare_tls")?, addr_of("mesh_tls")?);
     let server_side = free_port()?;
     let client_side = free_port()?;
-    let hop2 = haproxy_hop(server_side, &bare, &dir, "server-side")?;
+    let hop2 = haproxy_hop(server_side, &bare, &dir, "server-side", HopTls::None)?;
     let hop1 = haproxy_hop(
         client_side,
         &format!("127.0.0.1:{server_side}"),
         &dir,
         "client-side",
+        HopTls::None,
     )?;
     let sidecar = format!("127.0.0.1:{client_side}");
-    wait_port(&bare).await?;
-    wait_port(&meshed).await?;
-    wait_port(&sidecar).await?;
+    // The same two hops, with mutual TLS between them.
+    let tls_server_side = free_port()?;
+    let tls_client_side = free_port()?;
+    let hop4 = haproxy_hop(
+        tls_server_side,
+        &bare,
+        &dir,
+        "tls-server-side",
+        HopTls::Accept {
+            pem: &pki.server_pem,
+            ca: &pki.ca,
+        },
+    )?;
+    let hop3 = haproxy_hop(
+        tls_client_side,
+        &format!("127.0.0.1:{tls_server_side}"),
+        &dir,
+        "tls-client-side",
+        HopTls::Originate {
+            pem: &pki.client_pem,
+            ca: &pki.ca,
+        },
+    )?;
+    let sidecar_tls = format!("127.0.0.1:{tls_client_side}");
+    for addr in [
+        &bare,
+        &meshed,
+        &sidecar,
+        &bare_tls,
+        &meshed_tls,
+        &sidecar_tls,
+    ] {
+        wait_port(addr).await?;
+    }
+    let tonic_tls = {
+        use shop_identity::files;
+        let read = |name: &str| std::fs::read(pki.client.join(name));
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(files::CA)?))
+            .identity(tonic::transport::Identity::from_pem(
+                read(files::CERT)?,
+                read(files::KEY)?,
+            ))
+            .domain_name("localhost")
+    };
+    let connect_tls = |addr: String| {
+        let tls = tonic_tls.clone();
+        async move {
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+                .tcp_nodelay(true)
+                .tls_config(tls)?
+                .connect()
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    let client_identity =
+        shop_identity::Identity::load(&pki.client, shop_identity::ClientAuth::Required)?;
+    let server_id = shop_identity::SpiffeId::workload("bench.local", "bench", "catalog")?;
 
     let connect = |addr: String| async move {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
@@ -354,8 +499,31 @@ async fn main() -> anyhow::Result<()> {
     let mut mesh_clients = Vec::new();
     let mut mesh_client_only = Vec::new();
     let mut mesh_server_only = Vec::new();
+    let mut bare_tls_clients = Vec::new();
+    let mut mesh_tls_clients = Vec::new();
+    let mut sidecar_tls_clients = Vec::new();
     let stats = Arc::new(shop_mesh::stats::MeshStats::default());
     for i in 0..args.conns {
+        bare_tls_clients.push(Client::new(connect_tls(bare_tls.clone()).await?));
+        sidecar_tls_clients.push(Client::new(connect(sidecar_tls.clone()).await?));
+        let policy = shop_mesh::client::bench_policy(&format!("https://{meshed_tls}"));
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
+        std::mem::forget(_tx);
+        let options = shop_mesh::client::Options {
+            trace: None,
+            tls: Some(shop_mesh::connection::ClientTls {
+                identity: client_identity.clone(),
+                expected: server_id.clone(),
+            }),
+        };
+        let channel = shop_mesh::client::MeshChannel::with_options(
+            &format!("bench-tls-{i}"),
+            rx,
+            stats.clone(),
+            options,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        mesh_tls_clients.push(Client::new(channel));
         bare_clients.push(Client::new(connect(bare.clone()).await?));
         sidecar_clients.push(Client::new(connect(sidecar.clone()).await?));
         let policy = shop_mesh::client::bench_policy(&format!("http://{meshed}"));
@@ -380,10 +548,14 @@ async fn main() -> anyhow::Result<()> {
 
     let server_pid = [server.0.id()];
     let proxy_pids = [server.0.id(), hop1.0.id(), hop2.0.id()];
+    let tls_proxy_pids = [server.0.id(), hop3.0.id(), hop4.0.id()];
     let mut samples: Vec<(&str, Vec<Sample>)> = vec![
         ("bare", vec![]),
         ("mesh", vec![]),
         ("sidecar", vec![]),
+        ("bare-tls", vec![]),
+        ("mesh-tls", vec![]),
+        ("sidecar-tls", vec![]),
         ("mesh-client", vec![]),
         ("mesh-server", vec![]),
     ];
@@ -427,6 +599,33 @@ async fn main() -> anyhow::Result<()> {
                         args.streams,
                         args.duration,
                         &server_pid,
+                    )
+                    .await
+                }
+                "bare-tls" => {
+                    drive(
+                        bare_tls_clients.clone(),
+                        args.streams,
+                        args.duration,
+                        &server_pid,
+                    )
+                    .await
+                }
+                "mesh-tls" => {
+                    drive(
+                        mesh_tls_clients.clone(),
+                        args.streams,
+                        args.duration,
+                        &server_pid,
+                    )
+                    .await
+                }
+                "sidecar-tls" => {
+                    drive(
+                        sidecar_tls_clients.clone(),
+                        args.streams,
+                        args.duration,
+                        &tls_proxy_pids,
                     )
                     .await
                 }
@@ -493,13 +692,26 @@ async fn main() -> anyhow::Result<()> {
         c.1
     ));
     }
+    if let (Some(a), Some(b), Some(c)) = (
+        medians.get("bare-tls").copied(),
+        medians.get("mesh-tls").copied(),
+        medians.get("sidecar-tls").copied(),
+    ) {
+        report.push_str(&format!(
+            "ratios under TLS: mesh-tls/bare-tls req/s = {:.2}; mesh-tls/sidecar-tls req/s = {:.2}; p99 mesh-tls {:.0} us vs sidecar-tls {:.0} us\n",
+            b.0 / a.0,
+            b.0 / c.0,
+            b.1,
+            c.1
+        ));
+    }
     print!("{report}");
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::File::create(&args.out)?.write_all(report.as_bytes())?;
     eprintln!("written to {}", args.out.display());
-    drop((hop1, hop2, server));
+    drop((hop1, hop2, hop3, hop4, server));
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

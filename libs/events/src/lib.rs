@@ -72,6 +72,12 @@ impl Events {
             }
             _ => async_nats::ConnectOptions::new(),
         };
+        if let Some(dir) = &settings.tls_dir {
+            options = options
+                .require_tls(true)
+                .add_root_certificates(dir.join("ca.crt"))
+                .add_client_certificate(dir.join("tls.crt"), dir.join("tls.key"));
+        }
         if catalog::is_service(service) {
             // Replies and pull deliveries on the service's own prefix: the
             // only inbox its permissions let it subscribe to.

@@ -16,6 +16,12 @@ pub struct EventsSettings {
     /// That user's password; never logged.
     #[serde(default)]
     pub nats_password: Option<secrecy::SecretString>,
+    /// An identity directory (`tls.crt`, `tls.key`, `ca.crt`, as for
+    /// `server.tls`): NATS over TLS, the server verified against `ca.crt`
+    /// and the service presenting its certificate. Without it, plaintext
+    /// (a development server).
+    #[serde(default)]
+    pub tls_dir: Option<std::path::PathBuf>,
     /// How long start-up keeps trying to reach NATS.
     #[serde(with = "humantime_serde", default = "default_connect_timeout")]
     pub connect_timeout: Duration,

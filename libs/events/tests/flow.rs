@@ -71,6 +71,7 @@ async fn fixture() -> Fixture {
         nats_url: nats.url(),
         nats_user: None,
         nats_password: None,
+        tls_dir: None,
         connect_timeout: Duration::from_secs(10),
         duplicate_window: Duration::from_secs(120),
         relay: RelaySettings {

@@ -2,6 +2,7 @@
 //! testkit (and so `just up`) configures it: a service's credentials
 //! publish its own events and set up what it reads; a forged event on
 //! another service's subject is refused by the server, not by our code.
+//! The server speaks TLS only, as the stack runs it.
 
 use secrecy::SecretString;
 use shop_events::settings::{ConsumerSettings, EventsSettings, RelaySettings};
@@ -9,15 +10,29 @@ use shop_events::{DomainEvent as _, Events, catalog};
 use shop_proto::shop::events::v1::{PaymentCaptured, StockReserved};
 use shop_testkit::nats::ADMIN;
 use shop_testkit::{Nats, eventually};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn settings(nats: &Nats, user: &str) -> EventsSettings {
+/// A CA, nats-server's identity and a client identity, in `dir`.
+fn pki(dir: &Path) -> (PathBuf, PathBuf) {
+    use shop_identity::mint::{Authority, Leaf};
+    let ca = Authority::generate("shop.test").unwrap();
+    let id = |sa| shop_identity::SpiffeId::workload("shop.test", "shop", sa).unwrap();
+    let leaf = Leaf::local(Duration::from_secs(3600));
+    let (server, client) = (dir.join("nats"), dir.join("inventory"));
+    ca.write(&server, &id("nats"), &leaf).unwrap();
+    ca.write(&client, &id("inventory"), &leaf).unwrap();
+    (server, client)
+}
+
+fn settings(nats: &Nats, user: &str, tls: &Path) -> EventsSettings {
     let (user, password) = nats.credentials(user).unwrap();
     EventsSettings {
         nats_url: nats.url(),
         nats_user: Some(user),
         nats_password: Some(SecretString::from(password)),
+        tls_dir: Some(tls.to_path_buf()),
         connect_timeout: Duration::from_secs(10),
         duplicate_window: Duration::from_secs(120),
         relay: RelaySettings::default(),
@@ -27,11 +42,14 @@ fn settings(nats: &Nats, user: &str) -> EventsSettings {
 
 /// A raw connection with `user`'s credentials that records the errors the
 /// server sends it.
-async fn raw(nats: &Nats, user: &str) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
+async fn raw(nats: &Nats, user: &str, tls: &Path) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
     let (user, password) = nats.credentials(user).unwrap();
     let errors = Arc::new(Mutex::new(Vec::new()));
     let seen = errors.clone();
     let client = async_nats::ConnectOptions::with_user_and_password(user, password)
+        .require_tls(true)
+        .add_root_certificates(tls.join("ca.crt"))
+        .add_client_certificate(tls.join("tls.crt"), tls.join("tls.key"))
         .custom_inbox_prefix("_INBOX_inventory")
         .event_callback(move |event| {
             let seen = seen.clone();
@@ -62,16 +80,18 @@ async fn server_said(errors: &Arc<Mutex<Vec<String>>>, what: &str) {
 
 #[tokio::test]
 async fn inventory_credentials_cannot_forge_a_payment_event() {
-    let nats = Nats::start_for_services(&["inventory", "payments", "orders"])
+    let dir = tempfile::tempdir().unwrap();
+    let (server, tls) = pki(dir.path());
+    let nats = Nats::start_secure(&["inventory", "payments", "orders"], &server)
         .await
         .unwrap();
-    let admin = Events::connect("test", &settings(&nats, ADMIN))
+    let admin = Events::connect("test", &settings(&nats, ADMIN, &tls))
         .await
         .unwrap();
 
     // inventory sets itself up under its own permissions (its stream, the
     // ORDERS stream it reads) and publishes its own events.
-    let inventory = Events::connect("inventory", &settings(&nats, "inventory"))
+    let inventory = Events::connect("inventory", &settings(&nats, "inventory", &tls))
         .await
         .expect("inventory's permissions cover its own set-up");
     inventory
@@ -89,7 +109,7 @@ async fn inventory_credentials_cannot_forge_a_payment_event() {
 
     // A PaymentCaptured published with inventory's credentials: the server
     // refuses it, and JetStream stores nothing.
-    let (client, errors) = raw(&nats, "inventory").await;
+    let (client, errors) = raw(&nats, "inventory", &tls).await;
     client
         .publish(PaymentCaptured::SUBJECT, "forged".into())
         .await
@@ -130,4 +150,34 @@ async fn inventory_credentials_cannot_forge_a_payment_event() {
         "Permissions Violation for Publish to \"$JS.API.STREAM.INFO.PAYMENTS\"",
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_server_speaks_tls_only() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = pki(dir.path());
+    let nats = Nats::start_secure(&["inventory"], &server).await.unwrap();
+    let addr = nats.url().trim_start_matches("nats://").to_string();
+    // A plaintext client: the server announces that TLS is required and
+    // refuses the connection.
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut info = String::new();
+    reader.read_line(&mut info).unwrap();
+    assert!(info.contains("\"tls_required\":true"), "{info}");
+    let (user, password) = nats.credentials("inventory").unwrap();
+    let mut writer = stream;
+    let _ = writer.write_all(
+        format!("CONNECT {{\"user\":\"{user}\",\"pass\":\"{password}\"}}\r\nPING\r\n").as_bytes(),
+    );
+    let mut answer = String::new();
+    let _ = reader.read_line(&mut answer);
+    assert!(
+        !answer.starts_with("PONG"),
+        "a plaintext client was let in: {answer:?}"
+    );
 }

@@ -4,7 +4,9 @@
 //! [`Nats::start_for_services`] runs it as a deployment would: no
 //! anonymous access, one user per service with the least-privilege subject
 //! permissions of `shop_events::permissions`, and an `admin` user with
-//! every right for tests and operators.
+//! every right for tests and operators; [`Nats::start_secure`] adds TLS
+//! (clients verify the server's certificate and present their own, chained
+//! to the same CA).
 
 use crate::tools;
 use anyhow::{Context as _, bail};
@@ -24,13 +26,18 @@ pub struct Nats {
     port: u16,
     /// `(user, password, permissions)`; `None` permissions = every right.
     /// Empty: no authorization at all.
-    users: Vec<(
-        String,
-        String,
-        Option<shop_events::permissions::Permissions>,
-    )>,
+    users: Vec<User>,
+    /// The server's identity directory, when it serves TLS.
+    tls: Option<PathBuf>,
     child: Option<Child>,
 }
+
+/// A user: name, password, and permissions (`None`: every right).
+type User = (
+    String,
+    String,
+    Option<shop_events::permissions::Permissions>,
+);
 
 /// The user with every right, when the server has users.
 pub const ADMIN: &str = "admin";
@@ -48,37 +55,33 @@ impl Nats {
     /// Starts a server that anyone may use for anything; JetStream is
     /// ready on return.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with_users(Vec::new()).await
+        Self::start_with_users(Vec::new(), None).await
     }
 
     /// Starts a server with [`ADMIN`] and one user per service of
     /// `services`, each with its least-privilege permissions and a fresh
     /// password; nobody else may connect.
     pub async fn start_for_services(services: &[&str]) -> anyhow::Result<Self> {
-        let password = || uuid::Uuid::new_v4().simple().to_string();
-        let mut users = vec![(ADMIN.to_string(), password(), None)];
-        for service in services {
-            users.push((
-                service.to_string(),
-                password(),
-                Some(shop_events::permissions::for_service(service)),
-            ));
-        }
-        Self::start_with_users(users).await
+        Self::start_with_users(service_users(services), None).await
     }
 
-    async fn start_with_users(
-        users: Vec<(
-            String,
-            String,
-            Option<shop_events::permissions::Permissions>,
-        )>,
+    /// [`Nats::start_for_services`], over TLS only: the server presents the
+    /// certificate in `identity` (`tls.crt`, `tls.key`) and requires client
+    /// certificates chained to its `ca.crt`.
+    pub async fn start_secure(
+        services: &[&str],
+        identity: &std::path::Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with_users(service_users(services), Some(identity.to_path_buf())).await
+    }
+
+    async fn start_with_users(users: Vec<User>, tls: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut nats = Nats {
             dir: tempfile::Builder::new().prefix("shop-nats-").tempdir()?,
             bin: tools::find("nats-server")?,
             port: 0,
             users,
+            tls,
             child: None,
         };
         let mut last_err = None;
@@ -92,6 +95,28 @@ impl Nats {
         Err(last_err.expect("five attempts were made"))
     }
 
+    /// Whether clients must speak TLS to it.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// [`ADMIN`] and one user per service, each with its least-privilege
+/// permissions and a fresh password.
+fn service_users(services: &[&str]) -> Vec<User> {
+    let password = || uuid::Uuid::new_v4().simple().to_string();
+    let mut users = vec![(ADMIN.to_string(), password(), None)];
+    for service in services {
+        users.push((
+            service.to_string(),
+            password(),
+            Some(shop_events::permissions::for_service(service)),
+        ));
+    }
+    users
+}
+
+impl Nats {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -157,8 +182,9 @@ impl Nats {
             format!(
                 "listen: \"127.0.0.1:{port}\"\n\
                  server_name: shop_test\n\
-                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n{auth}",
+                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n{tls}{auth}",
                 port = self.port,
+                tls = tls_block(self.tls.as_deref()),
                 auth = authorization(&self.users),
             ),
         )?;
@@ -202,15 +228,23 @@ impl Drop for Nats {
     }
 }
 
+/// nats-server's `tls` block for the identity in `dir` (empty without one):
+/// TLS required, client certificates verified against the bundle.
+fn tls_block(dir: Option<&std::path::Path>) -> String {
+    let Some(dir) = dir else {
+        return String::new();
+    };
+    format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 2\n}}\n",
+        dir.join("tls.crt"),
+        dir.join("tls.key"),
+        dir.join("ca.crt"),
+    )
+}
+
 /// nats-server's `authorization` block for `users` (empty without users).
 /// Subjects are quoted strings, so `$JS...` is not read as a variable.
-fn authorization(
-    users: &[(
-        String,
-        String,
-        Option<shop_events::permissions::Permissions>,
-    )],
-) -> String {
+fn authorization(users: &[User]) -> String {
     if users.is_empty() {
         return String::new();
     }

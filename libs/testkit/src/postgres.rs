@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User, chown};
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -179,6 +179,56 @@ impl Postgres {
         }
         conn.close().await?;
         Ok(self.url_as(role, &password, name))
+    }
+
+    /// Serves TLS with the certificate and key in `identity` (`tls.crt`,
+    /// `tls.key`; copied into the cluster's directory, the key readable by
+    /// the server's user alone), from now on and after restarts: the
+    /// settings are written with `ALTER SYSTEM` and reloaded, no restart.
+    /// Plaintext connections are still accepted; a client asks for TLS
+    /// with [`Postgres::tls_params`].
+    pub async fn enable_tls(&self, identity: &Path) -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = self.dir.path().join("tls");
+        std::fs::create_dir_all(&dir)?;
+        for name in ["tls.crt", "tls.key"] {
+            let to = dir.join(name);
+            std::fs::copy(identity.join(name), &to)
+                .with_context(|| format!("copying {}", identity.join(name).display()))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.owner {
+                chown(&to, Some(uid.into()), Some(gid.into()))?;
+            }
+        }
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await?;
+        for sql in [
+            format!(
+                "ALTER SYSTEM SET ssl_cert_file = '{}'",
+                dir.join("tls.crt").display()
+            ),
+            format!(
+                "ALTER SYSTEM SET ssl_key_file = '{}'",
+                dir.join("tls.key").display()
+            ),
+            "ALTER SYSTEM SET ssl = on".to_string(),
+            "ALTER SYSTEM SET ssl_min_protocol_version = 'TLSv1.3'".to_string(),
+            "SELECT pg_reload_conf()".to_string(),
+        ] {
+            // Paths are ours (a temporary directory, no quotes in it).
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .context("turning TLS on")?;
+        }
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// The URL parameters that make a client insist on TLS and verify the
+    /// server's certificate (chain and host name) against `ca_file`.
+    pub fn tls_params(ca_file: &Path) -> String {
+        format!("sslmode=verify-full&sslrootcert={}", ca_file.display())
     }
 
     /// Nobody but the superuser may connect to the maintenance databases,

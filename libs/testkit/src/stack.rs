@@ -115,27 +115,6 @@ impl Stack {
         mut progress: impl FnMut(&str),
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("shop-stack-").tempdir()?;
-        progress("starting postgres");
-        let postgres = Postgres::start().await?;
-        progress(&format!(
-            "postgres ready on 127.0.0.1:{} (pid {})",
-            postgres.port(),
-            postgres.pid().unwrap_or(0)
-        ));
-        progress("starting nats-server with JetStream and a user per service");
-        let users: Vec<&str> = options
-            .services
-            .iter()
-            .map(String::as_str)
-            .filter(|s| !NO_EVENTS.contains(s))
-            .collect();
-        let nats = Nats::start_for_services(&users).await?;
-        progress(&format!(
-            "nats ready at {} (pid {})",
-            nats.url(),
-            nats.pid().unwrap_or(0)
-        ));
-        let keys = TokenKeys::create(dir.path())?;
         let identities = Identities::create(dir.path())?;
         identities.mint("operator")?;
         progress(&format!(
@@ -144,6 +123,28 @@ impl Stack {
             crate::identities::NAMESPACE,
             Identities::dir_in(dir.path(), "operator").display()
         ));
+        progress("starting postgres");
+        let postgres = Postgres::start().await?;
+        postgres.enable_tls(&identities.mint("postgres")?).await?;
+        progress(&format!(
+            "postgres ready on 127.0.0.1:{} (pid {})",
+            postgres.port(),
+            postgres.pid().unwrap_or(0)
+        ));
+        progress("starting nats-server with JetStream, TLS and a user per service");
+        let users: Vec<&str> = options
+            .services
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !NO_EVENTS.contains(s))
+            .collect();
+        let nats = Nats::start_secure(&users, &identities.mint("nats")?).await?;
+        progress(&format!(
+            "nats ready at {} (pid {})",
+            nats.url(),
+            nats.pid().unwrap_or(0)
+        ));
+        let keys = TokenKeys::create(dir.path())?;
         let mut stack = Stack {
             services: BTreeMap::new(),
             nats,
@@ -157,10 +158,15 @@ impl Stack {
             let mut env = Vec::new();
             if !STATELESS.contains(&name.as_str()) {
                 // Its own role, owning its own database only.
+                // Over TLS, the server's certificate verified against the
+                // service's own bundle.
                 let db_url = stack
                     .postgres
                     .create_service_database(&format!("shop_{name}"), name)
                     .await?;
+                let ca = Identities::dir_in(stack.dir.path(), name).join(shop_identity::files::CA);
+                stack.identities.mint(name)?;
+                let db_url = format!("{db_url}?{}", Postgres::tls_params(&ca));
                 env.extend(stack.nats_env(name));
                 env.extend([
                     ("DATABASE_URL".to_string(), db_url),
@@ -227,19 +233,38 @@ impl Stack {
         self.dir.path()
     }
 
-    /// The environment that gives `service` its own NATS user (empty for a
-    /// service without one): for another instance started by a test.
+    /// The environment that gives `service` its own NATS user and its
+    /// identity for NATS's TLS (empty for a service without a user): for
+    /// another instance started by a test.
     pub fn nats_env(&self, service: &str) -> Vec<(String, String)> {
         let events = format!("SHOP_{}__EVENTS__", service.to_uppercase());
+        let tls_dir = Identities::dir_in(self.dir.path(), service);
         self.nats
             .credentials(service)
             .map(|(user, password)| {
                 vec![
                     (format!("{events}NATS_USER"), user),
                     (format!("{events}NATS_PASSWORD"), password),
+                    (format!("{events}TLS_DIR"), tls_dir.display().to_string()),
                 ]
             })
             .unwrap_or_default()
+    }
+
+    /// Events settings of NATS's admin user, over TLS as the operator: for
+    /// tests that look at streams or play the part of a service.
+    pub fn admin_events(&self) -> anyhow::Result<shop_events::EventsSettings> {
+        let (user, password) = self
+            .nats
+            .credentials(crate::nats::ADMIN)
+            .ok_or_else(|| anyhow::anyhow!("the stack's NATS has no users"))?;
+        let tls_dir = Identities::dir_in(self.dir.path(), "operator");
+        Ok(serde_json::from_value(serde_json::json!({
+            "nats_url": self.nats.url(),
+            "nats_user": user,
+            "nats_password": password,
+            "tls_dir": tls_dir,
+        }))?)
     }
 
     /// The token keys users signs with and the gateway trusts.

@@ -62,3 +62,54 @@ async fn a_service_role_reaches_its_own_database_and_no_other() {
     let err = sqlx::PgConnection::connect(&wrong).await.unwrap_err();
     assert_eq!(code(&err).as_deref(), Some("28P01"), "{err}");
 }
+
+#[tokio::test]
+async fn connections_can_insist_on_tls_and_verify_the_server() {
+    use shop_identity::mint::{Authority, Leaf};
+    let pg = Postgres::start().await.unwrap();
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Authority::generate("shop.test").unwrap();
+    let server = pki.path().join("postgres");
+    let id = shop_identity::SpiffeId::workload("shop.test", "shop", "postgres").unwrap();
+    ca.write(
+        &server,
+        &id,
+        &Leaf::local(std::time::Duration::from_secs(3600)),
+    )
+    .unwrap();
+    pg.enable_tls(&server).await.unwrap();
+    let url = pg
+        .create_service_database("shop_payments", "payments")
+        .await
+        .unwrap();
+
+    // verify-full with the bundle: TLS, and the server says so.
+    let bundle = server.join("ca.crt");
+    let secure = format!("{url}?{}", Postgres::tls_params(&bundle));
+    let mut conn = sqlx::PgConnection::connect(&secure).await.unwrap();
+    let (ssl,): (bool,) =
+        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(ssl, "the connection is TLS");
+    conn.close().await.unwrap();
+
+    // A bundle the server's certificate does not chain to: refused by the
+    // client before it logs in.
+    let foreign = pki.path().join("foreign");
+    Authority::generate("shop.test")
+        .unwrap()
+        .write(
+            &foreign,
+            &id,
+            &Leaf::local(std::time::Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let wrong = format!("{url}?{}", Postgres::tls_params(&foreign.join("ca.crt")));
+    let err = sqlx::PgConnection::connect(&wrong).await.unwrap_err();
+    assert!(
+        err.to_string().contains("invalid peer certificate"),
+        "{err}"
+    );
+}

@@ -6,7 +6,11 @@
 //! which its contract marks NO_SIDE_EFFECTS: the mesh client retries it, so
 //! its whole retry path (body buffered for replay, budget) is measured.
 //! `grpc.health.v1.Health` is served too. Prints `bare=<addr> mesh=<addr>`
-//! once both listen. The mesh's metrics are recorded into an OpenTelemetry
+//! once both listen. With `--tls <identity dir>` it serves two more ports
+//! under mutual TLS with that identity: bare tonic with its own TLS
+//! (`ServerTlsConfig`, client certificates required) and the mesh port as a
+//! service runs it (the runtime's TLS listener, caller identities,
+//! authorization), printed as `bare_tls=<addr> mesh_tls=<addr>`. The mesh's metrics are recorded into an OpenTelemetry
 //! SDK meter provider, as in a service exporting them (aggregated, never
 //! collected here).
 
@@ -16,9 +20,26 @@ use tokio_stream::wrappers::TcpListenerStream;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let _meters = shop_bench::install_meter_provider();
+    let tls_dir = match std::env::args().nth(1).as_deref() {
+        Some("--tls") => Some(std::path::PathBuf::from(
+            std::env::args().nth(2).expect("--tls needs a directory"),
+        )),
+        Some(other) => anyhow::bail!("unknown argument {other}"),
+        None => None,
+    };
     let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let meshed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    println!("bare={} mesh={}", bare.local_addr()?, meshed.local_addr()?);
+    let bare_tls = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let meshed_tls = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut line = format!("bare={} mesh={}", bare.local_addr()?, meshed.local_addr()?);
+    if tls_dir.is_some() {
+        line += &format!(
+            " bare_tls={} mesh_tls={}",
+            bare_tls.local_addr()?,
+            meshed_tls.local_addr()?
+        );
+    }
+    println!("{line}");
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -38,10 +59,34 @@ async fn main() -> anyhow::Result<()> {
         .add_service(admin.clone())
         .serve_with_incoming(TcpListenerStream::new(bare));
     let b = tonic::transport::Server::builder()
+        .layer(layer.clone())
+        .add_service(health.clone())
+        .add_service(admin.clone())
+        .serve_with_incoming(TcpListenerStream::new(meshed));
+    let Some(dir) = tls_dir else {
+        tokio::try_join!(a, b)?;
+        return Ok(());
+    };
+    let read = |name: &str| std::fs::read(dir.join(name));
+    let tonic_tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            read(shop_identity::files::CERT)?,
+            read(shop_identity::files::KEY)?,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(read(
+            shop_identity::files::CA,
+        )?));
+    let c = tonic::transport::Server::builder()
+        .tls_config(tonic_tls)?
+        .add_service(health.clone())
+        .add_service(admin.clone())
+        .serve_with_incoming(TcpListenerStream::new(bare_tls));
+    let identity = shop_identity::Identity::load(&dir, shop_identity::ClientAuth::Required)?;
+    let d = tonic::transport::Server::builder()
         .layer(layer)
         .add_service(health)
         .add_service(admin)
-        .serve_with_incoming(TcpListenerStream::new(meshed));
-    tokio::try_join!(a, b)?;
+        .serve_with_incoming(shop_runtime::listener::incoming(meshed_tls, Some(identity)));
+    tokio::try_join!(a, b, c, d)?;
     Ok(())
 }

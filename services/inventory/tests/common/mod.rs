@@ -71,6 +71,7 @@ fn event_settings(nats_url: String) -> EventsSettings {
         nats_url,
         nats_user: None,
         nats_password: None,
+        tls_dir: None,
         connect_timeout: Duration::from_secs(10),
         duplicate_window: Duration::from_secs(120),
         relay: RelaySettings {
