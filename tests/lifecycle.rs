@@ -85,6 +85,8 @@ async fn ctrl_c_on_the_local_stack_stops_every_process_it_started() {
     let mut child = Command::new(tools::workspace_bin_dir().unwrap().join("shop-stack"))
         .args(["--port-base", "0", "--state-file"])
         .arg(&state)
+        .arg("--pki-dir")
+        .arg(dir.path().join("pki"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         // Its own process group, as a shell gives a foreground job; Ctrl-C
