@@ -27,6 +27,12 @@ pub struct StackOptions {
     /// Instances per service when more than one (`catalog` -> 3 starts
     /// `catalog`, `catalog-2`, `catalog-3` on one database).
     pub replicas: BTreeMap<String, usize>,
+    /// Services connect to Postgres over TLS (`sslmode=verify-full`).
+    /// Postgres always offers TLS; off by default because sqlx loads the
+    /// system's root certificates for every new pooled connection, which in
+    /// a debug build stalls the call that waits for it by hundreds of
+    /// milliseconds (loopback needs no encryption).
+    pub database_tls: bool,
 }
 
 /// A running local system.
@@ -158,15 +164,20 @@ impl Stack {
             let mut env = Vec::new();
             if !STATELESS.contains(&name.as_str()) {
                 // Its own role, owning its own database only.
-                // Over TLS, the server's certificate verified against the
-                // service's own bundle.
                 let db_url = stack
                     .postgres
                     .create_service_database(&format!("shop_{name}"), name)
                     .await?;
-                let ca = Identities::dir_in(stack.dir.path(), name).join(shop_identity::files::CA);
                 stack.identities.mint(name)?;
-                let db_url = format!("{db_url}?{}", Postgres::tls_params(&ca));
+                let db_url = if options.database_tls {
+                    // The server's certificate verified against the
+                    // service's own bundle.
+                    let ca =
+                        Identities::dir_in(stack.dir.path(), name).join(shop_identity::files::CA);
+                    format!("{db_url}?{}", Postgres::tls_params(&ca))
+                } else {
+                    db_url
+                };
                 env.extend(stack.nats_env(name));
                 env.extend([
                     ("DATABASE_URL".to_string(), db_url),
