@@ -145,8 +145,10 @@ impl Authority {
     }
 
     /// Issues a certificate for `id` into `dir` (`tls.crt`, `tls.key`,
-    /// `ca.crt`), each file written whole then renamed into place, key
-    /// first, so a reader sees the old identity or the new one.
+    /// `ca.crt`), each file written whole then renamed into place (so no
+    /// file is ever half written). The three renames are not one: a reader
+    /// between them may see a new key with the old certificate, which
+    /// [`crate::Identity::reload`] refuses until the set is complete.
     pub fn write(&self, dir: &Path, id: &SpiffeId, leaf: &Leaf<'_>) -> Result<(), MintError> {
         let issued = self.issue(id, leaf)?;
         write_identity(dir, &issued, &self.pem)

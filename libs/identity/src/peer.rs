@@ -17,6 +17,9 @@ pub struct Peer {
     /// bundle during the handshake; `None` without a certificate (an end
     /// user at the gateway) or without one in the certificate's URI SANs.
     pub identity: Option<SpiffeId>,
+    /// The identity this server presented on the connection: its trust
+    /// domain and namespace are the ones workload names are read in.
+    pub server: Option<SpiffeId>,
 }
 
 impl Peer {
@@ -26,6 +29,7 @@ impl Peer {
             remote_addr,
             tls: false,
             identity: None,
+            server: None,
         }
     }
 

@@ -5,9 +5,9 @@
 //! (`"shop.inventory.v1.InventoryService/SetStock"`, which wins over its
 //! service) to the callers allowed:
 //!
-//! - a workload name of the trust domain (`"gateway"`, `"operator"`): the
-//!   service account of the caller's SPIFFE ID
-//!   (`spiffe://<td>/ns/<ns>/sa/<name>`);
+//! - a workload name (`"gateway"`, `"operator"`): the caller's SPIFFE ID
+//!   is `spiffe://<td>/ns/<ns>/sa/<name>` in the server's own trust domain
+//!   and namespace (another namespace's `operator` is not ours);
 //! - a full SPIFFE ID;
 //! - `"*"`: any caller whose certificate chains to the trust bundle;
 //! - `"public"`: anyone, with or without a certificate (the gateway's API:
@@ -158,7 +158,14 @@ impl Authorizer {
         let Some(identity) = &peer.identity else {
             return Decision::Unauthenticated;
         };
-        let name = identity.service_account();
+        // A short name is a workload of the server's own trust domain and
+        // namespace.
+        let ours = peer.server.as_ref().is_some_and(|server| {
+            server.trust_domain() == identity.trust_domain()
+                && server.namespace().is_some()
+                && server.namespace() == identity.namespace()
+        });
+        let name = identity.service_account().filter(|_| ours);
         if allowed
             .iter()
             .any(|c| c == ANY_WORKLOAD || Some(c.as_str()) == name || c == identity.as_str())
@@ -179,7 +186,34 @@ mod tests {
             remote_addr: "127.0.0.1:1".parse().unwrap(),
             tls: true,
             identity: sa.map(|sa| SpiffeId::workload("shop.test", "shop", sa).unwrap()),
+            server: Some(SpiffeId::workload("shop.test", "shop", "inventory").unwrap()),
         }
+    }
+
+    #[test]
+    fn a_workload_name_means_the_servers_own_trust_domain_and_namespace() {
+        let authz = Authorizer::new(&policy(&[(
+            "shop.inventory.v1.InventoryService",
+            &["operator"],
+        )]));
+        for foreign in [
+            SpiffeId::workload("other.test", "shop", "operator").unwrap(),
+            SpiffeId::workload("shop.test", "dev", "operator").unwrap(),
+        ] {
+            let caller = Peer {
+                identity: Some(foreign.clone()),
+                ..peer(None)
+            };
+            assert_eq!(
+                authz.decide(SET_STOCK, Some(&caller)),
+                Decision::PermissionDenied,
+                "{foreign}"
+            );
+        }
+        assert_eq!(
+            authz.decide(SET_STOCK, Some(&peer(Some("operator")))),
+            Decision::Allow
+        );
     }
 
     fn policy(entries: &[(&str, &[&str])]) -> AuthorizationPolicy {

@@ -302,7 +302,23 @@ impl Connection {
             // first PONG is what proves the peer is there.
             match tokio::time::timeout_at(deadline, first_pong).await {
                 Ok(Ok(())) => Ok((sender, alive)),
-                _ => {
+                Ok(Err(_closed)) => {
+                    // The connection ended before the first PONG: with TLS
+                    // 1.3 that is how a server refusing our certificate
+                    // (expired, foreign) answers, after the handshake.
+                    Err(match tls {
+                        Some(_) => TransportError::Tls {
+                            address,
+                            reason: "the server closed the connection before answering (it may have refused our certificate)".into(),
+                        },
+                        None => TransportError::Connect {
+                            address,
+                            source: std::io::Error::other("the server closed the connection before answering"),
+                        },
+                    }
+                    .into())
+                }
+                Err(_elapsed) => {
                     task.abort();
                     Err(TransportError::ConnectTimeout {
                         address,

@@ -286,7 +286,9 @@ where
                 )),
             };
             tracing::warn!(method = path, caller = caller.unwrap_or(""), code = ?status.code(), "call refused by authorization");
-            self.stats.server.denied(path, caller, status.code());
+            self.stats
+                .server
+                .denied(counted_method(path), caller, status.code());
             drop(in_flight);
             return Box::pin(std::future::ready(
                 call.answer(Ok(status::response(status))),
@@ -333,6 +335,21 @@ where
             watch.stats = None;
             call.answer(answer)
         })
+    }
+}
+
+/// The method a refusal is counted under: its path if the contracts (or
+/// reflection) define it, else `other`, so that callers sending made-up
+/// paths cannot grow the table.
+fn counted_method(path: &str) -> &str {
+    const REFLECTION: &[&str] = &[
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    if REFLECTION.contains(&path) || shop_proto::methods().iter().any(|m| m.path == path) {
+        path
+    } else {
+        "other"
     }
 }
 

@@ -125,6 +125,9 @@ pub struct ClientCounters {
     pub faults_aborted: AtomicU64,
 }
 
+/// Different (method, caller, code) refusals counted apart.
+pub const MAX_DENIAL_KEYS: usize = 1024;
+
 /// Server-side counters.
 #[derive(Debug, Default)]
 pub struct ServerCounters {

@@ -74,8 +74,9 @@ pub enum TransportError {
         /// The HTTP/2 error code.
         reason: h2::Reason,
     },
-    /// The connection failed under the call (the peer went away, or did
-    /// not answer a keepalive PING in time and the connection was closed).
+    /// The connection failed under the call (the peer went away, we reset
+    /// the stream or closed the connection, or the peer did not answer a
+    /// keepalive PING in time).
     #[error("the connection was lost: {source}")]
     ConnectionLost {
         /// h2's error.
@@ -137,8 +138,8 @@ impl From<h2::Error> for TransportError {
     /// An error of a call on an open connection.
     fn from(source: h2::Error) -> Self {
         match source.reason() {
-            Some(reason) if source.is_go_away() => Self::GoAway { reason },
-            Some(reason) if source.is_reset() => Self::Reset { reason },
+            Some(reason) if source.is_go_away() && source.is_remote() => Self::GoAway { reason },
+            Some(reason) if source.is_reset() && source.is_remote() => Self::Reset { reason },
             _ => Self::ConnectionLost { source },
         }
     }

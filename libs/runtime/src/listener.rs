@@ -3,8 +3,9 @@
 //! [`Peer`] (tonic's `Connected`), which the mesh's authorization layer and
 //! the handlers read from the request's extensions.
 //!
-//! Handshakes run on tasks of their own, bounded by [`HANDSHAKE_TIMEOUT`],
-//! so a slow or silent client never holds up the next accept. A client
+//! Handshakes run on tasks of their own, bounded by [`HANDSHAKE_TIMEOUT`]
+//! and at most [`MAX_HANDSHAKES`] at once, so a slow or silent client never
+//! holds up the next accept. A client
 //! refused at the handshake (plaintext, a certificate of another CA, an
 //! expired one, none where one is required) never reaches tonic; the
 //! refusal is logged at debug with its reason.
@@ -22,6 +23,10 @@ use tokio_rustls::server::TlsStream;
 
 /// How long a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS handshakes in progress at once (a flood of silent or slow clients
+/// holds at most this many tasks and sockets).
+pub const MAX_HANDSHAKES: usize = 256;
 
 /// Connections handshaken but not yet taken by the server.
 const BACKLOG: usize = 128;
@@ -63,6 +68,7 @@ async fn accept_loop(
     identity: Option<Identity>,
     tx: mpsc::Sender<io::Result<Conn>>,
 ) {
+    let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (tcp, remote_addr) = tokio::select! {
             () = tx.closed() => return,
@@ -87,9 +93,16 @@ async fn accept_loop(
             }
             continue;
         };
+        // At most MAX_HANDSHAKES at once: beyond, accepting waits (the
+        // kernel's backlog holds the rest).
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
+        let server = identity.id();
         let tx = tx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
@@ -108,6 +121,7 @@ async fn accept_loop(
                     remote_addr,
                     tls: true,
                     identity,
+                    server: Some(server),
                 },
             };
             let _ = tx.send(Ok(conn)).await;
