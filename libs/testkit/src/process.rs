@@ -125,20 +125,24 @@ impl ServiceProcess {
     /// A channel to it as an end user would open one: TLS trusting the
     /// stack's CA, no client certificate (the gateway's public port).
     pub async fn public_channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        let mut endpoint = tonic::transport::Endpoint::from_shared(self.url())?
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(dir) = &self.client_identity {
-            endpoint = endpoint.tls_config(crate::identities::server_only_tls(dir)?)?;
-        }
-        Ok(endpoint.connect().await?)
+        self.connect(crate::identities::server_only_tls).await
     }
 
     /// A channel to it, as the stack's operator when it serves mTLS.
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        self.connect(crate::identities::client_tls).await
+    }
+
+    /// A channel to it, with the TLS `tls` makes of the operator's identity
+    /// directory when it serves TLS, plaintext otherwise.
+    async fn connect(
+        &self,
+        tls: fn(&Path) -> anyhow::Result<tonic::transport::ClientTlsConfig>,
+    ) -> anyhow::Result<tonic::transport::Channel> {
         let mut endpoint = tonic::transport::Endpoint::from_shared(self.url())?
             .connect_timeout(Duration::from_secs(5));
         if let Some(dir) = &self.client_identity {
-            endpoint = endpoint.tls_config(crate::identities::client_tls(dir)?)?;
+            endpoint = endpoint.tls_config(tls(dir)?)?;
         }
         Ok(endpoint.connect().await?)
     }
