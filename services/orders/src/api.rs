@@ -47,10 +47,7 @@ impl OrdersApi {
 
     async fn load(&self, order_id: Uuid) -> Result<Order, ServiceError> {
         let mut conn = self.pool.acquire().await?;
-        let row = store::get(&mut conn, order_id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("order", order_id))?;
-        Ok(to_proto(&mut conn, row).await?)
+        load_in(&mut conn, order_id).await
     }
 
     /// A repeated PlaceOrder: the same body gets the same order back.
@@ -66,6 +63,13 @@ impl OrdersApi {
         }
         self.load(existing.order_id).await
     }
+}
+
+async fn load_in(conn: &mut PgConnection, order_id: Uuid) -> Result<Order, ServiceError> {
+    let row = store::get(conn, order_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("order", order_id))?;
+    Ok(to_proto(conn, row).await?)
 }
 
 fn status_of(row: &OrderRow) -> OrderStatus {
@@ -238,10 +242,12 @@ impl OrderService for OrdersApi {
         )
         .await
         .map_err(ServiceError::from)?;
+        // The answer is the order as this transaction placed it: read after the
+        // commit, the saga may already have moved it on.
+        let order = load_in(&mut tx, order_id).await?;
         tx.commit().await.map_err(ServiceError::from)?;
         self.events.wake_relay();
         tracing::info!(order_id = %order_id, total, currency = %currency, "order placed");
-        let order = self.load(order_id).await?;
         Ok(Response::new(PlaceOrderResponse { order: Some(order) }))
     }
 
