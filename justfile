@@ -72,19 +72,28 @@ unit:
 # API tests per service (real Postgres) and end-to-end suites in tests/ (real processes)
 integration:
     cargo build --workspace --bins
+    cargo build -p payments --features failpoints --bin payments-failpoints
     cargo test --workspace --test '*'
 
 # the README's grpcurl examples against a running `just up`
 demo:
     bash tests/readme_examples.sh
 
-# benchmarks (not tests): `just bench mesh` compares bare tonic, the full mesh and an haproxy sidecar path, each plaintext and with mTLS
-bench what="mesh":
-    @test "{{what}}" = mesh || (echo "unknown benchmark {{what}}; known: mesh" && exit 2)
+# benchmarks (not tests): `just bench mesh` compares bare tonic, the full mesh and an haproxy sidecar path, each plaintext and with mTLS;
+# `just bench saga` measures the order saga on release binaries against the ceiling of its own Postgres (fsync on)
+bench what="mesh": bootstrap
+    @case "{{what}}" in mesh|saga) ;; *) echo "unknown benchmark {{what}}; known: mesh, saga"; exit 2;; esac
+    @if [ "{{what}}" = mesh ]; then just _bench-mesh; else just _bench-saga; fi
+
+_bench-mesh:
     command -v haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq haproxy)
     cargo build --release -p shop-bench
     taskset -c 0 target/release/shop-bench mesh --conns 16 --streams 1 --out target/bench/mesh-16x1.txt
     taskset -c 0 target/release/shop-bench mesh --conns 16 --streams 10 --out target/bench/mesh-16x10.txt
+
+_bench-saga:
+    cargo build --release --workspace --bins
+    SHOP_BIN_DIR={{root}}/target/release target/release/saga-bench --out target/bench/saga.txt --svg target/bench/saga.svg
 
 # generate the gateway's Python and TypeScript clients and build their programs (tests/clients; fast when up to date)
 clients: bootstrap

@@ -166,22 +166,42 @@ async fn a_saga_that_makes_no_progress_is_cancelled_and_compensated() {
     let order = saga.terminal(&order_id, SETTLE).await;
     assert_eq!(order.status(), OrderStatus::Cancelled);
     assert_eq!(order.cancellation_reason(), CancellationReason::SagaTimeout);
-    // The capture lands after the cancellation and is refunded; the stock
-    // comes back.
-    let order = shop_testkit::eventually(SETTLE, || async {
-        let order = saga.order(&order_id).await;
-        let kinds: Vec<_> = order.timeline.iter().map(|s| s.step()).collect();
-        if kinds.contains(&SagaStepType::CapturePayment)
-            && kinds.contains(&SagaStepType::RefundPayment)
-        {
-            Ok(order)
-        } else {
-            Err(format!("{kinds:?}"))
+    // The slow charge was still at the processor when the order was
+    // cancelled: the cancellation voided the order's idempotency key there,
+    // so the charge, when it completed, captured nothing. The stock comes
+    // back and no money moved.
+    let ledger = sqlx::PgPool::connect(&saga.stack.postgres.url("shop_payments"))
+        .await
+        .unwrap();
+    shop_testkit::eventually(SETTLE, || {
+        let ledger = ledger.clone();
+        let order_id = order_id.clone();
+        async move {
+            let row: Option<(String, i32)> = sqlx::query_as(
+                "SELECT outcome, requests FROM processor_ledger WHERE idempotency_key = $1::uuid",
+            )
+            .bind(&order_id)
+            .fetch_optional(&ledger)
+            .await
+            .map_err(|e| e.to_string())?;
+            match row {
+                Some((outcome, 1)) if outcome == "voided" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
         }
     })
     .await
     .unwrap();
+    let order = saga.order(&order_id).await;
     assert_eq!(order.status(), OrderStatus::Cancelled, "still cancelled");
+    assert!(
+        !order
+            .timeline
+            .iter()
+            .any(|s| s.step() == SagaStepType::CapturePayment),
+        "{:?}",
+        order.timeline
+    );
     saga.check_invariants(SETTLE).await;
 }
 
@@ -275,4 +295,69 @@ async fn bad_orders_get_precise_statuses_and_nothing_is_written() {
         .unwrap();
     assert_eq!(orders_written, 1);
     saga.check_invariants(SETTLE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_killed_between_the_processors_capture_and_its_own_commit_charges_once() {
+    let mut saga = Saga::start(BTreeMap::new()).await;
+    let book = saga.product(2500, 10).await;
+
+    // Payments again, as the build with fail points, set to abort right
+    // after the processor answered and before anything of payments' own is
+    // committed.
+    let payments = saga.stack.service_mut("payments");
+    payments.stop(Duration::from_secs(15)).await.unwrap();
+    payments.use_binary("payments-failpoints").unwrap();
+    payments.set_env(
+        "FAILPOINTS",
+        Some("payments::charge::after-processor=return"),
+    );
+    payments.restart().await.unwrap();
+
+    let order = saga.place(&[(&book, 2)], "tok_approve").await;
+    let status = saga
+        .stack
+        .service_mut("payments")
+        .exited(SETTLE)
+        .await
+        .expect("payments dies at the fail point");
+    assert!(!status.success(), "{status}");
+    // The processor took the money; payments recorded nothing.
+    assert_eq!(saga.processor_holds().await.unwrap(), 5000);
+    let payments_rows: i64 = {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&saga.stack.postgres.url("shop_payments"))
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM payments")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(payments_rows, 0);
+
+    // Back without the fail point: JetStream redelivers the StockReserved,
+    // the processor answers the original charge, and the order confirms.
+    let payments = saga.stack.service_mut("payments");
+    payments.set_env("FAILPOINTS", None);
+    payments.restart().await.unwrap();
+    assert_eq!(
+        saga.terminal(&order, SETTLE).await.status(),
+        OrderStatus::Confirmed
+    );
+    saga.check_invariants(SETTLE).await;
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&saga.stack.postgres.url("shop_payments"))
+        .await
+        .unwrap();
+    let (rows, requests): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(requests), 0)::bigint FROM processor_ledger
+         WHERE idempotency_key = $1::uuid",
+    )
+    .bind(&order)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    // One charge, asked for twice: the repeat got the original back.
+    assert_eq!((rows, requests), (1, 2));
 }

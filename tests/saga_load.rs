@@ -7,10 +7,15 @@ mod common;
 use common::Saga;
 use rand::Rng as _;
 use shop_proto::shop::analytics::v1::GetSalesReportRequest;
+use shop_proto::shop::common::v1::DeadLetterStatus;
+use shop_proto::shop::events::v1::{
+    ListConsumersRequest, ListDeadLettersRequest, ReplayDeadLetterRequest,
+};
 use shop_proto::shop::events::v1::{OrderLine, OrderPlaced};
-use shop_proto::shop::inventory::v1::ListDeadLettersRequest;
+use shop_proto::shop::orders::v1::CancelOrderRequest;
 use shop_proto::shop::orders::v1::PlaceOrderRequest;
 use shop_proto::shop::orders::v1::order_service_client::OrderServiceClient;
+use shop_proto::shop::payments::v1::{ListPaymentsRequest, PaymentStatus};
 use shop_testkit::{ServiceProcess, eventually};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -67,7 +72,13 @@ fn random_order(saga: &Saga, products: &[String]) -> PlaceOrderRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_orders_from_twenty_clients_compete_for_scarce_stock() {
-    let mut saga = Saga::start(BTreeMap::new()).await;
+    // Two replicas of inventory and of payments share each durable
+    // consumer: concurrency across processes as well as within them.
+    let mut saga = Saga::start_replicated(
+        BTreeMap::new(),
+        BTreeMap::from([("inventory".to_string(), 2), ("payments".to_string(), 2)]),
+    )
+    .await;
     let products = vec![
         saga.product(1500, 40).await,
         saga.product(2500, 25).await,
@@ -210,6 +221,69 @@ async fn crashes_of_every_service_and_of_nats_lose_nothing_and_charge_nothing_tw
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_card_in_eight_holds_up_no_other_order() {
+    // A saga that stalls behind slow cards would cancel orders at this
+    // timeout: 20 slow charges of 1.5 s one after another take 30 s.
+    let mut saga = Saga::start(BTreeMap::from([
+        (
+            "payments".to_string(),
+            vec![(
+                "SHOP_PAYMENTS__PROCESSOR__SLOW_DELAY".to_string(),
+                "1500ms".to_string(),
+            )],
+        ),
+        (
+            "orders".to_string(),
+            vec![("SHOP_ORDERS__SAGA__TIMEOUT".to_string(), "15s".to_string())],
+        ),
+    ]))
+    .await;
+    let product = saga.product(1000, 100_000).await;
+    let client = saga.orders().await;
+    let requests: Vec<Vec<(PlaceOrderRequest, bool)>> = (0..32)
+        .map(|c| {
+            (0..5)
+                .map(|i| {
+                    let slow = (c * 5 + i) % 8 == 7;
+                    let token = if slow {
+                        "tok_approve_slow"
+                    } else {
+                        "tok_approve"
+                    };
+                    (saga.order_request(&[(&product, 1)], token), slow)
+                })
+                .collect()
+        })
+        .collect();
+    let placed = futures::future::join_all(requests.into_iter().map(|batch| {
+        let mut client = client.clone();
+        async move {
+            let mut ids = Vec::new();
+            for (request, slow) in batch {
+                ids.push((place_with_retries(&mut client, request).await, slow));
+            }
+            ids
+        }
+    }))
+    .await;
+    let placed: Vec<(String, bool)> = placed.into_iter().flatten().collect();
+    assert_eq!(placed.len(), 160);
+    assert_eq!(placed.iter().filter(|(_, slow)| *slow).count(), 20);
+    saga.placed = placed.iter().map(|(id, _)| id.clone()).collect();
+    // Every order ends as its card decides: approved, slowly or not.
+    for (id, slow) in &placed {
+        let order = saga.terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(
+            order.status(),
+            shop_proto::shop::orders::v1::OrderStatus::Confirmed,
+            "order {id} (slow card: {slow}): {:?}",
+            order.timeline
+        );
+    }
+    saga.check_invariants(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_is_dead_lettered_after_max_deliver_while_orders_keep_flowing() {
     let mut saga = Saga::start(BTreeMap::from([(
         "inventory".to_string(),
@@ -251,7 +325,7 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_while_orders_keep_flo
         order.status(),
         shop_proto::shop::orders::v1::OrderStatus::Confirmed
     );
-    let mut inventory = saga.inventory().await;
+    let mut inventory = saga.events_admin("inventory").await;
     let letters = eventually(Duration::from_secs(30), || {
         let mut inventory = inventory.clone();
         async move {
@@ -281,4 +355,139 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_while_orders_keep_flo
         .dead_letters;
     assert_eq!(again.len(), 1, "dead-lettered once");
     saga.check_invariants(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_refund_is_counted_apart_and_its_replay_refunds_once() {
+    let mut saga = Saga::start(BTreeMap::from([(
+        "payments".to_string(),
+        vec![(
+            "SHOP_PAYMENTS__EVENTS__CONSUMER__MAX_DELIVER".to_string(),
+            "3".to_string(),
+        )],
+    )]))
+    .await;
+    let product = saga.product(1000, 5).await;
+    let order_id = saga.place(&[(&product, 2)], "tok_approve").await;
+    assert_eq!(
+        saga.terminal(&order_id, Duration::from_secs(30))
+            .await
+            .status(),
+        shop_proto::shop::orders::v1::OrderStatus::Confirmed
+    );
+
+    // Payments' database refuses refunds for a while.
+    use sqlx::Connection as _;
+    let mut db = sqlx::PgConnection::connect(&saga.stack.postgres.url("shop_payments"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'refunds refused'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON refunds FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    saga.orders()
+        .await
+        .cancel_order(CancelOrderRequest {
+            order_id: order_id.clone(),
+            detail: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let mut admin = saga.events_admin("payments").await;
+    let letter = eventually(Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move {
+            let letters = admin
+                .list_dead_letters(ListDeadLettersRequest::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .dead_letters;
+            letters
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no dead letter yet".to_string())
+        }
+    })
+    .await
+    .unwrap();
+    assert!(letter.compensation);
+    assert_eq!(letter.consumer, "payments-orders");
+    assert_eq!(letter.status(), DeadLetterStatus::Pending);
+    let consumers = admin
+        .list_consumers(ListConsumersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers;
+    let refunds = consumers
+        .iter()
+        .find(|c| c.name == "payments-orders")
+        .unwrap();
+    assert_eq!(refunds.compensations_dead_lettered, 1, "{refunds:?}");
+    assert_eq!(refunds.dead_letters_pending, 1);
+    assert!(
+        saga.stack
+            .service("payments")
+            .log()
+            .contains("a compensation was dead-lettered")
+    );
+    // The money is still held on our books.
+    assert_eq!(
+        payment_status(&saga, &order_id).await,
+        PaymentStatus::Captured
+    );
+
+    // Fixed, and replayed twice: refunded once.
+    sqlx::raw_sql("DROP TRIGGER refuse ON refunds")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let replayed = admin
+            .replay_dead_letter(ReplayDeadLetterRequest {
+                dead_letter_id: letter.dead_letter_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letter
+            .unwrap();
+        assert_eq!(replayed.status(), DeadLetterStatus::Replayed);
+        assert!(
+            replayed.resolved_by.ends_with("/sa/operator"),
+            "{replayed:?}"
+        );
+    }
+    assert_eq!(
+        payment_status(&saga, &order_id).await,
+        PaymentStatus::Refunded
+    );
+    let refunds: i64 = sqlx::query_scalar("SELECT count(*) FROM refunds")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(refunds, 1);
+    saga.check_invariants(Duration::from_secs(30)).await;
+}
+
+/// The status of the one payment of `order_id`.
+async fn payment_status(saga: &Saga, order_id: &str) -> PaymentStatus {
+    saga.payments()
+        .await
+        .list_payments(ListPaymentsRequest {
+            order_id: order_id.to_string(),
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payments[0]
+        .status()
 }

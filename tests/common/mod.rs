@@ -10,6 +10,7 @@ use shop_proto::shop::analytics::v1::analytics_service_client::AnalyticsServiceC
 use shop_proto::shop::catalog::v1::CreateProductRequest;
 use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
 use shop_proto::shop::common::v1::Money;
+use shop_proto::shop::events::v1::events_admin_service_client::EventsAdminServiceClient;
 use shop_proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
 use shop_proto::shop::inventory::v1::{GetStockRequest, SetStockRequest};
 use shop_proto::shop::orders::v1::order_service_client::OrderServiceClient;
@@ -104,12 +105,22 @@ pub fn admin_events(stack: &Stack) -> shop_events::EventsSettings {
 
 impl Saga {
     pub async fn start(service_env: BTreeMap<String, Vec<(String, String)>>) -> Self {
+        Self::start_replicated(service_env, BTreeMap::new()).await
+    }
+
+    /// [`Saga::start`] with `replicas` instances of some services (sharing
+    /// their database and durable consumers).
+    pub async fn start_replicated(
+        service_env: BTreeMap<String, Vec<(String, String)>>,
+        replicas: BTreeMap<String, usize>,
+    ) -> Self {
         let mut services: Vec<String> = SAGA_SERVICES.iter().map(|s| s.to_string()).collect();
         services.push("notifications".into());
         let stack = Stack::start_with(StackOptions {
             services,
             env: fast_env(),
             service_env,
+            replicas,
             ..StackOptions::default()
         })
         .await
@@ -133,6 +144,10 @@ impl Saga {
     }
     pub async fn payments(&self) -> PaymentServiceClient<Channel> {
         PaymentServiceClient::new(self.stack.service("payments").channel().await.unwrap())
+    }
+    /// `EventsAdminService` of `service`, as the operator.
+    pub async fn events_admin(&self, service: &str) -> EventsAdminServiceClient<Channel> {
+        EventsAdminServiceClient::new(self.stack.service(service).channel().await.unwrap())
     }
     pub async fn analytics(&self) -> AnalyticsServiceClient<Channel> {
         AnalyticsServiceClient::new(self.stack.service("analytics").channel().await.unwrap())
@@ -299,6 +314,15 @@ impl Saga {
                 "money: captured - refunded = {net_captured}, confirmed orders total {confirmed_total}"
             ));
         }
+        // The processor's own books agree: what it holds, net of refunds,
+        // is what the confirmed orders cost, and it answered each order
+        // with at most one charge (one ledger row per idempotency key).
+        let held = self.processor_holds().await?;
+        if held != confirmed_total {
+            return Err(format!(
+                "money at the processor: it holds {held}, confirmed orders total {confirmed_total}"
+            ));
+        }
         for (product_id, initial) in &self.initial_stock {
             let level = inventory
                 .get_stock(GetStockRequest {
@@ -332,6 +356,28 @@ impl Saga {
             }
         }
         Ok(())
+    }
+
+    /// What the card processor's ledger holds for the orders placed:
+    /// captures not refunded.
+    pub async fn processor_holds(&self) -> Result<i64, String> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.stack.postgres.url("shop_payments"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let placed: Vec<uuid::Uuid> = self
+            .placed
+            .iter()
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        sqlx::query_scalar(
+            "SELECT coalesce(sum(amount_minor), 0)::bigint FROM processor_ledger
+             WHERE idempotency_key = ANY($1) AND outcome = 'captured' AND refunded_at IS NULL",
+        )
+        .bind(&placed)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())
     }
 
     /// Rows in the outbox of `service` and messages in its stream: equal

@@ -1,4 +1,9 @@
-//! What the two benchmark binaries share.
+//! What the benchmark binaries share: the meter provider the mesh bench
+//! records into, CPU time from `/proc` ([`procstat`]) and latency plots
+//! ([`plot`]).
+
+pub mod plot;
+pub mod procstat;
 
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;

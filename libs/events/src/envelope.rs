@@ -7,7 +7,11 @@ use uuid::Uuid;
 
 /// Wraps `event` for `aggregate_id`. `cause`, when the event is a reaction
 /// to another one, links the two (causation and correlation ids), so a
-/// saga's events can be followed end to end.
+/// saga's events can be followed end to end. A flow is named by the
+/// aggregate its first event is about: every event of an order's saga
+/// carries the order id as its correlation id, also a cancellation that
+/// starts from the API or the timeout sweeper, which is what consumers
+/// order their work by.
 pub fn wrap<E: DomainEvent>(
     producer: &str,
     aggregate_id: &str,
@@ -25,7 +29,7 @@ pub fn wrap<E: DomainEvent>(
                 c.correlation_id.clone()
             },
         ),
-        None => (String::new(), event_id.clone()),
+        None => (String::new(), aggregate_id.to_string()),
     };
     Envelope {
         event_id,
@@ -104,10 +108,11 @@ mod tests {
             },
             None,
         );
-        assert_eq!(placed.correlation_id, placed.event_id);
-        let confirmed = wrap("orders", "o-1", &OrderConfirmed::default(), Some(&placed));
+        // A flow is named by the aggregate its first event is about.
+        assert_eq!(placed.correlation_id, "o-1");
+        let confirmed = wrap("orders", "p-1", &OrderConfirmed::default(), Some(&placed));
         assert_eq!(confirmed.causation_id, placed.event_id);
-        assert_eq!(confirmed.correlation_id, placed.event_id);
+        assert_eq!(confirmed.correlation_id, "o-1");
         assert_eq!(confirmed.event_type, "shop.events.v1.OrderConfirmed");
     }
 

@@ -6,11 +6,14 @@
 //! - [`outbox`]: [`outbox::enqueue`] writes an event in the caller's
 //!   transaction; the relay publishes the rows in order with `Nats-Msg-Id` =
 //!   event id and marks them published once JetStream acked them.
-//! - [`inbox`]: durable pull consumers; an event's id is recorded in the
-//!   `inbox` table in the same transaction as the handler's effect, so a
-//!   redelivered or replayed event changes nothing. After `max_deliver`
-//!   failed attempts the event goes to `dead_letters` and the consumer moves
-//!   on.
+//! - [`consumer`]: durable pull consumers applying up to `max_in_flight`
+//!   events at once, each aggregate's in order. After `max_deliver` failed
+//!   attempts an event goes to `dead_letters` and the consumer moves on.
+//! - [`inbox`]: applying an event once: its id is recorded in the `inbox`
+//!   table in the same transaction as the handler's effect, so a
+//!   redelivered event changes nothing.
+//! - [`dead_letters`] and [`admin`]: what consumers gave up on, listed,
+//!   replayed and discarded through `shop.events.v1.EventsAdminService`.
 //! - [`permissions`]: each service's least-privilege NATS permissions,
 //!   derived from the catalog (for nats-server's configuration).
 //! - [`settings`]: `[events]` configuration.
@@ -20,17 +23,21 @@
 //! Tables each service's migrations create: `outbox`, `inbox`,
 //! `dead_letters` (see `migrations/*/0002_events.sql`).
 
+pub mod admin;
 pub mod catalog;
+pub mod consumer;
 pub mod dead_letters;
 pub mod envelope;
 pub mod inbox;
 pub mod outbox;
 pub mod permissions;
 pub mod settings;
+mod stats;
 
 pub use catalog::{DomainEvent, STREAMS, StreamDef};
+pub use consumer::ConsumerSpec;
 pub use envelope::Received;
-pub use inbox::{ConsumerSpec, Handler};
+pub use inbox::{AlreadyApplied, Apply, Handler};
 pub use settings::EventsSettings;
 
 use anyhow::Context as _;
@@ -46,6 +53,7 @@ pub struct Events {
     js: jetstream::Context,
     settings: EventsSettings,
     wake: Arc<Notify>,
+    consumers: admin::Registry,
 }
 
 impl std::fmt::Debug for Events {
@@ -107,6 +115,7 @@ impl Events {
             js,
             settings: settings.clone(),
             wake: Arc::new(Notify::new()),
+            consumers: admin::Registry::default(),
         })
     }
 
@@ -131,12 +140,12 @@ impl Events {
         move |shutdown| Box::pin(relay.run(shutdown))
     }
 
-    /// A consumer running `handler` for the events `spec` names.
+    /// A consumer of the events `spec` registers, each applied by its
+    /// handler.
     pub fn consumer(
         &self,
         pool: sqlx::PgPool,
         spec: ConsumerSpec,
-        handler: Arc<dyn Handler>,
     ) -> impl FnOnce(tokio_util::sync::CancellationToken) -> futures::future::BoxFuture<'static, ()>
     + use<> {
         if catalog::is_service(self.service) && !catalog::reads(self.service).contains(&spec.stream)
@@ -146,15 +155,31 @@ impl Events {
                 spec.name, self.service, spec.stream.name
             );
         }
-        let consumer = inbox::Consumer {
+        let durable = match &self.settings.consumer.durable_prefix {
+            Some(prefix) => format!("{prefix}-{}", spec.name),
+            None => spec.name.clone(),
+        };
+        let consumer = Arc::new(consumer::Consumer {
             js: self.js.clone(),
             pool,
             spec,
+            durable,
             settings: self.settings.consumer.clone(),
-            handler,
             wake_relay: self.wake.clone(),
-        };
+            stats: Default::default(),
+        });
+        self.consumers
+            .lock()
+            .expect("registry lock")
+            .push(consumer.clone());
         move |shutdown| Box::pin(consumer.run(shutdown))
+    }
+
+    /// `shop.events.v1.EventsAdminService` over this service's consumers
+    /// (those made before and after this call) and its `dead_letters`;
+    /// [`admin::EventsAdmin::into_server`] mounts it.
+    pub fn admin(&self, pool: sqlx::PgPool) -> admin::EventsAdmin {
+        admin::EventsAdmin::new(pool, self.consumers.clone())
     }
 
     /// Publishes `event` straight to JetStream, bypassing any outbox: for

@@ -96,6 +96,12 @@ pub struct ConsumerSettings {
     /// from the start, e.g. to rebuild a projection).
     #[serde(default)]
     pub durable_prefix: Option<String>,
+    /// Messages each consumer holds at once (being applied or queued behind
+    /// an earlier event of the same aggregate). Events of one aggregate are
+    /// applied one at a time, in stream order; different aggregates in
+    /// parallel.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 fn default_ack_wait() -> Duration {
@@ -103,6 +109,9 @@ fn default_ack_wait() -> Duration {
 }
 fn default_max_deliver() -> i64 {
     5
+}
+fn default_max_in_flight() -> usize {
+    64
 }
 fn default_backoff() -> Vec<humantime_serde::Serde<Duration>> {
     [100, 500, 2000]
@@ -118,6 +127,7 @@ impl Default for ConsumerSettings {
             max_deliver: default_max_deliver(),
             backoff: default_backoff(),
             durable_prefix: None,
+            max_in_flight: default_max_in_flight(),
         }
     }
 }

@@ -3,26 +3,48 @@
 
 use shop_events::catalog::ORDERS;
 use shop_events::settings::{ConsumerSettings, EventsSettings, RelaySettings};
-use shop_events::{ConsumerSpec, DomainEvent, Events, Handler, Received, outbox};
+use shop_events::{Apply, ConsumerSpec, Events, Handler, Received, outbox};
+use shop_proto::shop::common::v1::DeadLetterStatus;
 use shop_proto::shop::events::v1::OrderPlaced;
+use shop_proto::shop::events::v1::events_admin_service_server::EventsAdminService as _;
+use shop_proto::shop::events::v1::{
+    DiscardDeadLetterRequest, ListConsumersRequest, ListDeadLettersRequest, ReplayDeadLetterRequest,
+};
 use shop_testkit::{Nats, Postgres, eventually};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const MAX_DELIVER: i64 = 3;
 
-/// Records each order id it sees; always fails for `poison`.
-#[derive(Default)]
+/// Records each event it applies; fails `poison` until healed; holds
+/// `slow` events until the test lets them through.
 struct Recorder {
     attempts: Mutex<HashMap<String, usize>>,
+    /// `(order_id, user_id)` of each event applied, in the order applied.
+    log: Mutex<Vec<(String, String)>>,
+    /// Permits for `slow` events.
+    gate: tokio::sync::Semaphore,
+    healed: AtomicBool,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            attempts: Mutex::default(),
+            log: Mutex::default(),
+            gate: tokio::sync::Semaphore::new(0),
+            healed: AtomicBool::new(false),
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl Handler for Recorder {
-    async fn handle(&self, tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
         let placed = event.decode::<OrderPlaced>()?;
         *self
             .attempts
@@ -30,13 +52,21 @@ impl Handler for Recorder {
             .unwrap()
             .entry(placed.order_id.clone())
             .or_default() += 1;
-        if placed.order_id == "poison" {
+        if placed.order_id == "poison" && !self.healed.load(Ordering::SeqCst) {
             anyhow::bail!("this event always fails");
         }
+        if placed.order_id == "slow" {
+            self.gate.acquire().await?.forget();
+        }
+        let tx = apply.tx().await?;
         sqlx::query("INSERT INTO applied (order_id) VALUES ($1)")
             .bind(&placed.order_id)
             .execute(&mut *tx)
             .await?;
+        self.log
+            .lock()
+            .unwrap()
+            .push((placed.order_id.clone(), placed.user_id.clone()));
         Ok(())
     }
 }
@@ -46,7 +76,7 @@ struct Fixture {
     events: Events,
     shutdown: CancellationToken,
     recorder: Arc<Recorder>,
-    _nats: Nats,
+    nats: Nats,
     _postgres: Postgres,
 }
 
@@ -54,14 +84,18 @@ async fn fixture() -> Fixture {
     let postgres = Postgres::start().await.unwrap();
     let url = postgres.create_database("events").await.unwrap();
     let pool = PgPool::connect(&url).await.unwrap();
-    let ddl = std::fs::read_to_string(
-        shop_testkit::tools::repo_root().join("migrations/orders/0001_events.sql"),
-    )
-    .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&pool)
-        .await
+    for migration in ["0001_events.sql", "0003_dead_letter_resolution.sql"] {
+        let ddl = std::fs::read_to_string(
+            shop_testkit::tools::repo_root()
+                .join("migrations/orders")
+                .join(migration),
+        )
         .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
     sqlx::raw_sql("CREATE TABLE applied (order_id text NOT NULL)")
         .execute(&pool)
         .await
@@ -83,6 +117,7 @@ async fn fixture() -> Fixture {
             max_deliver: MAX_DELIVER,
             backoff: vec![Duration::from_millis(20).into()],
             durable_prefix: None,
+            ..ConsumerSettings::default()
         },
     };
     let events = Events::connect("test", &settings).await.unwrap();
@@ -91,21 +126,30 @@ async fn fixture() -> Fixture {
     tokio::spawn(events.relay(pool.clone())(shutdown.clone()));
     tokio::spawn(events.consumer(
         pool.clone(),
-        ConsumerSpec::new("test-orders", ORDERS, &[OrderPlaced::SUBJECT]),
-        recorder.clone(),
+        ConsumerSpec::new("test-orders", ORDERS).on::<OrderPlaced>(recorder.clone()),
     )(shutdown.clone()));
     Fixture {
         pool,
         events,
         shutdown,
         recorder,
-        _nats: nats,
+        nats,
         _postgres: postgres,
     }
 }
 
 impl Fixture {
     async fn place(&self, order_id: &str) -> shop_proto::shop::events::v1::Envelope {
+        self.place_as(order_id, "").await
+    }
+
+    /// An OrderPlaced of aggregate `order_id`; `user_id` tells two events
+    /// of one aggregate apart.
+    async fn place_as(
+        &self,
+        order_id: &str,
+        user_id: &str,
+    ) -> shop_proto::shop::events::v1::Envelope {
         let mut tx = self.pool.begin().await.unwrap();
         let envelope = outbox::enqueue(
             &mut tx,
@@ -113,6 +157,7 @@ impl Fixture {
             order_id,
             &OrderPlaced {
                 order_id: order_id.into(),
+                user_id: user_id.into(),
                 ..Default::default()
             },
             None,
@@ -122,6 +167,17 @@ impl Fixture {
         tx.commit().await.unwrap();
         self.events.wake_relay();
         envelope
+    }
+
+    fn log(&self) -> Vec<(String, String)> {
+        self.recorder.log.lock().unwrap().clone()
+    }
+
+    async fn dead_letters(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     async fn applied(&self) -> Vec<String> {
@@ -232,4 +288,263 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_and_others_flow_past_
     tokio::time::sleep(Duration::from_millis(300)).await;
     let attempts = f.recorder.attempts.lock().unwrap()["poison"];
     assert_eq!(attempts as i64, MAX_DELIVER, "exactly max_deliver attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_event_holds_up_its_own_aggregate_only_and_each_aggregate_stays_in_order() {
+    let f = fixture().await;
+
+    // Two events of the slow aggregate, then forty of twenty others (two
+    // each, in order).
+    f.place_as("slow", "first").await;
+    f.place_as("slow", "second").await;
+    for i in 0..20 {
+        f.place_as(&format!("o-{i}"), "first").await;
+        f.place_as(&format!("o-{i}"), "second").await;
+    }
+    // Everything else is applied while the slow one is held.
+    eventually(Duration::from_secs(20), || async {
+        let n = f.log().len();
+        if n == 40 { Ok(()) } else { Err(n) }
+    })
+    .await
+    .unwrap();
+    assert!(f.log().iter().all(|(order, _)| order != "slow"));
+    // The second slow event waits behind the first, not beside it.
+    let admin = f.events.admin(f.pool.clone());
+    let consumers = admin
+        .list_consumers(tonic::Request::new(ListConsumersRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers;
+    assert_eq!(consumers.len(), 1);
+    assert_eq!(consumers[0].name, "test-orders");
+    assert_eq!(consumers[0].in_flight, 2, "{consumers:?}");
+    assert_eq!(consumers[0].max_in_flight, 64);
+    assert_eq!(consumers[0].applied, 40);
+
+    f.recorder.gate.add_permits(2);
+    eventually(Duration::from_secs(10), || async {
+        let n = f.log().len();
+        if n == 42 { Ok(()) } else { Err(n) }
+    })
+    .await
+    .unwrap();
+    // Per aggregate, stream order.
+    let log = f.log();
+    for order in log.iter().map(|(o, _)| o.clone()) {
+        let users: Vec<&str> = log
+            .iter()
+            .filter(|(o, _)| *o == order)
+            .map(|(_, u)| u.as_str())
+            .collect();
+        assert_eq!(users, ["first", "second"], "{order}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_written_leaves_the_event_in_the_stream() {
+    let f = fixture().await;
+    // The dead_letters table refuses writes (as a full disk or a broken
+    // constraint would).
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'dead letters refused'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON dead_letters
+             FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&f.pool)
+    .await
+    .unwrap();
+
+    f.place("poison").await;
+    // It is tried past max_deliver: each dead letter refused, the message
+    // nak'ed rather than terminated.
+    eventually(Duration::from_secs(20), || async {
+        let attempts = f.recorder.attempts.lock().unwrap().get("poison").copied();
+        match attempts {
+            Some(n) if n as i64 > MAX_DELIVER + 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.dead_letters().await, 0);
+    let admin = f.events.admin(f.pool.clone());
+    let state = admin
+        .list_consumers(tonic::Request::new(ListConsumersRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers
+        .remove(0);
+    assert!(state.dead_letter_write_failures >= 2, "{state:?}");
+    assert_eq!(state.dead_lettered, 0);
+
+    // The cause is fixed: the event, still in the stream, is applied.
+    f.recorder.healed.store(true, Ordering::SeqCst);
+    eventually(Duration::from_secs(10), || async {
+        let applied = f.applied().await;
+        if applied == ["poison"] {
+            Ok(())
+        } else {
+            Err(format!("{applied:?}"))
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_replays_a_dead_letter_once_or_discards_it_with_a_reason() {
+    let f = fixture().await;
+    let admin = f.events.admin(f.pool.clone());
+    f.place("poison").await;
+    eventually(Duration::from_secs(20), || async {
+        let n = f.dead_letters().await;
+        if n == 1 { Ok(()) } else { Err(n) }
+    })
+    .await
+    .unwrap();
+    let letter = admin
+        .list_dead_letters(tonic::Request::new(ListDeadLettersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters
+        .remove(0);
+    assert_eq!(letter.status(), DeadLetterStatus::Pending);
+    let replay = |id: &str| {
+        let admin = &admin;
+        let id = id.to_string();
+        async move {
+            admin
+                .replay_dead_letter(tonic::Request::new(ReplayDeadLetterRequest {
+                    dead_letter_id: id,
+                }))
+                .await
+        }
+    };
+
+    // Still failing: the replay says why, and the letter stays pending.
+    let err = replay(&letter.dead_letter_id).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("always fails"), "{err:?}");
+
+    // Fixed: two replays racing apply it once.
+    f.recorder.healed.store(true, Ordering::SeqCst);
+    let (a, b) = tokio::join!(
+        replay(&letter.dead_letter_id),
+        replay(&letter.dead_letter_id)
+    );
+    for r in [a, b] {
+        let replayed = r.unwrap().into_inner().dead_letter.unwrap();
+        assert_eq!(replayed.status(), DeadLetterStatus::Replayed);
+        assert_eq!(replayed.replay_attempts, 2);
+        assert!(replayed.resolve_time.is_some());
+    }
+    assert_eq!(f.applied().await, ["poison"]);
+    // ... and a replayed letter cannot be discarded.
+    let err = admin
+        .discard_dead_letter(tonic::Request::new(DiscardDeadLetterRequest {
+            dead_letter_id: letter.dead_letter_id.clone(),
+            reason: "too late".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // Another one, discarded: a reason is required, and then it is kept
+    // as DISCARDED and can no longer be replayed.
+    f.recorder.healed.store(false, Ordering::SeqCst);
+    f.place("poison").await;
+    eventually(Duration::from_secs(20), || async {
+        let n = f.dead_letters().await;
+        if n == 2 { Ok(()) } else { Err(n) }
+    })
+    .await
+    .unwrap();
+    let second = admin
+        .list_dead_letters(tonic::Request::new(ListDeadLettersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters
+        .remove(0);
+    assert_ne!(second.dead_letter_id, letter.dead_letter_id);
+    let discard = |reason: &str| {
+        admin.discard_dead_letter(tonic::Request::new(DiscardDeadLetterRequest {
+            dead_letter_id: second.dead_letter_id.clone(),
+            reason: reason.into(),
+        }))
+    };
+    let err = discard("  ").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let discarded = discard("the order was settled by hand")
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letter
+        .unwrap();
+    assert_eq!(discarded.status(), DeadLetterStatus::Discarded);
+    assert_eq!(discarded.discard_reason, "the order was settled by hand");
+    let err = replay(&second.dead_letter_id).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let err = replay(&uuid::Uuid::now_v7().to_string()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = replay("nope").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(f.applied().await, ["poison"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_in_the_middle_of_the_relays_window_loses_and_repeats_nothing() {
+    let mut f = fixture().await;
+    const EVENTS: usize = 400;
+    {
+        let mut tx = f.pool.begin().await.unwrap();
+        for i in 0..EVENTS {
+            outbox::enqueue(
+                &mut tx,
+                "test",
+                &format!("o-{i}"),
+                &OrderPlaced {
+                    order_id: format!("o-{i}"),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    f.events.wake_relay();
+    // Killed while the relay has publishes in flight.
+    eventually(Duration::from_secs(10), || async {
+        let n = f.events.stream_message_count("ORDERS").await.unwrap_or(0);
+        if n > 0 { Ok(()) } else { Err(n) }
+    })
+    .await
+    .unwrap();
+    f.nats.kill().unwrap();
+    f.nats.restart().await.unwrap();
+    eventually(Duration::from_secs(60), || async {
+        let applied = f.applied().await.len();
+        if applied == EVENTS {
+            Ok(())
+        } else {
+            Err(applied)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        f.events.stream_message_count("ORDERS").await.unwrap(),
+        EVENTS as u64
+    );
+    let mut applied = f.applied().await;
+    applied.dedup();
+    assert_eq!(applied.len(), EVENTS, "each event applied once");
 }

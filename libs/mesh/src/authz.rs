@@ -16,7 +16,8 @@
 //! Everything not allowed is refused: a method with no rule for it or its
 //! service is PERMISSION_DENIED to everyone. Health is open to all (probes
 //! and balancers call it); reflection is open to any workload of the
-//! bundle and MeshAdmin to `operator`, unless configured otherwise.
+//! bundle, MeshAdmin and EventsAdmin to `operator`, unless configured
+//! otherwise.
 //!
 //! A caller without an identity (no certificate, or one without a SPIFFE
 //! ID) on a method that is not public gets UNAUTHENTICATED; one whose
@@ -40,6 +41,7 @@ pub const PUBLIC: &str = "public";
 
 const HEALTH: &str = "grpc.health.v1.Health";
 const MESH_ADMIN: &str = "shop.mesh.v1.MeshAdminService";
+const EVENTS_ADMIN: &str = "shop.events.v1.EventsAdminService";
 const REFLECTION: &[&str] = &[
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -116,6 +118,7 @@ impl Authorizer {
         let mut rules: HashMap<String, Vec<String>> = HashMap::new();
         rules.insert(HEALTH.into(), vec![PUBLIC.into()]);
         rules.insert(MESH_ADMIN.into(), vec!["operator".into()]);
+        rules.insert(EVENTS_ADMIN.into(), vec!["operator".into()]);
         for service in REFLECTION {
             rules.insert((*service).into(), vec![ANY_WORKLOAD.into()]);
         }

@@ -29,6 +29,8 @@ pub struct Postgres {
     owner: Option<(u32, u32)>,
     /// The superuser's password (made up per cluster).
     password: String,
+    /// Whether commits are flushed to disk.
+    fsync: bool,
     child: Option<Child>,
 }
 
@@ -49,6 +51,16 @@ impl std::fmt::Debug for Postgres {
 impl Postgres {
     /// Creates a cluster and starts it; ready for connections on return.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_fsync(false).await
+    }
+
+    /// [`Postgres::start`] with `fsync` on (every commit flushed to disk,
+    /// as in production): what benchmarks measure against.
+    pub async fn start_durable() -> anyhow::Result<Self> {
+        Self::start_with_fsync(true).await
+    }
+
+    async fn start_with_fsync(fsync: bool) -> anyhow::Result<Self> {
         let bin = tools::postgres_bin_dir()?;
         let dir = tempfile::Builder::new().prefix("shop-pg-").tempdir()?;
         let owner = unprivileged_owner()?;
@@ -92,6 +104,7 @@ impl Postgres {
             port: 0,
             owner,
             password,
+            fsync,
             child: None,
         };
         let mut last_err = None;
@@ -299,9 +312,9 @@ impl Postgres {
             .arg("-k")
             .arg(self.dir.path())
             .args(["-c", "listen_addresses=127.0.0.1"])
-            // Durable against a killed process (the OS keeps the writes);
-            // we do not simulate power loss, so skip the fsyncs.
-            .args(["-c", "fsync=off"])
+            // Without fsync: durable against a killed process (the OS keeps
+            // the writes); tests do not simulate power loss.
+            .args(["-c", if self.fsync { "fsync=on" } else { "fsync=off" }])
             .args(["-c", "max_connections=200"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

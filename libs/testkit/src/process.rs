@@ -196,6 +196,40 @@ impl ServiceProcess {
         }
     }
 
+    /// Runs another build of the service from its next (re)start, e.g.
+    /// `payments-failpoints` (a binary of the same package in the
+    /// workspace's target directory).
+    pub fn use_binary(&mut self, binary: &str) -> anyhow::Result<()> {
+        self.bin = tools::service_binary(binary)?;
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable from its
+    /// next (re)start on.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_string(), value.to_string()));
+        }
+    }
+
+    /// Waits up to `within` for the process to exit by itself, and reaps
+    /// it: its exit status.
+    pub async fn exited(&mut self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let child = self.child.as_mut().context("the service is not running")?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} still running after {within:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts the service again on the address it had, after `kill`/`stop`.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {

@@ -33,6 +33,9 @@ pub struct StackOptions {
     /// a debug build stalls the call that waits for it by hundreds of
     /// milliseconds (loopback needs no encryption).
     pub database_tls: bool,
+    /// Postgres with `fsync` on, as in production (benchmarks); tests run
+    /// it off, being durable against killed processes without it.
+    pub durable_postgres: bool,
 }
 
 /// A running local system.
@@ -130,7 +133,11 @@ impl Stack {
             Identities::dir_in(dir.path(), "operator").display()
         ));
         progress("starting postgres");
-        let postgres = Postgres::start().await?;
+        let postgres = if options.durable_postgres {
+            Postgres::start_durable().await?
+        } else {
+            Postgres::start().await?
+        };
         postgres.enable_tls(&identities.mint("postgres")?).await?;
         progress(&format!(
             "postgres ready on 127.0.0.1:{} (pid {})",

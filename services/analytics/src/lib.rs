@@ -45,6 +45,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     let mut app = Application::bind("analytics", &config.server)
         .await?
         .add_service(AnalyticsServiceServer::new(api))
+        .add_service(events.admin(pool.clone()).into_server())
         .with_database(pool.clone(), config.database.probe_interval);
     for (task, name, stream) in [
         ("consumer-orders", "analytics-orders", ORDERS),
@@ -56,8 +57,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
             task,
             events.consumer(
                 pool.clone(),
-                ConsumerSpec::new(name, stream, &[]),
-                projector.clone(),
+                ConsumerSpec::new(name, stream).every_event(projector.clone()),
             ),
         );
     }

@@ -4,12 +4,11 @@
 use crate::domain::{Fact, Source};
 use crate::store;
 use anyhow::Context as _;
-use shop_events::{Handler, Received};
+use shop_events::{Apply, Handler, Received};
 use shop_proto::shop::events::v1::{
     OrderCancelled, OrderConfirmed, OrderPlaced, PaymentCaptured, PaymentDeclined, PaymentRefunded,
     StockRejected, StockReleased, StockReserved, UserRegistered,
 };
-use sqlx::PgConnection;
 
 /// Applies order, inventory, payment and user events to the projections;
 /// ignores other event types.
@@ -52,7 +51,8 @@ fn fact(event: &Received) -> anyhow::Result<Option<Fact>> {
 
 #[async_trait::async_trait]
 impl Handler for Projector {
-    async fn handle(&self, tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
+        let tx = apply.tx().await?;
         let Some(fact) = fact(event)? else {
             tracing::debug!(event_type = %event.envelope.event_type, "not projected");
             return Ok(());

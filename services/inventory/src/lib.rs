@@ -31,7 +31,6 @@ pub use saga::OrderEventHandler;
 use shop_events::Events;
 use shop_proto::shop::inventory::v1::inventory_service_server::InventoryServiceServer;
 use shop_runtime::{Application, db};
-use std::sync::Arc;
 
 /// The service's migrations, from `migrations/inventory`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/inventory");
@@ -46,10 +45,11 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     Ok(Application::bind("inventory", &config.server)
         .await?
         .add_service(InventoryServiceServer::new(api))
+        .add_service(events.admin(pool.clone()).into_server())
         .with_database(pool.clone(), config.database.probe_interval)
         .with_task("relay", events.relay(pool.clone()))
         .with_task(
             "consumer-orders",
-            events.consumer(pool, saga::consumer_spec(), Arc::new(OrderEventHandler)),
+            events.consumer(pool, saga::consumer_spec()),
         ))
 }

@@ -8,29 +8,27 @@
 use crate::domain::{self, Line, ReservationStatus};
 use crate::store::{self, Move};
 use anyhow::Context as _;
-use shop_events::{ConsumerSpec, DomainEvent, Handler, Received, catalog, outbox};
+use shop_events::{Apply, ConsumerSpec, Handler, Received, catalog, outbox};
 use shop_proto::shop::common::v1::StockRejectionReason;
 use shop_proto::shop::events::v1::{
     OrderCancelled, OrderConfirmed, OrderPlaced, StockLine, StockRejected, StockReleased,
     StockReserved, StockShortfall,
 };
 use sqlx::PgConnection;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Name of this service as a producer of events.
 const PRODUCER: &str = "inventory";
 
-/// The durable consumer of the orders stream.
+/// The durable consumer of the orders stream: reservations on OrderPlaced,
+/// commits on OrderConfirmed, releases (a compensation) on OrderCancelled.
 pub(crate) fn consumer_spec() -> ConsumerSpec {
-    ConsumerSpec::new(
-        "inventory-orders",
-        catalog::ORDERS,
-        &[
-            OrderPlaced::SUBJECT,
-            OrderConfirmed::SUBJECT,
-            OrderCancelled::SUBJECT,
-        ],
-    )
+    let handler = Arc::new(OrderEventHandler);
+    ConsumerSpec::new("inventory-orders", catalog::ORDERS)
+        .on::<OrderPlaced>(handler.clone())
+        .on::<OrderConfirmed>(handler.clone())
+        .compensation::<OrderCancelled>(handler)
 }
 
 /// Reserves stock on OrderPlaced, commits it on OrderConfirmed, releases it
@@ -40,7 +38,8 @@ pub struct OrderEventHandler;
 
 #[async_trait::async_trait]
 impl Handler for OrderEventHandler {
-    async fn handle(&self, tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
+        let tx = apply.tx().await?;
         if event.is::<OrderPlaced>() {
             placed(tx, event, event.decode()?).await
         } else if event.is::<OrderConfirmed>() {

@@ -8,7 +8,7 @@ use common::{
     MAX_DELIVER, TestApp, WITHIN, order_cancelled, order_confirmed, order_placed, spawn_app,
     spawn_replicas,
 };
-use shop_events::{Handler as _, Received};
+use shop_events::Received;
 use shop_proto::shop::common::v1::StockRejectionReason;
 use shop_proto::shop::events::v1::{OrderPlaced, StockRejected, StockReleased, StockReserved};
 use shop_proto::shop::inventory::v1::{ListDeadLettersRequest, ReservationStatus};
@@ -260,12 +260,11 @@ async fn apply_directly<E: shop_events::DomainEvent>(app: &TestApp, order: Uuid,
         stream_sequence: 1,
         delivered: 1,
     };
-    let mut tx = app.db.begin().await.unwrap();
-    inventory::OrderEventHandler
-        .handle(&mut tx, &received)
+    // A consumer name of its own: the inbox lets it through.
+    let consumer = format!("test-{}", Uuid::now_v7());
+    shop_events::inbox::apply_as(&app.db, &consumer, &inventory::OrderEventHandler, &received)
         .await
         .unwrap();
-    tx.commit().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,12 +404,14 @@ async fn thirty_handlers_racing_in_parallel_transactions_reserve_exactly_ten() {
                     stream_sequence: 1,
                     delivered: 1,
                 };
-                let mut tx = db.begin().await.unwrap();
-                inventory::OrderEventHandler
-                    .handle(&mut tx, &received)
-                    .await
-                    .unwrap();
-                tx.commit().await.unwrap();
+                shop_events::inbox::apply_as(
+                    &db,
+                    "test-direct",
+                    &inventory::OrderEventHandler,
+                    &received,
+                )
+                .await
+                .unwrap();
             })
         })
         .collect();

@@ -8,7 +8,7 @@
 use crate::domain::{self, Amount, Kind, Message};
 use crate::store::{self, NewNotification};
 use anyhow::Context as _;
-use shop_events::{Handler, Received};
+use shop_events::{Apply, Handler, Received};
 use shop_proto::shop::common::v1::Money;
 use shop_proto::shop::events::v1::{OrderCancelled, OrderConfirmed, OrderLine, UserRegistered};
 use sqlx::PgConnection;
@@ -36,7 +36,8 @@ fn amount(total: Option<&Money>) -> Option<Amount<'_>> {
 
 #[async_trait::async_trait]
 impl Handler for Notifier {
-    async fn handle(&self, tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
+        let tx = apply.tx().await?;
         let (user_id, kind, order_id, message) = if event.is::<OrderConfirmed>() {
             let e = event.decode::<OrderConfirmed>()?;
             let order_id = parse_uuid("order_id", &e.order_id)?;

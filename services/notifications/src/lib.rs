@@ -25,7 +25,7 @@ pub use config::Config;
 pub use consumer::Notifier;
 
 use shop_events::catalog::{ORDERS, USERS};
-use shop_events::{ConsumerSpec, DomainEvent as _, Events};
+use shop_events::{ConsumerSpec, Events};
 use shop_proto::shop::events::v1::{OrderCancelled, OrderConfirmed, UserRegistered};
 use shop_proto::shop::notifications::v1::notification_service_server::NotificationServiceServer;
 use shop_runtime::{Application, db};
@@ -44,25 +44,22 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     Ok(Application::bind("notifications", &config.server)
         .await?
         .add_service(NotificationServiceServer::new(api))
+        .add_service(events.admin(pool.clone()).into_server())
         .with_database(pool.clone(), config.database.probe_interval)
         .with_task(
             "consumer-orders",
             events.consumer(
                 pool.clone(),
-                ConsumerSpec::new(
-                    "notifications-orders",
-                    ORDERS,
-                    &[OrderConfirmed::SUBJECT, OrderCancelled::SUBJECT],
-                ),
-                notifier.clone(),
+                ConsumerSpec::new("notifications-orders", ORDERS)
+                    .on::<OrderConfirmed>(notifier.clone())
+                    .on::<OrderCancelled>(notifier.clone()),
             ),
         )
         .with_task(
             "consumer-users",
             events.consumer(
                 pool,
-                ConsumerSpec::new("notifications-users", USERS, &[UserRegistered::SUBJECT]),
-                notifier,
+                ConsumerSpec::new("notifications-users", USERS).on::<UserRegistered>(notifier),
             ),
         ))
 }

@@ -3,7 +3,7 @@
 //! orders and users by publishing their events straight to JetStream.
 
 use shop_events::settings::{ConsumerSettings, EventsSettings, RelaySettings};
-use shop_events::{DomainEvent, Events, Handler as _, Received};
+use shop_events::{DomainEvent, Events, Received};
 use shop_proto::shop::common::v1::{CancellationReason, Money};
 use shop_proto::shop::events::v1::{
     Envelope, OrderCancelled, OrderConfirmed, OrderLine, UserRegistered,
@@ -221,14 +221,13 @@ impl TestApp {
     }
 
     /// Applies `event` through the handler in one transaction, as the
-    /// consumer does, but without the inbox.
+    /// consumer does, under a consumer name of its own each time: what is
+    /// tested is the handler's own idempotency, not the inbox's.
     async fn apply(&self, event: &Received) {
-        let mut tx = self.db.begin().await.unwrap();
-        notifications::Notifier
-            .handle(&mut tx, event)
+        let consumer = format!("test-{}", uuid::Uuid::now_v7());
+        shop_events::inbox::apply_as(&self.db, &consumer, &notifications::Notifier, event)
             .await
             .unwrap();
-        tx.commit().await.unwrap();
     }
 }
 

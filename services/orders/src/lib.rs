@@ -23,7 +23,7 @@ mod store;
 pub use config::Config;
 
 use shop_events::catalog::{INVENTORY, PAYMENTS};
-use shop_events::{ConsumerSpec, DomainEvent as _, Events};
+use shop_events::{ConsumerSpec, Events};
 use shop_proto::shop::events::v1::{
     PaymentCaptured, PaymentDeclined, PaymentRefunded, StockRejected, StockReserved,
 };
@@ -51,34 +51,26 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     };
     Ok(app
         .add_service(OrderServiceServer::new(api))
+        .add_service(events.admin(pool.clone()).into_server())
         .with_database(pool.clone(), config.database.probe_interval)
         .with_task("relay", events.relay(pool.clone()))
         .with_task(
             "consumer-inventory",
             events.consumer(
                 pool.clone(),
-                ConsumerSpec::new(
-                    "orders-inventory",
-                    INVENTORY,
-                    &[StockReserved::SUBJECT, StockRejected::SUBJECT],
-                ),
-                handler.clone(),
+                ConsumerSpec::new("orders-inventory", INVENTORY)
+                    .on::<StockReserved>(handler.clone())
+                    .on::<StockRejected>(handler.clone()),
             ),
         )
         .with_task(
             "consumer-payments",
             events.consumer(
                 pool.clone(),
-                ConsumerSpec::new(
-                    "orders-payments",
-                    PAYMENTS,
-                    &[
-                        PaymentCaptured::SUBJECT,
-                        PaymentDeclined::SUBJECT,
-                        PaymentRefunded::SUBJECT,
-                    ],
-                ),
-                handler,
+                ConsumerSpec::new("orders-payments", PAYMENTS)
+                    .on::<PaymentCaptured>(handler.clone())
+                    .on::<PaymentDeclined>(handler.clone())
+                    .on::<PaymentRefunded>(handler),
             ),
         )
         .with_task("saga-timeouts", move |shutdown| {

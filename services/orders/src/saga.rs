@@ -16,7 +16,7 @@
 
 use crate::store::{self, OrderRow};
 use chrono::{DateTime, Utc};
-use shop_events::{Events, Handler, Received, outbox};
+use shop_events::{Apply, Events, Handler, Received, outbox};
 use shop_proto::shop::common::v1::{CancellationReason, Money};
 use shop_proto::shop::events::v1::{
     Envelope, OrderCancelled, OrderConfirmed, OrderLine, PaymentCaptured, PaymentDeclined,
@@ -121,7 +121,8 @@ fn parse_order_id(raw: &str) -> anyhow::Result<Uuid> {
 
 #[async_trait::async_trait]
 impl Handler for SagaHandler {
-    async fn handle(&self, tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
+        let tx = apply.tx().await?;
         let at = event.occurred_at();
         let event_id = Some(event.event_id);
         let cause = Some(&event.envelope);

@@ -10,39 +10,42 @@
 //! - OrderCancelled first: the order is recorded in `cancelled_orders`;
 //!   StockReserved then finds it there and charges nothing.
 //!
+//! Both call the card processor first, outside any transaction or lock of
+//! ours, under the order's idempotency key (see `processor`); the processor
+//! settles a charge racing a cancellation (the cancellation voids the key
+//! or refunds the capture), and a StockReserved that finds the order
+//! cancelled records the refund the processor already made.
+//!
 //! Every effect and the events it publishes are written in the transaction
 //! that also records the event in the inbox (see `shop_events::inbox`).
 
-use crate::domain::{self, Charge, DeclineReason, Processor};
-use crate::store::{self, NewPayment};
+use crate::domain::{self, Charge, DeclineReason};
+use crate::processor::{Answer, ChargeRequest, Processor};
+use crate::store::{self, NewPayment, PaymentRow};
 use anyhow::Context as _;
-use shop_events::{ConsumerSpec, DomainEvent, Handler, Received, catalog, outbox};
+use shop_events::{Apply, ConsumerSpec, Handler, Received, catalog, outbox};
 use shop_proto::shop::common::v1::{CancellationReason, Money, PaymentDeclineReason};
 use shop_proto::shop::events::v1::{
     OrderCancelled, PaymentCaptured, PaymentDeclined, PaymentRefunded, StockReserved,
 };
 use sqlx::PgConnection;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The publisher name on outgoing envelopes.
 const SERVICE: &str = "payments";
 
 /// `payments-inventory`: StockReserved from the INVENTORY stream.
-pub(crate) fn charges_spec() -> ConsumerSpec {
-    ConsumerSpec::new(
-        "payments-inventory",
-        catalog::INVENTORY,
-        &[StockReserved::SUBJECT],
-    )
+pub(crate) fn charges_spec(charges: Charges) -> ConsumerSpec {
+    ConsumerSpec::new("payments-inventory", catalog::INVENTORY)
+        .on::<StockReserved>(Arc::new(charges))
 }
 
-/// `payments-orders`: OrderCancelled from the ORDERS stream.
-pub(crate) fn refunds_spec() -> ConsumerSpec {
-    ConsumerSpec::new(
-        "payments-orders",
-        catalog::ORDERS,
-        &[OrderCancelled::SUBJECT],
-    )
+/// `payments-orders`: OrderCancelled from the ORDERS stream (refunds are
+/// compensations).
+pub(crate) fn refunds_spec(refunds: Refunds) -> ConsumerSpec {
+    ConsumerSpec::new("payments-orders", catalog::ORDERS)
+        .compensation::<OrderCancelled>(Arc::new(refunds))
 }
 
 pub(crate) fn decline_reason_to_proto(r: DeclineReason) -> PaymentDeclineReason {
@@ -62,7 +65,7 @@ pub(crate) struct Charges {
 
 #[async_trait::async_trait]
 impl Handler for Charges {
-    async fn handle(&self, tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
         let reserved = event.decode::<StockReserved>()?;
         let request = domain::charge_request(
             &reserved.order_id,
@@ -75,27 +78,49 @@ impl Handler for Charges {
         .map_err(|e| anyhow::anyhow!("malformed StockReserved: {e}"))?;
         let order_id = request.order_id;
 
+        // The processor is another system: called before our transaction
+        // opens and with no lock of ours held, so a slow card holds nothing
+        // but its own order. The order id is the idempotency key: a
+        // redelivery (after a crash right after the capture, say) gets the
+        // original charge back, and no second one.
+        let answer = self
+            .processor
+            .charge(ChargeRequest {
+                key: order_id,
+                token: &reserved.payment_token,
+                amount_minor: request.amount_minor,
+                currency: &request.currency,
+                attempt: event.delivered,
+            })
+            .await
+            .context("calling the card processor")?;
+        fail::fail_point!("payments::charge::after-processor", |_| {
+            // A crash at exactly this place, for the crash test: the
+            // processor answered, nothing of ours is committed.
+            tracing::error!(%order_id, "fail point: aborting after the processor answered");
+            std::process::abort()
+        });
+        let (status, decline) = match answer {
+            // Nothing written: the delivery is nak'ed and JetStream delivers
+            // the event again after a backoff.
+            Answer::Charge(Charge::RetryLater(why)) => anyhow::bail!("{why}"),
+            Answer::Charge(Charge::Captured) => ("captured", None),
+            Answer::Charge(Charge::Declined { reason, detail }) => {
+                ("declined", Some((reason, detail)))
+            }
+            Answer::Voided => {
+                apply.tx().await?;
+                tracing::info!(%order_id, "order was cancelled before it was charged; nothing charged");
+                return Ok(());
+            }
+        };
+
+        let tx = apply.tx().await?;
         store::lock_order(tx, &domain::order_lock_key(order_id)).await?;
         if store::payment_exists(tx, order_id).await? {
-            tracing::info!(%order_id, "order already has a payment; nothing to charge");
+            tracing::info!(%order_id, "order already has a payment; nothing to record");
             return Ok(());
         }
-        if store::is_cancelled(tx, order_id).await? {
-            tracing::info!(%order_id, "order was cancelled; not charging it");
-            return Ok(());
-        }
-
-        let charge = self
-            .processor
-            .charge(&reserved.payment_token, event.delivered)
-            .await;
-        let (status, decline) = match charge {
-            // Nothing written: the transaction rolls back, the delivery is
-            // nak'ed and JetStream delivers the event again after a backoff.
-            Charge::RetryLater(why) => anyhow::bail!("{why}"),
-            Charge::Captured => ("captured", None),
-            Charge::Declined { reason, detail } => ("declined", Some((reason, detail))),
-        };
         let payment = store::insert_payment(
             tx,
             NewPayment {
@@ -135,6 +160,19 @@ impl Handler for Charges {
                 )
                 .await?;
                 tracing::info!(%order_id, %payment_id, "payment captured");
+                // Cancelled while the processor was charging: the
+                // cancellation refunded the capture at the processor and
+                // found nothing of ours to refund, so the refund is recorded
+                // here.
+                if store::is_cancelled(tx, order_id).await? {
+                    record_refund(
+                        tx,
+                        &payment,
+                        "order cancelled while it was being charged",
+                        event,
+                    )
+                    .await?;
+                }
             }
             Some((reason, detail)) => {
                 outbox::enqueue(
@@ -159,10 +197,46 @@ impl Handler for Charges {
     }
 }
 
+/// Refunds `payment` in full and publishes PaymentRefunded, caused by
+/// `event`.
+async fn record_refund(
+    tx: &mut PgConnection,
+    payment: &PaymentRow,
+    reason: &str,
+    event: &Received,
+) -> anyhow::Result<()> {
+    let refund_id = Uuid::now_v7();
+    store::refund(tx, refund_id, payment, reason)
+        .await
+        .context("storing the refund")?;
+    let payment_id = payment.payment_id.to_string();
+    outbox::enqueue(
+        tx,
+        SERVICE,
+        &payment_id,
+        &PaymentRefunded {
+            refund_id: refund_id.to_string(),
+            payment_id: payment_id.clone(),
+            order_id: payment.order_id.to_string(),
+            user_id: payment.user_id.to_string(),
+            amount: Some(Money {
+                amount_minor: payment.amount_minor,
+                currency_code: payment.currency.clone(),
+            }),
+        },
+        Some(&event.envelope),
+    )
+    .await?;
+    tracing::info!(order_id = %payment.order_id, %payment_id, %refund_id, "payment refunded");
+    Ok(())
+}
+
 // === impl Refunds ===
 
 /// Remembers cancelled orders and refunds what was captured for them.
-pub(crate) struct Refunds;
+pub(crate) struct Refunds {
+    pub(crate) processor: Processor,
+}
 
 fn refund_reason(cancelled: &OrderCancelled) -> String {
     let why = match CancellationReason::try_from(cancelled.reason) {
@@ -181,7 +255,7 @@ fn refund_reason(cancelled: &OrderCancelled) -> String {
 
 #[async_trait::async_trait]
 impl Handler for Refunds {
-    async fn handle(&self, tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
         let cancelled = event.decode::<OrderCancelled>()?;
         let order_id = Uuid::parse_str(&cancelled.order_id).with_context(|| {
             format!(
@@ -189,38 +263,23 @@ impl Handler for Refunds {
                 cancelled.order_id
             )
         })?;
+        // At the processor first, outside our transaction: a capture under
+        // the order's key is refunded, or the key is voided so that a
+        // charge still in flight captures nothing.
+        let at_processor = self
+            .processor
+            .cancel(order_id)
+            .await
+            .context("cancelling at the card processor")?;
 
+        let tx = apply.tx().await?;
         store::lock_order(tx, &domain::order_lock_key(order_id)).await?;
         store::mark_cancelled(tx, order_id).await?;
         let Some(payment) = store::captured_payment(tx, order_id).await? else {
-            tracing::info!(%order_id, "order cancelled; nothing captured to refund");
+            tracing::info!(%order_id, ?at_processor, "order cancelled; nothing of ours captured to refund");
             return Ok(());
         };
-
-        let refund_id = Uuid::now_v7();
-        store::refund(tx, refund_id, &payment, &refund_reason(&cancelled))
-            .await
-            .context("storing the refund")?;
-        let payment_id = payment.payment_id.to_string();
-        outbox::enqueue(
-            tx,
-            SERVICE,
-            &payment_id,
-            &PaymentRefunded {
-                refund_id: refund_id.to_string(),
-                payment_id: payment_id.clone(),
-                order_id: order_id.to_string(),
-                user_id: payment.user_id.to_string(),
-                amount: Some(Money {
-                    amount_minor: payment.amount_minor,
-                    currency_code: payment.currency.clone(),
-                }),
-            },
-            Some(&event.envelope),
-        )
-        .await?;
-        tracing::info!(%order_id, %payment_id, %refund_id, "payment refunded");
-        Ok(())
+        record_refund(tx, &payment, &refund_reason(&cancelled), event).await
     }
 }
 

@@ -1,9 +1,8 @@
-//! The simulated card processor, what a chargeable StockReserved is, and the
-//! listing's page token. Pure: no I/O, apart from the processor's injectable
-//! delay for slow approvals.
+//! The simulated card processor's test tokens and answers, what a
+//! chargeable StockReserved is, and the listing's page token. Pure: no I/O
+//! (the processor itself, with its ledger, is `processor`).
 
 use shop_runtime::FieldViolations;
-use std::time::Duration;
 use uuid::Uuid;
 
 // === The simulated card processor ===
@@ -123,27 +122,6 @@ pub(crate) fn answer(token: TestToken, attempt: i64, max_attempts: i64) -> Charg
     }
 }
 
-/// The simulated processor: [`answer`], plus the wait of slow approvals.
-#[derive(Debug, Clone)]
-pub(crate) struct Processor {
-    /// How long `tok_approve_slow` takes.
-    pub(crate) slow_delay: Duration,
-    /// Attempts the consumer allows (its `max_deliver`).
-    pub(crate) max_attempts: i64,
-}
-
-impl Processor {
-    /// Charges `token`; see [`answer`]. Slow approvals wait `slow_delay`
-    /// (a `tokio::time` sleep, so tests can pause time).
-    pub(crate) async fn charge(&self, token: &str, attempt: i64) -> Charge {
-        let token = TestToken::parse(token);
-        if token == TestToken::ApproveSlow {
-            tokio::time::sleep(self.slow_delay).await;
-        }
-        answer(token, attempt, self.max_attempts)
-    }
-}
-
 // === What may be charged ===
 
 /// A charge request from a StockReserved, checked.
@@ -255,22 +233,6 @@ mod tests {
             }
         ));
         assert_eq!(answer(t, 3, 3), Charge::Captured);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn slow_approvals_take_the_configured_delay() {
-        let processor = Processor {
-            slow_delay: Duration::from_secs(7),
-            max_attempts: 5,
-        };
-        let start = tokio::time::Instant::now();
-        assert_eq!(processor.charge("tok_approve", 1).await, Charge::Captured);
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        assert_eq!(
-            processor.charge("tok_approve_slow", 1).await,
-            Charge::Captured
-        );
-        assert!(start.elapsed() >= Duration::from_secs(7));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! answers questions about payments.
 //!
 //! - [`config`]: the service's settings, `[processor]` included.
-//! - `domain`: the simulated processor and its test tokens, what a
+//! - `domain`: the simulated processor's test tokens and answers, what a
 //!   chargeable StockReserved is, the listing's page token; pure.
+//! - `processor`: the simulated card processor, with its own ledger and
+//!   idempotency keys, called outside our transactions.
 //! - `store`: the `payments`, `refunds` and `cancelled_orders` tables (sqlx).
 //! - `consumers`: charges on StockReserved, refunds on OrderCancelled, each
 //!   serialised per order and applied once per event.
@@ -15,6 +17,7 @@ pub mod config;
 mod api;
 mod consumers;
 mod domain;
+mod processor;
 mod store;
 
 pub use config::{Config, ProcessorSettings};
@@ -22,7 +25,6 @@ pub use config::{Config, ProcessorSettings};
 use shop_events::Events;
 use shop_proto::shop::payments::v1::payment_service_server::PaymentServiceServer;
 use shop_runtime::{Application, db};
-use std::sync::Arc;
 
 /// The service's migrations, from `migrations/payments`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/payments");
@@ -32,29 +34,31 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
     let events = Events::connect("payments", &config.events).await?;
+    let processor = processor::Processor {
+        pool: pool.clone(),
+        slow_delay: config.processor.slow_delay,
+        max_attempts: config.events.consumer.max_deliver,
+    };
     let charges = consumers::Charges {
-        processor: domain::Processor {
-            slow_delay: config.processor.slow_delay,
-            max_attempts: config.events.consumer.max_deliver,
-        },
+        processor: processor.clone(),
     };
     Ok(Application::bind("payments", &config.server)
         .await?
         .add_service(PaymentServiceServer::new(api::PaymentsApi::new(
             pool.clone(),
         )))
+        .add_service(events.admin(pool.clone()).into_server())
         .with_database(pool.clone(), config.database.probe_interval)
         .with_task("relay", events.relay(pool.clone()))
         .with_task(
             "consumer-inventory",
-            events.consumer(pool.clone(), consumers::charges_spec(), Arc::new(charges)),
+            events.consumer(pool.clone(), consumers::charges_spec(charges)),
         )
         .with_task(
             "consumer-orders",
             events.consumer(
                 pool,
-                consumers::refunds_spec(),
-                Arc::new(consumers::Refunds),
+                consumers::refunds_spec(consumers::Refunds { processor }),
             ),
         ))
 }

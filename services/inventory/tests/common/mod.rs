@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use shop_events::settings::{ConsumerSettings, EventsSettings, RelaySettings};
-use shop_events::{ConsumerSpec, DomainEvent, Events, Handler, Received, catalog};
+use shop_events::{Apply, ConsumerSpec, DomainEvent, Events, Handler, Received, catalog};
 use shop_proto::shop::common::v1::{CancellationReason, Money};
 use shop_proto::shop::events::v1::{
     Envelope, OrderCancelled, OrderConfirmed, OrderLine, OrderPlaced,
@@ -18,7 +18,7 @@ use shop_proto::shop::inventory::v1::{
 };
 use shop_testkit::inproc::RunningApp;
 use shop_testkit::{Nats, Postgres, eventually};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ pub(crate) struct Observer {
 
 #[async_trait::async_trait]
 impl Handler for Observer {
-    async fn handle(&self, _tx: &mut PgConnection, event: &Received) -> anyhow::Result<()> {
+    async fn handle(&self, _apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
         self.seen.lock().unwrap().push(event.envelope.clone());
         Ok(())
     }
@@ -83,6 +83,7 @@ fn event_settings(nats_url: String) -> EventsSettings {
             max_deliver: MAX_DELIVER,
             backoff: vec![Duration::from_millis(20).into()],
             durable_prefix: None,
+            ..ConsumerSettings::default()
         },
     }
 }
@@ -144,8 +145,7 @@ pub(crate) async fn spawn_replicas(replicas: usize) -> TestApp {
     let stop = CancellationToken::new();
     tokio::spawn(orders.consumer(
         observer_db,
-        ConsumerSpec::new("test-observer", catalog::INVENTORY, &[]),
-        observer.clone(),
+        ConsumerSpec::new("test-observer", catalog::INVENTORY).every_event(observer.clone()),
     )(stop.clone()));
 
     TestApp {

@@ -1,0 +1,60 @@
+//! Latency plots a person can look at: cumulative distributions as SVG.
+
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+use std::path::Path;
+
+/// Writes the CDFs of `series` (microsecond histograms) to `path`, with
+/// latency in milliseconds on a logarithmic axis.
+pub fn latency_cdfs(
+    path: &Path,
+    title: &str,
+    series: &[(&str, &Histogram<u64>)],
+) -> anyhow::Result<()> {
+    let max_ms = series
+        .iter()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(_, h)| h.max() as f64 / 1000.0)
+        .fold(1.0, f64::max);
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((0.1f64..max_ms * 1.2).log_scale(), 0f64..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency (ms, log scale)")
+        .y_desc("fraction of orders")
+        .draw()?;
+    let colors = [BLUE, RED, GREEN, MAGENTA, BLACK];
+    for (i, (name, h)) in series.iter().enumerate() {
+        if h.is_empty() {
+            continue;
+        }
+        let color = colors[i % colors.len()];
+        let points: Vec<(f64, f64)> = h
+            .iter_quantiles(4)
+            .map(|v| {
+                (
+                    (v.value_iterated_to() as f64 / 1000.0).max(0.1),
+                    v.quantile_iterated_to(),
+                )
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! Durable JetStream pull consumers that apply many events at once and
+//! keep each aggregate's events in order.
+//!
+//! A consumer holds up to `max_in_flight` messages. Each message goes to
+//! the lane of its aggregate (the envelope's correlation id: for the order
+//! saga, the order id): a lane applies its messages one at a time in stream
+//! order, and lanes run in parallel. So one slow card holds up its own
+//! order only, and a StockReserved is never applied before the OrderPlaced
+//! it follows from when both are in this process. Across processes sharing
+//! the consumer (replicas) and across redeliveries no order is promised, as
+//! with JetStream itself: handlers serialise per aggregate in the database
+//! where they need to.
+//!
+//! For every message, [`crate::inbox::apply`] runs the handler in the
+//! transaction that records the event; then the message is acked. A handler
+//! failure naks with the configured backoff; the attempt that reaches
+//! `max_deliver` writes a dead letter and terminates the message. Nothing
+//! is terminated unless its dead letter is written: when that write fails
+//! the message is nak'ed and stays in the stream. An undecodable envelope
+//! is dead-lettered at once (retrying cannot fix it), the same way. A
+//! database that does not answer is not the event's fault: the message is
+//! kept in progress and tried again until the database is back.
+
+use crate::catalog::{DomainEvent, StreamDef};
+use crate::dead_letters::{self, NewDeadLetter};
+use crate::envelope::Received;
+use crate::inbox::{self, Handler, Mark, Outcome};
+use crate::settings::ConsumerSettings;
+use crate::stats::ConsumerStats;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt as _;
+use prost::Message as _;
+use shop_proto::shop::events::v1::Envelope;
+use sqlx::PgPool;
+use std::collections::{HashMap, VecDeque, hash_map::Entry};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+/// What a consumer receives and who applies it: one registration per event
+/// type. The consumer's subject filter is made from the registrations and
+/// its dispatch goes by them, so the two cannot disagree.
+#[derive(Clone)]
+pub struct ConsumerSpec {
+    /// Durable name, unique per service and stream (`inventory-orders`).
+    pub name: String,
+    /// The stream to read.
+    pub stream: StreamDef,
+    routes: Vec<Route>,
+    every_event: Option<Arc<dyn Handler>>,
+}
+
+#[derive(Clone)]
+struct Route {
+    event_type: &'static str,
+    subject: &'static str,
+    /// Its handling releases stock or refunds money: a dead letter of it
+    /// leaves something held, so it is counted apart and logged at error.
+    compensation: bool,
+    handler: Arc<dyn Handler>,
+}
+
+impl std::fmt::Debug for ConsumerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerSpec")
+            .field("name", &self.name)
+            .field("stream", &self.stream.name)
+            .field("subjects", &self.subjects())
+            .finish()
+    }
+}
+
+impl ConsumerSpec {
+    /// A consumer `name` of `stream`, receiving nothing until events are
+    /// registered.
+    pub fn new(name: impl Into<String>, stream: StreamDef) -> Self {
+        Self {
+            name: name.into(),
+            stream,
+            routes: Vec::new(),
+            every_event: None,
+        }
+    }
+
+    /// Events of type `E` are applied by `handler`.
+    ///
+    /// # Panics
+    /// When `E` is not stored in the consumer's stream, or is registered
+    /// twice: wiring mistakes, caught by any test that builds the service.
+    pub fn on<E: DomainEvent>(self, handler: Arc<dyn Handler>) -> Self {
+        self.register::<E>(handler, false)
+    }
+
+    /// As [`ConsumerSpec::on`], for a compensation (releasing stock,
+    /// refunding money).
+    pub fn compensation<E: DomainEvent>(self, handler: Arc<dyn Handler>) -> Self {
+        self.register::<E>(handler, true)
+    }
+
+    /// Every event of the stream, whatever its type, goes to `handler` (a
+    /// projection that decides for itself what it keeps).
+    pub fn every_event(mut self, handler: Arc<dyn Handler>) -> Self {
+        assert!(
+            self.routes.is_empty(),
+            "consumer {}: every_event excludes per-type registrations",
+            self.name
+        );
+        self.every_event = Some(handler);
+        self
+    }
+
+    fn register<E: DomainEvent>(mut self, handler: Arc<dyn Handler>, compensation: bool) -> Self {
+        assert_eq!(
+            E::STREAM.name,
+            self.stream.name,
+            "consumer {} reads {}, which does not store {}",
+            self.name,
+            self.stream.name,
+            E::TYPE
+        );
+        assert!(
+            self.every_event.is_none() && !self.routes.iter().any(|r| r.event_type == E::TYPE),
+            "consumer {}: {} registered twice",
+            self.name,
+            E::TYPE
+        );
+        self.routes.push(Route {
+            event_type: E::TYPE,
+            subject: E::SUBJECT,
+            compensation,
+            handler,
+        });
+        self
+    }
+
+    /// The subjects the consumer receives: those of the registered types
+    /// (every subject of the stream for [`ConsumerSpec::every_event`]).
+    pub fn subjects(&self) -> Vec<String> {
+        self.routes.iter().map(|r| r.subject.to_string()).collect()
+    }
+
+    /// The handler of `event_type`, and whether it is a compensation.
+    pub(crate) fn handler_for(&self, event_type: &str) -> Option<(&Arc<dyn Handler>, bool)> {
+        match &self.every_event {
+            Some(handler) => Some((handler, false)),
+            None => self
+                .routes
+                .iter()
+                .find(|r| r.event_type == event_type)
+                .map(|r| (&r.handler, r.compensation)),
+        }
+    }
+}
+
+/// A consumer as the process runs it: what the admin service lists and
+/// replays dead letters through.
+pub(crate) struct Consumer {
+    pub(crate) js: jetstream::Context,
+    pub(crate) pool: PgPool,
+    pub(crate) spec: ConsumerSpec,
+    pub(crate) durable: String,
+    pub(crate) settings: ConsumerSettings,
+    pub(crate) wake_relay: Arc<Notify>,
+    pub(crate) stats: ConsumerStats,
+}
+
+/// A message held by the consumer, with its share of the in-flight bound.
+struct Held {
+    message: jetstream::Message,
+    decoded: Result<Received, String>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Messages queued behind the one being applied, per aggregate.
+type Lanes = Arc<Mutex<HashMap<String, VecDeque<Held>>>>;
+
+impl Consumer {
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.consume(&shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    failures += 1;
+                    let delay = Duration::from_millis(200 * 2u64.pow(failures.min(4)));
+                    tracing::warn!(consumer = %self.durable, error = format!("{e:#}"), ?delay, "consumer restarting");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The JetStream consumer's configuration.
+    fn config(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.durable.clone()),
+            filter_subjects: self.spec.subjects(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait,
+            // `events.consumer.max_deliver` is counted here, not by JetStream:
+            // a message whose dead letter could not be written must come back.
+            max_deliver: -1,
+            ..Default::default()
+        }
+    }
+
+    /// Reads messages until shutdown (`Ok`) or a stream error (`Err`: the
+    /// caller re-creates the consumer and tries again). Either way, the
+    /// messages already held are finished first.
+    async fn consume(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let stream = self.js.get_stream(self.spec.stream.name).await?;
+        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(&self.durable, self.config())
+            .await?;
+        let bound = self.settings.max_in_flight.max(1);
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(bound)
+            .messages()
+            .await?;
+        tracing::info!(consumer = %self.durable, stream = self.spec.stream.name, max_in_flight = bound, "consuming");
+
+        let permits = Arc::new(Semaphore::new(bound));
+        let lanes: Lanes = Arc::default();
+        let tracker = TaskTracker::new();
+        let result = loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                next = messages.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => break Err(e.into()),
+                None => break Err(anyhow::anyhow!("message stream ended")),
+            };
+            let decoded = decode(&message);
+            let lane = lane_of(&message, &decoded);
+            let held = Held {
+                message,
+                decoded,
+                _permit: permit,
+            };
+            self.stats.entered();
+            let mut queues = lanes.lock().expect("lanes lock");
+            match queues.entry(lane) {
+                Entry::Occupied(mut queued) => queued.get_mut().push_back(held),
+                Entry::Vacant(slot) => {
+                    let lane = slot.key().clone();
+                    slot.insert(VecDeque::new());
+                    tracker.spawn(self.clone().drain_lane(
+                        lane,
+                        held,
+                        lanes.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+            }
+        };
+        tracker.close();
+        tracker.wait().await;
+        result
+    }
+
+    /// Applies `first`, then whatever queued behind it in its lane.
+    async fn drain_lane(
+        self: Arc<Self>,
+        lane: String,
+        first: Held,
+        lanes: Lanes,
+        shutdown: CancellationToken,
+    ) {
+        let mut next = Some(first);
+        while let Some(held) = next {
+            if shutdown.is_cancelled() {
+                // Another process (or this one, restarted) takes it now
+                // rather than after the ack wait.
+                let _ = held.message.ack_with(AckKind::Nak(None)).await;
+            } else {
+                self.process(held.message, held.decoded, &shutdown).await;
+            }
+            self.stats.left();
+            let mut queues = lanes.lock().expect("lanes lock");
+            next = queues.get_mut(&lane).and_then(VecDeque::pop_front);
+            if next.is_none() {
+                queues.remove(&lane);
+            }
+        }
+    }
+
+    async fn process(
+        &self,
+        message: jetstream::Message,
+        decoded: Result<Received, String>,
+        shutdown: &CancellationToken,
+    ) {
+        let delivered = message.info().map_or(1, |i| i.delivered);
+        if delivered > 1 {
+            self.stats.redelivery();
+        }
+        let routed = decoded.and_then(|received| {
+            match self.spec.handler_for(&received.envelope.event_type) {
+                Some((handler, compensation)) => Ok((received, handler.clone(), compensation)),
+                None => Err(format!(
+                    "no handler is registered for {} on consumer {}",
+                    received.envelope.event_type, self.durable
+                )),
+            }
+        });
+        let (received, handler, compensation) = match routed {
+            Ok(routed) => routed,
+            Err(error) => {
+                // Nothing can make this message applicable: dead-letter it now.
+                let letter = NewDeadLetter {
+                    consumer: &self.durable,
+                    stream: self.spec.stream.name,
+                    subject: &message.subject,
+                    event_id: None,
+                    event_type: "",
+                    delivery_count: delivered,
+                    last_error: &error,
+                    payload: &message.payload,
+                    compensation: false,
+                };
+                self.dead_letter(&message, letter).await;
+                return;
+            }
+        };
+
+        let span = tracing::info_span!(
+            "event",
+            consumer = %self.durable,
+            event_type = %received.envelope.event_type,
+            event_id = %received.event_id,
+            delivered,
+        );
+        if let Some(tp) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_string())
+        {
+            shop_runtime::telemetry::set_remote_parent(&span, &tp);
+        }
+        async {
+            let mark = Mark::Inbox {
+                consumer: &self.durable,
+                event_id: received.event_id,
+            };
+            loop {
+                match inbox::apply(&self.pool, mark, handler.as_ref(), &received).await {
+                    Outcome::Applied => {
+                        self.stats.applied();
+                        self.wake_relay.notify_one();
+                        let _ = message.ack().await;
+                        return;
+                    }
+                    Outcome::Duplicate => {
+                        self.stats.duplicate();
+                        tracing::debug!("already applied");
+                        let _ = message.ack().await;
+                        return;
+                    }
+                    Outcome::Unavailable(e) => {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "database unavailable; holding the event"
+                        );
+                        let _ = message.ack_with(AckKind::Progress).await;
+                        tokio::select! {
+                            () = shutdown.cancelled() => {
+                                let _ = message.ack_with(AckKind::Nak(None)).await;
+                                return;
+                            }
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                    Outcome::Failed(e) => {
+                        self.stats.failed_attempt();
+                        let error = format!("{e:#}");
+                        if delivered >= self.settings.max_deliver {
+                            let event_type = received.envelope.event_type.as_str();
+                            let event_id = received.event_id.to_string();
+                            let letter = NewDeadLetter {
+                                consumer: &self.durable,
+                                stream: self.spec.stream.name,
+                                subject: &received.subject,
+                                event_id: Some(&event_id),
+                                event_type,
+                                delivery_count: delivered,
+                                last_error: &error,
+                                payload: &message.payload,
+                                compensation,
+                            };
+                            self.dead_letter(&message, letter).await;
+                        } else {
+                            let delay = self.settings.backoff_for(delivered);
+                            tracing::warn!(error = %error, ?delay, "handler failed; will retry");
+                            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Records `letter` and terminates the message, or, when the record
+    /// cannot be written, naks it so it stays in the stream.
+    async fn dead_letter(&self, message: &jetstream::Message, letter: NewDeadLetter<'_>) {
+        match dead_letters::record(&self.pool, &letter).await {
+            Ok(id) => {
+                self.stats.dead_lettered(letter.compensation);
+                if letter.compensation {
+                    tracing::error!(
+                        dead_letter_id = %id,
+                        event_type = letter.event_type,
+                        error = letter.last_error,
+                        "a compensation was dead-lettered: stock or money stays held until it is replayed"
+                    );
+                } else {
+                    tracing::error!(
+                        dead_letter_id = %id,
+                        event_type = letter.event_type,
+                        error = letter.last_error,
+                        "dead-lettered after {} attempts",
+                        letter.delivery_count
+                    );
+                }
+                let _ = message.ack_with(AckKind::Term).await;
+            }
+            Err(e) => {
+                self.stats.dead_letter_write_failed();
+                let delay = self.settings.backoff_for(letter.delivery_count);
+                tracing::error!(error = %e, ?delay, "could not record a dead letter; the event stays in the stream");
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+}
+
+/// The envelope of `message`, or why it has none.
+fn decode(message: &jetstream::Message) -> Result<Received, String> {
+    let (stream_sequence, delivered) = message
+        .info()
+        .map(|i| (i.stream_sequence, i.delivered))
+        .map_err(|e| format!("message without JetStream info: {e}"))?;
+    let envelope = Envelope::decode(message.payload.as_ref())
+        .map_err(|e| format!("undecodable envelope: {e}"))?;
+    let event_id = envelope
+        .event_id
+        .parse()
+        .map_err(|e| format!("undecodable envelope: event_id: {e}"))?;
+    Ok(Received {
+        envelope,
+        event_id,
+        subject: message.subject.to_string(),
+        stream_sequence,
+        delivered,
+    })
+}
+
+/// The lane a message is applied in: its flow (the correlation id, which
+/// for the saga is the order id), else its aggregate; an undecodable
+/// message is alone in its lane.
+fn lane_of(message: &jetstream::Message, decoded: &Result<Received, String>) -> String {
+    match decoded {
+        Ok(r) if !r.envelope.correlation_id.is_empty() => r.envelope.correlation_id.clone(),
+        Ok(r) if !r.envelope.aggregate_id.is_empty() => r.envelope.aggregate_id.clone(),
+        Ok(r) => r.event_id.to_string(),
+        Err(_) => format!(
+            "undecodable-{}",
+            message.info().map_or(0, |i| i.stream_sequence)
+        ),
+    }
+}
