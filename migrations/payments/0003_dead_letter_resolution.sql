@@ -10,3 +10,6 @@ ALTER TABLE dead_letters
     ADD COLUMN discard_reason  text        NOT NULL DEFAULT '',
     ADD COLUMN resolved_by     text        NOT NULL DEFAULT '';
 CREATE INDEX dead_letters_pending_idx ON dead_letters (consumer) WHERE status = 'pending';
+
+-- The retention sweep (libs/events/src/retention.rs) deletes inbox rows by age.
+CREATE INDEX inbox_processed_at_idx ON inbox (processed_at);

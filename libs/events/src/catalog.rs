@@ -123,19 +123,20 @@ domain_events! {
     ProductChanged => CATALOG, "shop.catalog.product_changed", "product";
 }
 
-/// Sets up the streams `service` needs, on file storage: the one it
-/// publishes to is created or updated to the current settings; the ones it
-/// reads are created if they do not exist yet (so start order does not
-/// matter) and otherwise left to their owner. A process that is not one of
+/// Sets up the streams `service` needs: a missing one is created, on file
+/// storage, with `events.streams` (limits, replicas) and the
+/// de-duplication window; one that exists is checked (it must store the
+/// catalog's subjects) and otherwise left as it is, so that what an
+/// operator changed since (limits, replicas) stands. Creating streams one
+/// reads means start order does not matter. A process that is not one of
 /// the services (a test, a tool) sets up every stream.
 pub(crate) async fn ensure_streams(
     js: &jetstream::Context,
     service: &str,
     settings: &EventsSettings,
 ) -> anyhow::Result<()> {
-    let owned = owned_by(service);
     let streams: Vec<StreamDef> = if is_service(service) {
-        owned
+        owned_by(service)
             .into_iter()
             .chain(reads(service).iter().copied())
             .collect()
@@ -143,27 +144,58 @@ pub(crate) async fn ensure_streams(
         STREAMS.to_vec()
     };
     for def in streams {
-        let config = jetstream::stream::Config {
-            name: def.name.to_string(),
-            subjects: vec![def.subjects.to_string()],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: settings.duplicate_window,
-            ..Default::default()
-        };
-        let mine = owned == Some(def) || !is_service(service);
         match js.get_stream(def.name).await {
-            Ok(_) if mine => {
-                js.update_stream(&config)
+            Ok(mut stream) => {
+                let info = stream
+                    .info()
                     .await
-                    .with_context(|| format!("updating stream {}", def.name))?;
+                    .with_context(|| format!("reading stream {}", def.name))?;
+                check_compatible(def, &info.config)?;
             }
-            Ok(_) => {}
             Err(_) => {
-                js.get_or_create_stream(config)
+                js.get_or_create_stream(stream_config(def, settings))
                     .await
                     .with_context(|| format!("creating stream {}", def.name))?;
+                tracing::info!(stream = def.name, "stream created");
             }
         }
+    }
+    Ok(())
+}
+
+/// What a new stream `def` is created with.
+pub(crate) fn stream_config(
+    def: StreamDef,
+    settings: &EventsSettings,
+) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: def.name.to_string(),
+        subjects: vec![def.subjects.to_string()],
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: settings.duplicate_window,
+        max_age: settings.streams.max_age.unwrap_or_default(),
+        max_bytes: settings.streams.max_bytes.unwrap_or(-1),
+        num_replicas: settings.streams.replicas.max(1),
+        ..Default::default()
+    }
+}
+
+/// An existing stream must store `def`'s subjects; anything else about it
+/// is the operator's.
+fn check_compatible(def: StreamDef, config: &jetstream::stream::Config) -> anyhow::Result<()> {
+    if !config.subjects.iter().any(|s| s == def.subjects) {
+        anyhow::bail!(
+            "stream {} exists with subjects {:?}, not the catalog's {}: it is not the stream this service expects",
+            def.name,
+            config.subjects,
+            def.subjects
+        );
+    }
+    if config.storage != jetstream::stream::StorageType::File {
+        tracing::warn!(
+            stream = def.name,
+            "stream is not on file storage: a restart of NATS loses its events"
+        );
     }
     Ok(())
 }
@@ -199,5 +231,19 @@ mod tests {
         }
         assert_eq!(reads("users"), &[] as &[StreamDef]);
         assert!(is_service("users") && is_service("analytics") && !is_service("test"));
+    }
+
+    #[test]
+    fn an_existing_stream_must_store_the_catalogs_subjects() {
+        let settings: EventsSettings =
+            serde_json::from_value(serde_json::json!({ "nats_url": "nats://127.0.0.1:1" }))
+                .unwrap();
+        let mut config = stream_config(ORDERS, &settings);
+        assert!(check_compatible(ORDERS, &config).is_ok());
+        assert_eq!(config.num_replicas, 1);
+        assert_eq!(config.max_bytes, -1);
+        config.subjects = vec!["orders.>".into()];
+        let err = check_compatible(ORDERS, &config).unwrap_err().to_string();
+        assert!(err.contains("shop.orders.>"), "{err}");
     }
 }

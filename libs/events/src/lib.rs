@@ -14,6 +14,8 @@
 //!   redelivered event changes nothing.
 //! - [`dead_letters`] and [`admin`]: what consumers gave up on, listed,
 //!   replayed and discarded through `shop.events.v1.EventsAdminService`.
+//! - [`retention`]: the bounded sweep of published outbox rows and old
+//!   inbox rows.
 //! - [`permissions`]: each service's least-privilege NATS permissions,
 //!   derived from the catalog (for nats-server's configuration).
 //! - [`settings`]: `[events]` configuration.
@@ -31,6 +33,7 @@ pub mod envelope;
 pub mod inbox;
 pub mod outbox;
 pub mod permissions;
+pub mod retention;
 pub mod settings;
 mod stats;
 
@@ -69,6 +72,7 @@ impl Events {
     /// Connects (waiting up to `connect_timeout` for the server), then
     /// creates or updates every stream of [`STREAMS`].
     pub async fn connect(service: &'static str, settings: &EventsSettings) -> anyhow::Result<Self> {
+        retention::validate(settings)?;
         let url = settings.nats_url.clone();
         let mut options = match (&settings.nats_user, &settings.nats_password) {
             (Some(user), Some(password)) => {
@@ -125,7 +129,9 @@ impl Events {
         self.wake.notify_one();
     }
 
-    /// The relay for this service's outbox; runs until `shutdown`.
+    /// The relay for this service's outbox, and beside it the retention
+    /// sweep of its outbox and inbox ([`retention`]); runs until
+    /// `shutdown`.
     pub fn relay(
         &self,
         pool: sqlx::PgPool,
@@ -133,11 +139,19 @@ impl Events {
     + use<> {
         let relay = outbox::Relay {
             js: self.js.clone(),
-            pool,
+            pool: pool.clone(),
             settings: self.settings.relay.clone(),
             wake: self.wake.clone(),
         };
-        move |shutdown| Box::pin(relay.run(shutdown))
+        let sweeper = retention::Sweeper {
+            pool,
+            settings: self.settings.retention.clone(),
+        };
+        move |shutdown| {
+            Box::pin(async move {
+                tokio::join!(relay.run(shutdown.clone()), sweeper.run(shutdown));
+            })
+        }
     }
 
     /// A consumer of the events `spec` registers, each applied by its

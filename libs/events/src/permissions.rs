@@ -1,9 +1,9 @@
 //! What each service may do on NATS, derived from the catalog: least
 //! privilege for nats-server's `authorization` block.
 //!
-//! A service may publish only its own stream's subjects; it may manage
-//! only its own stream (create, update) and create the streams it reads if
-//! they do not exist yet; it may create, read and pull from consumers only
+//! A service may publish only its own stream's subjects; it may create its
+//! own stream and the streams it reads if they do not exist yet, and read
+//! their settings, but never change an existing one; it may create, read and pull from consumers only
 //! on the streams it reads ([`crate::catalog::READS`]), and ack only their
 //! messages; it receives replies only on its own inbox prefix, so it cannot
 //! listen in on another service's deliveries. Anything else is refused by
@@ -31,7 +31,8 @@ pub fn for_service(service: &str) -> Permissions {
     let mut publish = vec!["$JS.API.INFO".to_string()];
     if let Some(own) = owned_by(service) {
         publish.push(own.subjects.to_string());
-        for verb in ["INFO", "CREATE", "UPDATE"] {
+        // No UPDATE: an existing stream's settings are the operator's.
+        for verb in ["INFO", "CREATE"] {
             publish.push(format!("$JS.API.STREAM.{verb}.{}", own.name));
         }
     }

@@ -34,6 +34,88 @@ pub struct EventsSettings {
     /// `[events.consumer]`
     #[serde(default)]
     pub consumer: ConsumerSettings,
+    /// `[events.streams]`
+    #[serde(default)]
+    pub streams: StreamSettings,
+    /// `[events.retention]`
+    #[serde(default)]
+    pub retention: RetentionSettings,
+}
+
+/// `[events.streams]`: what a stream is created with. A stream that exists
+/// is checked (its subjects) and otherwise left as it is: an operator's
+/// later changes to its limits stand.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// Messages older than this are dropped (none: kept until `max_bytes`).
+    #[serde(with = "humantime_serde", default)]
+    pub max_age: Option<Duration>,
+    /// The stream's size limit in bytes, oldest messages dropped first
+    /// (none: no limit).
+    #[serde(default)]
+    pub max_bytes: Option<i64>,
+    /// Copies of each message across the JetStream cluster (3 in a
+    /// three-node cluster; 1 for a single server).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            max_age: None,
+            max_bytes: None,
+            replicas: default_replicas(),
+        }
+    }
+}
+
+/// `[events.retention]`: the bounded sweep of published outbox rows and old
+/// inbox rows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// How often the sweep runs.
+    #[serde(with = "humantime_serde", default = "default_sweep_interval")]
+    pub interval: Duration,
+    /// Published outbox rows are deleted this long after publication.
+    #[serde(with = "humantime_serde", default = "default_keep")]
+    pub outbox_after: Duration,
+    /// Inbox rows are deleted this long after the event was applied; at
+    /// least the streams' `duplicate_window` (a republished copy inside it
+    /// is dropped by JetStream; the inbox covers the rest), checked at start.
+    #[serde(with = "humantime_serde", default = "default_keep")]
+    pub inbox_after: Duration,
+    /// Rows deleted per statement, and at most ten statements per table per
+    /// sweep, so a sweep never holds the database for long.
+    #[serde(default = "default_sweep_batch")]
+    pub batch: i64,
+}
+
+fn default_sweep_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_keep() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_sweep_batch() -> i64 {
+    1000
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            interval: default_sweep_interval(),
+            outbox_after: default_keep(),
+            inbox_after: default_keep(),
+            batch: default_sweep_batch(),
+        }
+    }
 }
 
 fn default_connect_timeout() -> Duration {

@@ -74,6 +74,7 @@ impl Handler for Recorder {
 struct Fixture {
     pool: PgPool,
     events: Events,
+    settings: EventsSettings,
     shutdown: CancellationToken,
     recorder: Arc<Recorder>,
     nats: Nats,
@@ -119,6 +120,8 @@ async fn fixture() -> Fixture {
             durable_prefix: None,
             ..ConsumerSettings::default()
         },
+        streams: Default::default(),
+        retention: Default::default(),
     };
     let events = Events::connect("test", &settings).await.unwrap();
     let shutdown = CancellationToken::new();
@@ -131,6 +134,7 @@ async fn fixture() -> Fixture {
     Fixture {
         pool,
         events,
+        settings,
         shutdown,
         recorder,
         nats,
@@ -547,4 +551,85 @@ async fn a_nats_restart_in_the_middle_of_the_relays_window_loses_and_repeats_not
     let mut applied = f.applied().await;
     applied.dedup();
     assert_eq!(applied.len(), EVENTS, "each event applied once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_deletes_old_published_outbox_rows_and_old_inbox_rows_only() {
+    let f = fixture().await;
+    for id in ["o-old-1", "o-old-2", "o-new"] {
+        f.place(id).await;
+    }
+    eventually(Duration::from_secs(15), || async {
+        let n = f.applied().await.len();
+        if n == 3 { Ok(()) } else { Err(n) }
+    })
+    .await
+    .unwrap();
+    // Two events published and applied two hours ago, one just now; and
+    // one row not published yet, however old.
+    sqlx::raw_sql(
+        "UPDATE outbox SET published_at = now() - interval '2 hours'
+             WHERE event_id IN (
+                 SELECT event_id FROM outbox ORDER BY seq LIMIT 2);
+         UPDATE inbox SET processed_at = now() - interval '2 hours'
+             WHERE event_id IN (SELECT event_id FROM outbox ORDER BY seq LIMIT 2);
+         INSERT INTO outbox (event_id, subject, event_type, envelope, created_at)
+             VALUES (gen_random_uuid(), 'nowhere', 'none', '\\x00', now() - interval '3 hours');",
+    )
+    .execute(&f.pool)
+    .await
+    .unwrap();
+    let settings = shop_events::settings::RetentionSettings {
+        outbox_after: Duration::from_secs(3600),
+        inbox_after: Duration::from_secs(3600),
+        batch: 1,
+        ..Default::default()
+    };
+    let swept = shop_events::retention::sweep_now(&f.pool, &settings)
+        .await
+        .unwrap();
+    assert_eq!((swept.outbox, swept.inbox), (2, 2));
+    let (outbox, unpublished, inbox): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM outbox),
+                (SELECT count(*) FROM outbox WHERE published_at IS NULL),
+                (SELECT count(*) FROM inbox)",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!((outbox, unpublished, inbox), (2, 1, 1));
+    let again = shop_events::retention::sweep_now(&f.pool, &settings)
+        .await
+        .unwrap();
+    assert_eq!((again.outbox, again.inbox), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_an_operator_changed_keeps_its_settings_and_a_foreign_one_is_refused() {
+    let f = fixture().await;
+    let js = f.events.jetstream();
+    // An operator raises the ORDERS limits by hand.
+    let mut orders = js.get_stream("ORDERS").await.unwrap();
+    let mut config = orders.info().await.unwrap().config.clone();
+    assert_eq!(config.max_messages, -1);
+    config.max_messages = 12_345;
+    js.update_stream(&config).await.unwrap();
+
+    // A service (re)starting leaves them alone.
+    let settings = f.settings.clone();
+    Events::connect("test", &settings).await.unwrap();
+    let mut orders = js.get_stream("ORDERS").await.unwrap();
+    assert_eq!(orders.info().await.unwrap().config.max_messages, 12_345);
+
+    // A stream of the same name storing other subjects is not ours.
+    js.delete_stream("CATALOG").await.unwrap();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "CATALOG".into(),
+        subjects: vec!["elsewhere.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = Events::connect("test", &settings).await.unwrap_err();
+    assert!(format!("{err:#}").contains("shop.catalog.>"), "{err:#}");
 }

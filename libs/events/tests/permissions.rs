@@ -37,6 +37,8 @@ fn settings(nats: &Nats, user: &str, tls: &Path) -> EventsSettings {
         duplicate_window: Duration::from_secs(120),
         relay: RelaySettings::default(),
         consumer: ConsumerSettings::default(),
+        streams: Default::default(),
+        retention: Default::default(),
     }
 }
 

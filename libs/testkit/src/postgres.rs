@@ -55,7 +55,8 @@ impl Postgres {
     }
 
     /// [`Postgres::start`] with `fsync` on (every commit flushed to disk,
-    /// as in production): what benchmarks measure against.
+    /// as in production), and `pg_stat_statements` loaded when the
+    /// installation has it: what benchmarks measure against and profile.
     pub async fn start_durable() -> anyhow::Result<Self> {
         Self::start_with_fsync(true).await
     }
@@ -316,6 +317,7 @@ impl Postgres {
             // the writes); tests do not simulate power loss.
             .args(["-c", if self.fsync { "fsync=on" } else { "fsync=off" }])
             .args(["-c", "max_connections=200"])
+            .args(self.profiling_args())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -343,6 +345,32 @@ impl Postgres {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Postgres {
+    /// `shared_preload_libraries=pg_stat_statements` for a durable cluster
+    /// whose installation ships the module (a benchmark's profile); nothing
+    /// otherwise.
+    fn profiling_args(&self) -> Vec<String> {
+        let installed = [
+            "lib/pg_stat_statements.so",
+            "lib/postgresql/pg_stat_statements.so",
+        ]
+        .iter()
+        .any(|rel| {
+            self.bin
+                .parent()
+                .is_some_and(|root| root.join(rel).is_file())
+        });
+        if self.fsync && installed {
+            vec![
+                "-c".into(),
+                "shared_preload_libraries=pg_stat_statements".into(),
+            ]
+        } else {
+            Vec::new()
         }
     }
 }

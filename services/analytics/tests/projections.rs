@@ -95,6 +95,8 @@ async fn world() -> World {
             duplicate_window: Duration::from_secs(120),
             relay: RelaySettings::default(),
             consumer: ConsumerSettings::default(),
+            streams: Default::default(),
+            retention: Default::default(),
         },
     )
     .await

@@ -85,6 +85,8 @@ fn event_settings(nats_url: String) -> EventsSettings {
             durable_prefix: None,
             ..ConsumerSettings::default()
         },
+        streams: Default::default(),
+        retention: Default::default(),
     }
 }
 

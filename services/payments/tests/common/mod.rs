@@ -74,6 +74,8 @@ pub(crate) async fn spawn_app() -> TestApp {
             duplicate_window: Duration::from_secs(120),
             relay: RelaySettings::default(),
             consumer: ConsumerSettings::default(),
+            streams: Default::default(),
+            retention: Default::default(),
         },
     )
     .await
