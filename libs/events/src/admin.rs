@@ -202,7 +202,8 @@ impl EventsAdminService for EventsAdmin {
                 consumer.wake_relay.notify_one();
                 tracing::warn!(dead_letter_id = %id, consumer = %consumer.durable, %by, "dead letter replayed");
             }
-            // Another replay won the race: it was applied once, by that one.
+            // Resolved meanwhile: by another replay (applied once, by that
+            // one), or by a discard (checked below).
             Outcome::Duplicate => {}
             Outcome::Unavailable(e) => {
                 return Err(ServiceError::Unavailable(e).into());
@@ -220,11 +221,20 @@ impl EventsAdminService for EventsAdmin {
             }
         }
         let letter: DeadLetter = dead_letters::get(&self.pool, id).await?.into();
-        if letter.status() == DeadLetterStatus::Pending {
-            return Err(ServiceError::Internal(anyhow::anyhow!(
-                "dead letter {id} still pending after its replay was applied"
-            ))
-            .into());
+        match letter.status() {
+            DeadLetterStatus::Replayed => {}
+            DeadLetterStatus::Discarded => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "dead letter {id} was discarded while this replay ran; nothing was applied"
+                ))
+                .into());
+            }
+            _ => {
+                return Err(ServiceError::Internal(anyhow::anyhow!(
+                    "dead letter {id} still pending after its replay was applied"
+                ))
+                .into());
+            }
         }
         Ok(Response::new(ReplayDeadLetterResponse {
             dead_letter: Some(letter),

@@ -5,11 +5,12 @@
 //! the lane of its aggregate (the envelope's correlation id: for the order
 //! saga, the order id): a lane applies its messages one at a time in stream
 //! order, and lanes run in parallel. So one slow card holds up its own
-//! order only, and a StockReserved is never applied before the OrderPlaced
-//! it follows from when both are in this process. Across processes sharing
-//! the consumer (replicas) and across redeliveries no order is promised, as
-//! with JetStream itself: handlers serialise per aggregate in the database
-//! where they need to.
+//! order only, and one order's events of one stream (OrderPlaced, then its
+//! OrderCancelled) are applied in the order they were published. Lanes are
+//! per consumer: events of different streams, across processes sharing the
+//! consumer (replicas) and across redeliveries come in no promised order,
+//! as with JetStream itself, and handlers serialise per aggregate in the
+//! database where they need to.
 //!
 //! For every message, [`crate::inbox::apply`] runs the handler in the
 //! transaction that records the event; then the message is acked. A handler
@@ -28,11 +29,12 @@ use crate::inbox::{self, Handler, Mark, Outcome};
 use crate::settings::ConsumerSettings;
 use crate::stats::ConsumerStats;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use prost::Message as _;
 use shop_proto::shop::events::v1::Envelope;
 use sqlx::PgPool;
 use std::collections::{HashMap, VecDeque, hash_map::Entry};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -283,11 +285,20 @@ impl Consumer {
         let mut next = Some(first);
         while let Some(held) = next {
             if shutdown.is_cancelled() {
-                // Another process (or this one, restarted) takes it now
-                // rather than after the ack wait.
+                // Queued behind its lane when the process stops: another
+                // process (or this one, restarted) takes it now rather than
+                // after the ack wait.
                 let _ = held.message.ack_with(AckKind::Nak(None)).await;
             } else {
-                self.process(held.message, held.decoded, &shutdown).await;
+                // A handler that panics loses this delivery (JetStream
+                // redelivers it after the ack wait), not the lane: what
+                // queued behind it still runs, and its permit comes back.
+                let applied = AssertUnwindSafe(self.process(held.message, held.decoded, &shutdown))
+                    .catch_unwind()
+                    .await;
+                if applied.is_err() {
+                    tracing::error!(consumer = %self.durable, "a handler panicked; the event will be redelivered");
+                }
             }
             self.stats.left();
             let mut queues = lanes.lock().expect("lanes lock");
@@ -421,7 +432,13 @@ impl Consumer {
     /// cannot be written, naks it so it stays in the stream.
     async fn dead_letter(&self, message: &jetstream::Message, letter: NewDeadLetter<'_>) {
         match dead_letters::record(&self.pool, &letter).await {
-            Ok(id) => {
+            Ok(None) => {
+                // Another copy of the event (a redelivery racing this one)
+                // applied it: nothing is dead.
+                self.stats.duplicate();
+                let _ = message.ack().await;
+            }
+            Ok(Some(id)) => {
                 self.stats.dead_lettered(letter.compensation);
                 if letter.compensation {
                     tracing::error!(

@@ -24,11 +24,30 @@ pub(crate) struct NewDeadLetter<'a> {
 }
 
 /// Writes `letter` and, for a decodable event, the consumer's inbox row
-/// (so a redelivery of it is a duplicate), in one transaction. Returns
-/// the letter's id.
-pub(crate) async fn record(pool: &PgPool, letter: &NewDeadLetter<'_>) -> sqlx::Result<Uuid> {
+/// (so a redelivery of it is a duplicate), in one transaction: the
+/// letter's id, or `None` when the inbox shows the event applied meanwhile
+/// (by another copy of it) and no letter is due.
+pub(crate) async fn record(
+    pool: &PgPool,
+    letter: &NewDeadLetter<'_>,
+) -> sqlx::Result<Option<Uuid>> {
     let id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
+    if let Some(event_id) = letter.event_id.and_then(|e| e.parse::<Uuid>().ok()) {
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(letter.consumer)
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(None);
+        }
+    }
+    // Text columns refuse NUL; an error message could hold one.
+    let text = |s: &str| s.replace('\0', "");
     sqlx::query(
         "INSERT INTO dead_letters
              (dead_letter_id, consumer, stream, subject, event_id, event_type,
@@ -38,26 +57,17 @@ pub(crate) async fn record(pool: &PgPool, letter: &NewDeadLetter<'_>) -> sqlx::R
     .bind(id)
     .bind(letter.consumer)
     .bind(letter.stream)
-    .bind(letter.subject)
+    .bind(text(letter.subject))
     .bind(letter.event_id)
-    .bind(letter.event_type)
+    .bind(text(letter.event_type))
     .bind(letter.delivery_count)
-    .bind(letter.last_error)
+    .bind(text(letter.last_error))
     .bind(letter.payload)
     .bind(letter.compensation)
     .execute(&mut *tx)
     .await?;
-    if let Some(event_id) = letter.event_id.and_then(|e| e.parse::<Uuid>().ok()) {
-        sqlx::query(
-            "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(letter.consumer)
-        .bind(event_id)
-        .execute(&mut *tx)
-        .await?;
-    }
     tx.commit().await?;
-    Ok(id)
+    Ok(Some(id))
 }
 
 #[derive(sqlx::FromRow)]

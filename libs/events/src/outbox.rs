@@ -106,7 +106,11 @@ impl Relay {
     /// a batch costs about one round trip and one fsync, not one per
     /// event. A failure stops at the first row not acked; it and the rows
     /// after it stay unmarked and are sent again, and the copies JetStream
-    /// already stored are dropped by `Nats-Msg-Id`.
+    /// already stored are dropped by `Nats-Msg-Id`. When a row's ack fails
+    /// but a later row of the batch was stored (a timeout, a leader change
+    /// in a cluster), the retried row lands after it in the stream:
+    /// consumers do not rely on the order of different events of one
+    /// saga across a relay failure (their handlers check state).
     async fn publish_batch(&self) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")

@@ -7,6 +7,11 @@
 //! Each sweep deletes at most `batch` rows per statement and ten statements
 //! per table, oldest first, so it never holds the database for long; what
 //! is left waits for the next sweep.
+//!
+//! An inbox row is what keeps a redelivered event from being applied
+//! twice, so a durable consumer must never be recreated to read from the
+//! start under the same name once rows were swept (a rebuild uses a new
+//! `durable_prefix`, whose inbox rows are its own).
 
 use crate::settings::{EventsSettings, RetentionSettings};
 use sqlx::PgPool;
@@ -90,7 +95,7 @@ impl Sweeper {
                 "DELETE FROM inbox WHERE (consumer, event_id) IN (
                      SELECT consumer, event_id FROM inbox
                      WHERE processed_at < now() - make_interval(secs => $1)
-                     LIMIT $2)",
+                     ORDER BY processed_at LIMIT $2)",
                 self.settings.inbox_after,
             )
             .await?;

@@ -1,7 +1,7 @@
 //! The two consumers: charges on StockReserved, refunds on OrderCancelled.
 //!
-//! They run concurrently, so each takes the order's advisory lock as its
-//! first statement: for one order, one handler at a time, and the second
+//! They run concurrently, so each takes the order's advisory lock first
+//! in its transaction: for one order, one handler at a time, and the second
 //! sees what the first committed. That is what makes the race between a
 //! capture and a cancellation come out right in either arrival order:
 //!
