@@ -173,6 +173,28 @@ impl Fixture {
         envelope
     }
 
+    /// The newest dead letter, as the admin service lists it, once there
+    /// are `count` of them.
+    async fn newest_dead_letter(
+        &self,
+        admin: &shop_events::admin::EventsAdmin,
+        count: i64,
+    ) -> shop_proto::shop::common::v1::DeadLetter {
+        eventually(Duration::from_secs(20), || async {
+            let n = self.dead_letters().await;
+            if n == count { Ok(()) } else { Err(n) }
+        })
+        .await
+        .unwrap();
+        admin
+            .list_dead_letters(tonic::Request::new(ListDeadLettersRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letters
+            .remove(0)
+    }
+
     fn log(&self) -> Vec<(String, String)> {
         self.recorder.log.lock().unwrap().clone()
     }
@@ -405,19 +427,7 @@ async fn an_operator_replays_a_dead_letter_once_or_discards_it_with_a_reason() {
     let f = fixture().await;
     let admin = f.events.admin(f.pool.clone());
     f.place("poison").await;
-    eventually(Duration::from_secs(20), || async {
-        let n = f.dead_letters().await;
-        if n == 1 { Ok(()) } else { Err(n) }
-    })
-    .await
-    .unwrap();
-    let letter = admin
-        .list_dead_letters(tonic::Request::new(ListDeadLettersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .dead_letters
-        .remove(0);
+    let letter = f.newest_dead_letter(&admin, 1).await;
     assert_eq!(letter.status(), DeadLetterStatus::Pending);
     let replay = |id: &str| {
         let admin = &admin;
@@ -463,19 +473,7 @@ async fn an_operator_replays_a_dead_letter_once_or_discards_it_with_a_reason() {
     // as DISCARDED and can no longer be replayed.
     f.recorder.healed.store(false, Ordering::SeqCst);
     f.place("poison").await;
-    eventually(Duration::from_secs(20), || async {
-        let n = f.dead_letters().await;
-        if n == 2 { Ok(()) } else { Err(n) }
-    })
-    .await
-    .unwrap();
-    let second = admin
-        .list_dead_letters(tonic::Request::new(ListDeadLettersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .dead_letters
-        .remove(0);
+    let second = f.newest_dead_letter(&admin, 2).await;
     assert_ne!(second.dead_letter_id, letter.dead_letter_id);
     let discard = |reason: &str| {
         admin.discard_dead_letter(tonic::Request::new(DiscardDeadLetterRequest {
