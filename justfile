@@ -70,9 +70,12 @@ unit:
     cargo test --workspace --lib --bins
 
 # API tests per service (real Postgres) and end-to-end suites in tests/ (real processes)
+# Every build here has the tests' feature set (dev-dependencies unify features, so bins
+# built alone would compile the whole tree a second time). The second build only adds
+# the payments-failpoints binary; the test run then puts the plain payments binary back.
 integration:
-    cargo build --workspace --bins
-    cargo build -p payments --features failpoints --bin payments-failpoints
+    cargo build --workspace --bins --tests
+    cargo build --workspace --tests --features payments/failpoints --bin payments-failpoints
     cargo test --workspace --test '*'
 
 # the README's grpcurl examples against a running `just up`
