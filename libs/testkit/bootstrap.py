@@ -6,6 +6,7 @@ Stdlib only; Python 3.9+.
 
 Result:
   .tools/bin/{just,nats-server,grpcurl,buf}   symlinks to the real native binaries
+  .tools/bin/{shop-python,kubernetes-validate}  wrappers: the env's Python; the manifest validator
   .tools/pg/bin/{initdb,pg_ctl,postgres,psql,createdb,...}
                                               symlinks into a system Postgres bin dir
                                               (newest /usr/lib/postgresql/*/bin, or
@@ -36,6 +37,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -58,10 +60,25 @@ PY_PINS = {
     "protobuf": "7.35.1",  # the runtime grpcio-tools 1.85.1 requires (>=7.35.1,<8)
     "googleapis-common-protos": "1.76.0",  # google.rpc.*_pb2 and google/rpc/*.proto
     "typing-extensions": "4.16.0",  # required by grpcio
+    # Offline validation of the rendered k8s manifests (`just k8s-check`): the package ships
+    # the Kubernetes JSON schemas. Its run-time dependencies, pinned like the rest:
+    "kubernetes-validate": "1.37.0",
+    "jsonschema": "4.26.0",
+    "jsonschema-specifications": "2025.9.1",
+    "referencing": "0.37.0",
+    "rpds-py": "2026.9.1",  # wheel: native extension (manylinux)
+    "attrs": "26.1.0",
+    "importlib-resources": "7.1.0",
+    "packaging": "26.4",
+    "PyYAML": "6.0.4",
 }
 # Installed into the Python environment for the generated clients (all pinned in PY_PINS).
 PY_CLIENT_PKGS = ["grpcio-tools", "grpcio", "grpcio-status", "protobuf",
                   "googleapis-common-protos", "typing-extensions"]
+# Installed for the manifest checks (all pinned in PY_PINS).
+PY_DEPLOY_PKGS = ["kubernetes-validate", "jsonschema", "jsonschema-specifications", "referencing",
+                  "rpds-py", "attrs", "importlib-resources", "packaging", "PyYAML",
+                  "typing-extensions"]
 NPM_PINS = {"@bufbuild/buf": "1.75.0"}
 # Expected `--version` output of each tool (regex must match).
 EXPECT = {
@@ -71,7 +88,7 @@ EXPECT = {
     "buf": r"^1\.75\.0\b",
 }
 TOOL_VERSION = {"just": "1.59.0", "nats-server": "2.15.1", "grpcurl": "1.8.6", "buf": "1.75.0"}
-SCHEMA = 3  # 3: + the Python client packages (PY_CLIENT_PKGS)
+SCHEMA = 4  # 3: + the Python client packages (PY_CLIENT_PKGS); 4: + PY_DEPLOY_PKGS
 PG_REQUIRED = ("initdb", "pg_ctl", "postgres")
 
 # --------------------------------------------------------------------------- paths
@@ -183,7 +200,7 @@ def fast_path_ok(want) -> bool:
         return False
     if st.get("buf_source") == "skipped" and shutil.which("npm"):
         return False  # npm appeared since: retry buf
-    tools = ["just", "nats-server", "grpcurl"]
+    tools = ["just", "nats-server", "grpcurl", "shop-python", "kubernetes-validate"]
     if st.get("buf_source") != "skipped":
         tools.append("buf")
     if not all(_is_exe(os.path.join(BIN, t)) for t in tools):
@@ -320,6 +337,38 @@ def verify_tool(name: str) -> None:
         )
 
 
+def write_python_tools(mode: str, sites) -> None:
+    """.tools/bin/shop-python (the environment's Python, with its packages) and
+    .tools/bin/kubernetes-validate on top of it; checked by validating a manifest."""
+    if mode == "venv":
+        py, path = os.path.join(VENV, "bin", "python"), ""
+    else:
+        py, path = sys.executable, "PYTHONPATH=%s " % shlex.quote(os.pathsep.join(sites))
+    wrappers = {
+        "shop-python": 'exec env %s%s "$@"\n' % (path, shlex.quote(py)),
+        "kubernetes-validate": 'exec "$(dirname "$0")/shop-python" -m kubernetes_validate "$@"\n',
+    }
+    for name, body in wrappers.items():
+        target = os.path.join(BIN, name)
+        if os.path.lexists(target):
+            os.unlink(target)
+        with open(target, "w") as f:
+            f.write("#!/bin/sh\n# written by libs/testkit/bootstrap.py\n" + body)
+        os.chmod(target, 0o755)
+    probe = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n  a: b\n"
+    try:
+        p = subprocess.run([os.path.join(BIN, "kubernetes-validate"), "--strict", "-k", "1.32",
+                            "--quiet", "-"], input=probe, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+        rc, out = p.returncode, p.stdout or ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        rc, out = 127, str(e)
+    if rc != 0:
+        raise BootstrapError("kubernetes-validate does not work (exit %d): %s"
+                             % (rc, out.strip()[-500:]))
+    say("kubernetes-validate %s: installed" % PY_PINS["kubernetes-validate"])
+
+
 def verify_py_clients(mode: str, sites) -> None:
     """The client packages import and grpc_tools runs its bundled protoc."""
     if mode == "venv":
@@ -384,6 +433,7 @@ def install(want) -> None:
     pip_install(pip_cmd, pkgs)
     pip_install(pip_cmd, PY_CLIENT_PKGS)
     verify_py_clients(mode, sites)
+    pip_install(pip_cmd, PY_DEPLOY_PKGS)
     if buf_req in ("auto", "pypi"):
         try:
             pip_install(pip_cmd, ["buf-bin"])
@@ -424,6 +474,8 @@ def install(want) -> None:
         link(path, os.path.join(BIN, name))
         verify_tool(name)
         say("%s %s: installed" % (name, TOOL_VERSION[name]))
+
+    write_python_tools(mode, sites)
 
     # Postgres.
     if use_embedded_pg:
