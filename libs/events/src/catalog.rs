@@ -96,6 +96,17 @@ pub trait DomainEvent: prost::Message + Default + Sized {
     const AGGREGATE: &'static str;
 }
 
+/// A registered domain event: its type, subject and stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventDef {
+    /// [`DomainEvent::TYPE`]
+    pub event_type: &'static str,
+    /// [`DomainEvent::SUBJECT`]
+    pub subject: &'static str,
+    /// [`DomainEvent::STREAM`]
+    pub stream: StreamDef,
+}
+
 macro_rules! domain_events {
     ($($ty:ident => $stream:ident, $subject:literal, $aggregate:literal;)*) => {
         $(
@@ -106,6 +117,12 @@ macro_rules! domain_events {
                 const AGGREGATE: &'static str = $aggregate;
             }
         )*
+        /// Every domain event, as registered below.
+        pub const EVENTS: &[EventDef] = &[$(EventDef {
+            event_type: <pb::$ty as DomainEvent>::TYPE,
+            subject: $subject,
+            stream: $stream,
+        }),*];
     };
 }
 

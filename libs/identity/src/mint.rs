@@ -67,15 +67,21 @@ pub struct Leaf<'a> {
     pub not_after: OffsetDateTime,
 }
 
-impl Leaf<'_> {
+impl<'a> Leaf<'a> {
     /// Valid from a minute ago for `lifetime`, for `localhost` and
     /// 127.0.0.1: what the local stack uses.
     pub fn local(lifetime: Duration) -> Leaf<'static> {
         const IPS: &[IpAddr] = &[IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)];
+        Leaf::named(&["localhost"], IPS, lifetime)
+    }
+
+    /// Valid from a minute ago (clock skew) for `lifetime`, for `dns` and
+    /// `ips`.
+    pub fn named(dns: &'a [&'a str], ips: &'a [IpAddr], lifetime: Duration) -> Leaf<'a> {
         let now = OffsetDateTime::now_utc();
         Leaf {
-            dns: &["localhost"],
-            ips: IPS,
+            dns,
+            ips,
             not_before: now - time::Duration::minutes(1),
             not_after: now + lifetime,
         }

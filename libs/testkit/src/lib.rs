@@ -7,6 +7,7 @@
 //! - [`nats`]: a throwaway `nats-server` with JetStream on file storage.
 //! - [`process`]: a service binary on a free port, waited on until SERVING.
 //! - [`identities`]: a CA and workload certificates (SPIFFE IDs) for a stack.
+//! - [`secrets`]: the Secrets the k8s manifests reference, minted.
 //! - [`stack`]: all of the above for a list of services, over mTLS.
 //! - [`inproc`]: a service served inside the test process.
 //! - [`status`]: assertions on gRPC statuses (`violated_fields`).
@@ -23,6 +24,7 @@ pub mod inproc;
 pub mod nats;
 pub mod postgres;
 pub mod process;
+pub mod secrets;
 pub mod stack;
 pub mod status;
 pub mod tools;

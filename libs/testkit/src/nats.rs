@@ -185,7 +185,7 @@ impl Nats {
                  jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n{tls}{auth}",
                 port = self.port,
                 tls = tls_block(self.tls.as_deref()),
-                auth = authorization(&self.users),
+                auth = authorization(&self.users, |_, password| format!("{password:?}")),
             ),
         )?;
         let log = std::fs::OpenOptions::new()
@@ -242,9 +242,33 @@ fn tls_block(dir: Option<&std::path::Path>) -> String {
     )
 }
 
-/// nats-server's `authorization` block for `users` (empty without users).
-/// Subjects are quoted strings, so `$JS...` is not read as a variable.
-fn authorization(users: &[User]) -> String {
+/// The `authorization` block of a deployed NATS (`k8s/base/nats/auth.conf`
+/// is this text, checked by `tests/deploy.rs`): [`ADMIN`] and one user per
+/// service in `services` with its least-privilege permissions, each
+/// password read from the server's environment, `$NATS_<USER>_PASSWORD`
+/// (set from the `nats-users` Secret).
+pub fn deployed_authorization(services: &[&str]) -> String {
+    let mut users = vec![(ADMIN.to_string(), String::new(), None)];
+    users.extend(services.iter().map(|service| {
+        (
+            service.to_string(),
+            String::new(),
+            Some(shop_events::permissions::for_service(service)),
+        )
+    }));
+    authorization(&users, |user, _| password_variable(user))
+}
+
+/// The environment variable a deployed NATS reads `user`'s password from.
+pub fn password_variable(user: &str) -> String {
+    format!("$NATS_{}_PASSWORD", user.to_uppercase())
+}
+
+/// nats-server's `authorization` block for `users` (empty without users),
+/// each password as `password(user, its password)` writes it (a quoted
+/// literal or a `$VARIABLE`). Subjects are quoted strings, so `$JS...` is
+/// not read as a variable.
+fn authorization(users: &[User], password: impl Fn(&str, &str) -> String) -> String {
     if users.is_empty() {
         return String::new();
     }
@@ -256,8 +280,11 @@ fn authorization(users: &[User]) -> String {
             .join(", ")
     };
     let mut out = String::from("authorization {\n  users = [\n");
-    for (user, password, permissions) in users {
-        out.push_str(&format!("    {{ user: {user:?}, password: {password:?}"));
+    for (user, secret, permissions) in users {
+        out.push_str(&format!(
+            "    {{ user: {user:?}, password: {}",
+            password(user, secret)
+        ));
         if let Some(p) = permissions {
             out.push_str(&format!(
                 ", permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }}",

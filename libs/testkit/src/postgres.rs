@@ -169,9 +169,25 @@ impl Postgres {
     /// from `PUBLIC`; the role has no `CREATEDB`, `CREATEROLE` or
     /// superuser rights). Returns the role's URL for the database.
     pub async fn create_service_database(&self, name: &str, role: &str) -> anyhow::Result<String> {
+        self.create_service_database_with_password(name, role, &new_password())
+            .await
+    }
+
+    /// [`Postgres::create_service_database`] with the role's password given
+    /// (a deployment's Secret holds it); `password` must be hex or
+    /// alphanumeric.
+    pub async fn create_service_database_with_password(
+        &self,
+        name: &str,
+        role: &str,
+        password: &str,
+    ) -> anyhow::Result<String> {
         use sqlx::Connection as _;
+        anyhow::ensure!(
+            password.chars().all(|c| c.is_ascii_alphanumeric()),
+            "role passwords here are alphanumeric"
+        );
         let quote = |ident: &str| format!("\"{}\"", ident.replace('"', ""));
-        let password = new_password();
         let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await?;
         for sql in [
             format!(
@@ -185,14 +201,14 @@ impl Postgres {
             ),
         ] {
             // Identifiers cannot be bound; the names are ours and quoted,
-            // the password is hex.
+            // the password is alphanumeric.
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&mut conn)
                 .await
                 .with_context(|| format!("creating database {name} for role {role}"))?;
         }
         conn.close().await?;
-        Ok(self.url_as(role, &password, name))
+        Ok(self.url_as(role, password, name))
     }
 
     /// Serves TLS with the certificate and key in `identity` (`tls.crt`,

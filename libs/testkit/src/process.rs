@@ -28,6 +28,7 @@ pub struct ServiceProcess {
     bin: PathBuf,
     dir: PathBuf,
     env: Vec<(String, String)>,
+    args: Vec<String>,
     addr: Option<SocketAddr>,
     health_addr: Option<SocketAddr>,
     /// The identity tests call it with (the operator's), when it serves
@@ -78,9 +79,37 @@ impl ServiceProcess {
             bin: tools::service_binary(service)?,
             dir: dir.to_path_buf(),
             env,
+            args: Vec::new(),
             addr: listen,
             health_addr: None,
             client_identity,
+            child: None,
+        };
+        process.launch().await?;
+        Ok(process)
+    }
+
+    /// Starts `service` with the command-line `args` and `env` a deployment
+    /// gives it (its configuration file among them), on a free loopback
+    /// port; `operator` is the identity directory tests call it with when
+    /// its configuration makes it serve mutual TLS.
+    pub async fn start_deployed(
+        service: &str,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        dir: &Path,
+        operator: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let mut process = ServiceProcess {
+            name: service.to_string(),
+            service: service.to_string(),
+            bin: tools::service_binary(service)?,
+            dir: dir.to_path_buf(),
+            env,
+            args,
+            addr: None,
+            health_addr: None,
+            client_identity: operator,
             child: None,
         };
         process.launch().await?;
@@ -258,6 +287,7 @@ impl ServiceProcess {
             .append(true)
             .open(self.log_path())?;
         let mut child = Command::new(&self.bin)
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(format!("{prefix}LISTEN"), listen)
             .env(format!("{prefix}ADDR_FILE"), &addr_file)

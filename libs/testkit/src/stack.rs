@@ -87,10 +87,21 @@ impl TokenKeys {
     }
 }
 
+/// Every service, each after the services it calls.
+pub const SERVICES: &[&str] = &[
+    "users",
+    "catalog",
+    "inventory",
+    "payments",
+    "orders",
+    "notifications",
+    "analytics",
+    "gateway",
+];
 /// Services without a database or NATS of their own.
-const STATELESS: &[&str] = &["gateway"];
+pub const STATELESS: &[&str] = &["gateway"];
 /// Services that do not talk to NATS (no `[events]` settings).
-const NO_EVENTS: &[&str] = &["gateway", "catalog"];
+pub const NO_EVENTS: &[&str] = &["gateway", "catalog"];
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
