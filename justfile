@@ -29,7 +29,7 @@ up: bootstrap
 test: bootstrap lint unit clients integration
 
 # formatting, clippy with warnings denied, buf lint, format and breaking of the contracts
-lint: fmt-check clippy buf-lint buf-breaking deny
+lint: fmt-check clippy buf-lint buf-breaking deny k8s-validate
 
 # fail if any file is not rustfmt-formatted
 fmt-check:
@@ -65,14 +65,48 @@ deny:
       || cargo install cargo-deny --version 0.20.2 --locked --root .tools/cargo
     .tools/cargo/bin/cargo-deny check --hide-inclusion-graph licenses bans sources
 
+# tests/deploy.rs checks the manifests further and boots every service from them.
+# the kind overlay rendered offline, validated against the Kubernetes 1.32 schemas (strict)
+k8s-validate:
+    kubectl kustomize k8s/overlays/kind | kubernetes-validate --strict -k 1.32 --quiet -
+    @echo "k8s/overlays/kind: valid for Kubernetes 1.32"
+
+# every service's image (one Dockerfile, `--build-arg SERVICE=`): needs a Docker engine
+images tag="dev":
+    @docker info > /dev/null 2>&1 || { echo "just images needs a Docker engine (docker info failed): there is none on this machine" >&2; exit 1; }
+    for s in {{replace(services, ",", " ")}}; do docker build --build-arg SERVICE=$s -t shop/$s:{{tag}} .; done
+
+# Images built and `kind load`ed, Secrets minted by shop-secrets, every rollout waited for.
+# a kind cluster running k8s/overlays/kind (needs kind, kubectl and a Docker engine)
+kind-up: bootstrap
+    @command -v kind > /dev/null || { echo "just kind-up needs kind (https://kind.sigs.k8s.io) and a Docker engine" >&2; exit 1; }
+    @docker info > /dev/null 2>&1 || { echo "just kind-up needs a Docker engine (docker info failed)" >&2; exit 1; }
+    kind get clusters | grep -qx shop || kind create cluster --name shop --config k8s/kind/cluster.yaml
+    just images dev
+    for s in {{replace(services, ",", " ")}}; do kind load docker-image --name shop shop/$s:dev; done
+    kubectl create namespace shop --dry-run=client -o yaml | kubectl apply -f -
+    cargo build -p shop-testkit --bin shop-secrets
+    rm -rf target/kind-secrets && target/debug/shop-secrets target/kind-secrets
+    for d in target/kind-secrets/*; do kubectl -n shop create secret generic "$(basename "$d")" --from-file="$d" --dry-run=client -o yaml | kubectl apply -f -; done
+    kubectl apply -k k8s/overlays/kind
+    kubectl -n shop rollout status statefulset/postgres statefulset/nats --timeout=300s
+    for s in {{replace(services, ",", " ")}}; do kubectl -n shop rollout status deployment/$s --timeout=300s; done
+    @echo "gateway: 127.0.0.1:8443 (TLS; its CA is target/kind-secrets/gateway-identity/ca.crt)"
+    @echo "try: grpcurl -cacert target/kind-secrets/gateway-identity/ca.crt 127.0.0.1:8443 list"
+
+# delete the kind cluster of `just kind-up`
+kind-down:
+    @command -v kind > /dev/null || { echo "just kind-down needs kind" >&2; exit 1; }
+    kind delete cluster --name shop
+
 # unit tests (no external processes)
 unit:
     cargo test --workspace --lib --bins
 
-# API tests per service (real Postgres) and end-to-end suites in tests/ (real processes)
 # Every build here has the tests' feature set (dev-dependencies unify features, so bins
 # built alone would compile the whole tree a second time). The second build only adds
 # the payments-failpoints binary; the test run then puts the plain payments binary back.
+# API tests per service (real Postgres) and end-to-end suites in tests/ (real processes)
 integration:
     cargo build --workspace --bins --tests
     cargo build --workspace --tests --features payments/failpoints --bin payments-failpoints
