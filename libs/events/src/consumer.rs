@@ -141,6 +141,15 @@ impl ConsumerSpec {
     /// The subjects the consumer receives: those of the registered types
     /// (every subject of the stream for [`ConsumerSpec::every_event`]).
     pub fn subjects(&self) -> Vec<String> {
+        if self.every_event.is_some() {
+            return vec![self.stream.subjects.to_string()];
+        }
+        self.filter()
+    }
+
+    /// The JetStream consumer's subject filter: the registered types'
+    /// subjects, none (the whole stream) for [`ConsumerSpec::every_event`].
+    fn filter(&self) -> Vec<String> {
         self.routes.iter().map(|r| r.subject.to_string()).collect()
     }
 
@@ -202,7 +211,7 @@ impl Consumer {
     fn config(&self) -> pull::Config {
         pull::Config {
             durable_name: Some(self.durable.clone()),
-            filter_subjects: self.spec.subjects(),
+            filter_subjects: self.spec.filter(),
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.settings.ack_wait,
