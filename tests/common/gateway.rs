@@ -80,34 +80,7 @@ impl Shop {
 
     /// Signs up and logs in a new user.
     pub async fn user(&self, name: &str) -> EndUser {
-        let mut gateway = self.gateway().await;
-        let email = format!("{name}-{}@example.com", uuid::Uuid::new_v4().simple());
-        let password = "correct horse battery".to_string();
-        let user = gateway
-            .sign_up(SignUpRequest {
-                email: email.clone(),
-                password: password.clone(),
-                display_name: name.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .user
-            .unwrap();
-        let token = gateway
-            .log_in(LogInRequest {
-                email: email.clone(),
-                password,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .access_token;
-        EndUser {
-            user_id: user.user_id,
-            email,
-            token,
-        }
+        end_user(self.gateway().await, name).await
     }
 
     /// A product priced `price_minor` EUR, stocked with `stock` units (as
@@ -118,53 +91,101 @@ impl Shop {
 
     /// `user` orders one unit of `product` through the gateway.
     pub async fn order(&self, user: &EndUser, product: &str, payment: &str) -> Order {
-        self.gateway()
-            .await
-            .place_order(with_bearer(
-                &user.token,
-                PlaceOrderRequest {
-                    lines: vec![NewOrderLine {
-                        product_id: product.into(),
-                        quantity: 1,
-                    }],
-                    payment_token: payment.into(),
-                    idempotency_key: uuid::Uuid::new_v4().to_string(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .order
-            .unwrap()
+        place_order(self.gateway().await, user, product, payment).await
     }
 
     /// Waits until `user`'s order is CONFIRMED or CANCELLED.
     pub async fn settled(&self, user: &EndUser, order_id: &str) -> Order {
-        let gateway = self.gateway().await;
-        eventually(Duration::from_secs(60), || {
-            let mut gateway = gateway.clone();
-            let request = with_bearer(
-                &user.token,
-                GetOrderRequest {
-                    order_id: order_id.into(),
-                },
-            );
-            async move {
-                let order = gateway
-                    .get_order(request)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_inner()
-                    .order
-                    .ok_or("no order")?;
-                if order.status() == OrderStatus::Pending {
-                    Err("still pending".to_string())
-                } else {
-                    Ok(order)
-                }
-            }
+        settled(self.gateway().await, user, order_id).await
+    }
+}
+
+/// Signs up and logs in a new user through `gateway`.
+pub async fn end_user(mut gateway: ShopGatewayServiceClient<Channel>, name: &str) -> EndUser {
+    let email = format!("{name}-{}@example.com", uuid::Uuid::new_v4().simple());
+    let password = "correct horse battery".to_string();
+    let user = gateway
+        .sign_up(SignUpRequest {
+            email: email.clone(),
+            password: password.clone(),
+            display_name: name.into(),
         })
         .await
         .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let token = gateway
+        .log_in(LogInRequest {
+            email: email.clone(),
+            password,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    EndUser {
+        user_id: user.user_id,
+        email,
+        token,
     }
+}
+
+/// `user` orders one unit of `product` through `gateway`.
+pub async fn place_order(
+    mut gateway: ShopGatewayServiceClient<Channel>,
+    user: &EndUser,
+    product: &str,
+    payment: &str,
+) -> Order {
+    gateway
+        .place_order(with_bearer(
+            &user.token,
+            PlaceOrderRequest {
+                lines: vec![NewOrderLine {
+                    product_id: product.into(),
+                    quantity: 1,
+                }],
+                payment_token: payment.into(),
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap()
+}
+
+/// Waits until `user`'s order is CONFIRMED or CANCELLED, asking `gateway`.
+pub async fn settled(
+    gateway: ShopGatewayServiceClient<Channel>,
+    user: &EndUser,
+    order_id: &str,
+) -> Order {
+    eventually(Duration::from_secs(60), || {
+        let mut gateway = gateway.clone();
+        let request = with_bearer(
+            &user.token,
+            GetOrderRequest {
+                order_id: order_id.into(),
+            },
+        );
+        async move {
+            let order = gateway
+                .get_order(request)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .order
+                .ok_or("no order")?;
+            if order.status() == OrderStatus::Pending {
+                Err("still pending".to_string())
+            } else {
+                Ok(order)
+            }
+        }
+    })
+    .await
+    .unwrap()
 }

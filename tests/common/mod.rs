@@ -19,8 +19,8 @@ use shop_proto::shop::orders::v1::{
 };
 use shop_proto::shop::payments::v1::payment_service_client::PaymentServiceClient;
 use shop_proto::shop::payments::v1::{ListPaymentsRequest, PaymentStatus};
-use shop_testkit::eventually;
 use shop_testkit::stack::{Stack, StackOptions};
+use shop_testkit::{ServiceProcess, eventually};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -70,8 +70,26 @@ pub async fn stocked_product(
     price_minor: i64,
     stock: i64,
 ) -> String {
+    stocked_product_on(
+        stack.service("catalog"),
+        stack.service("inventory"),
+        name,
+        price_minor,
+        stock,
+    )
+    .await
+}
+
+/// [`stocked_product`] on the given catalog and inventory processes.
+pub async fn stocked_product_on(
+    catalog: &ServiceProcess,
+    inventory: &ServiceProcess,
+    name: Option<&str>,
+    price_minor: i64,
+    stock: i64,
+) -> String {
     let sku = format!("SKU-{}", uuid::Uuid::new_v4().simple());
-    let product = CatalogServiceClient::new(stack.service("catalog").channel().await.unwrap())
+    let product = CatalogServiceClient::new(catalog.channel().await.unwrap())
         .create_product(CreateProductRequest {
             sku: sku.clone(),
             name: name.map_or_else(|| format!("Product {sku}"), str::to_string),
@@ -87,7 +105,7 @@ pub async fn stocked_product(
         .into_inner()
         .product
         .unwrap();
-    InventoryServiceClient::new(stack.service("inventory").channel().await.unwrap())
+    InventoryServiceClient::new(inventory.channel().await.unwrap())
         .set_stock(SetStockRequest {
             product_id: product.product_id.clone(),
             available: stock,
