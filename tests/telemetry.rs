@@ -21,6 +21,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use shop_proto::shop::catalog::v1::ListProductsRequest;
 use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
 use shop_testkit::{Postgres, ServiceProcess};
@@ -76,7 +77,12 @@ impl Collector {
                         spans.push(SpanSeen {
                             service: service.clone(),
                             name: span.name.clone(),
-                            method: string_attr(&span.attributes, "method"),
+                            kind: span.kind(),
+                            attributes: span
+                                .attributes
+                                .iter()
+                                .map(|kv| (kv.key.clone(), string_attr(&span.attributes, &kv.key)))
+                                .collect(),
                             trace_id: span.trace_id.clone(),
                             span_id: span.span_id.clone(),
                             parent_span_id: span.parent_span_id.clone(),
@@ -152,7 +158,8 @@ type Points = BTreeMap<(String, String, Vec<(String, String)>), u64>;
 struct SpanSeen {
     service: String,
     name: String,
-    method: String,
+    kind: SpanKind,
+    attributes: BTreeMap<String, String>,
     trace_id: Vec<u8>,
     span_id: Vec<u8>,
     parent_span_id: Vec<u8>,
@@ -227,43 +234,26 @@ async fn a_service_logs_json_and_exports_its_spans_over_otlp() {
         assert!(value.get("level").is_some(), "{line}");
     }
 
-    let received = collector.received.lock().unwrap().clone();
-    let mut service_names = Vec::new();
-    let mut span_methods = Vec::new();
-    for request in &received {
-        for resource_spans in &request.resource_spans {
-            for attr in resource_spans.resource.iter().flat_map(|r| &r.attributes) {
-                if attr.key == "service.name"
-                    && let Some(Value::StringValue(s)) =
-                        attr.value.as_ref().and_then(|v| v.value.clone())
-                {
-                    service_names.push(s);
-                }
-            }
-            for scope in &resource_spans.scope_spans {
-                for span in &scope.spans {
-                    for attr in &span.attributes {
-                        if attr.key == "method"
-                            && let Some(Value::StringValue(s)) =
-                                attr.value.as_ref().and_then(|v| v.value.clone())
-                        {
-                            span_methods.push(s);
-                        }
-                    }
-                }
-            }
-        }
+    // The call's server span, by OpenTelemetry's RPC conventions.
+    let spans = collector.spans();
+    let call = spans
+        .iter()
+        .find(|s| s.name == "shop.catalog.v1.CatalogService/ListProducts")
+        .unwrap_or_else(|| panic!("no span of the call: {spans:#?}"));
+    assert_eq!(call.service, "catalog");
+    assert_eq!(call.kind, SpanKind::Server);
+    for (key, value) in [
+        ("rpc.system", "grpc"),
+        ("rpc.service", "shop.catalog.v1.CatalogService"),
+        ("rpc.method", "ListProducts"),
+        ("rpc.grpc.status_code", "IntValue(0)"),
+    ] {
+        assert_eq!(
+            call.attributes.get(key).map(String::as_str),
+            Some(value),
+            "{call:?}"
+        );
     }
-    assert!(
-        service_names.iter().any(|s| s == "catalog"),
-        "{service_names:?}"
-    );
-    assert!(
-        span_methods
-            .iter()
-            .any(|m| m == "/shop.catalog.v1.CatalogService/ListProducts"),
-        "{span_methods:?}"
-    );
     server.abort();
 }
 
@@ -322,7 +312,7 @@ async fn a_mesh_call_is_one_trace_and_is_measured_on_both_sides() {
             let answered = get("catalog", "grpc.server.call.duration", &served);
             let spans = traced
                 .iter()
-                .filter(|s| s.method.ends_with(BATCH_GET))
+                .filter(|s| s.name == BATCH_GET)
                 .count();
             if calls == 3 && started == 3 && tried == 3 && answered == 3 && spans >= 6 {
                 Ok(())
@@ -342,13 +332,11 @@ async fn a_mesh_call_is_one_trace_and_is_measured_on_both_sides() {
     let spans = collector.spans();
     let clients: Vec<&SpanSeen> = spans
         .iter()
-        .filter(|s| {
-            s.service == "orders" && s.name == "grpc.client" && s.method.ends_with(BATCH_GET)
-        })
+        .filter(|s| s.service == "orders" && s.kind == SpanKind::Client && s.name == BATCH_GET)
         .collect();
     let servers: Vec<&SpanSeen> = spans
         .iter()
-        .filter(|s| s.service == "catalog" && s.name == "grpc" && s.method.ends_with(BATCH_GET))
+        .filter(|s| s.service == "catalog" && s.kind == SpanKind::Server && s.name == BATCH_GET)
         .collect();
     assert_eq!(clients.len(), 3, "{spans:#?}");
     assert_eq!(servers.len(), 3, "{spans:#?}");
@@ -361,5 +349,172 @@ async fn a_mesh_call_is_one_trace_and_is_measured_on_both_sides() {
             "{server_span:?} has no parent among {clients:?}"
         );
     }
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_order_is_one_trace_across_the_saga_with_no_span_of_a_library() {
+    let collector = Collector::default();
+    let (otlp, server) = collector.start().await;
+    let mut env = common::fast_env();
+    env.extend([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            format!("http://{otlp}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()),
+        // Idle metrics are not what this test reads.
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL".to_string(),
+            "60000".to_string(),
+        ),
+    ]);
+    let mut services: Vec<String> = common::SAGA_SERVICES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    services.push("notifications".into());
+    let stack = shop_testkit::Stack::start_with(shop_testkit::stack::StackOptions {
+        services,
+        env,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let product = common::stocked_product(&stack, None, 1_250, 5).await;
+    let mut orders = shop_proto::shop::orders::v1::order_service_client::OrderServiceClient::new(
+        stack.service("orders").channel().await.unwrap(),
+    );
+    let order = orders
+        .place_order(shop_proto::shop::orders::v1::PlaceOrderRequest {
+            user_id: uuid::Uuid::new_v4().to_string(),
+            lines: vec![shop_proto::shop::orders::v1::NewOrderLine {
+                product_id: product,
+                quantity: 1,
+            }],
+            payment_token: "tok_approve".into(),
+            idempotency_key: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+
+    // The saga's spans arrive as each service handles its events: the
+    // order's trace, from PlaceOrder to analytics' projection of
+    // OrderConfirmed.
+    const PLACE: &str = "shop.orders.v1.OrderService/PlaceOrder";
+    let wanted: &[(&str, SpanKind, &str)] = &[
+        ("orders", SpanKind::Server, PLACE),
+        (
+            "orders",
+            SpanKind::Client,
+            "shop.catalog.v1.CatalogService/BatchGetProducts",
+        ),
+        (
+            "catalog",
+            SpanKind::Server,
+            "shop.catalog.v1.CatalogService/BatchGetProducts",
+        ),
+        (
+            "inventory",
+            SpanKind::Consumer,
+            "shop.orders.order_placed process",
+        ),
+        (
+            "payments",
+            SpanKind::Consumer,
+            "shop.inventory.stock_reserved process",
+        ),
+        (
+            "orders",
+            SpanKind::Consumer,
+            "shop.inventory.stock_reserved process",
+        ),
+        (
+            "orders",
+            SpanKind::Consumer,
+            "shop.payments.payment_captured process",
+        ),
+        (
+            "inventory",
+            SpanKind::Consumer,
+            "shop.orders.order_confirmed process",
+        ),
+        (
+            "notifications",
+            SpanKind::Consumer,
+            "shop.orders.order_confirmed process",
+        ),
+        (
+            "analytics",
+            SpanKind::Consumer,
+            "shop.orders.order_confirmed process",
+        ),
+    ];
+    let trace = shop_testkit::eventually(Duration::from_secs(30), || {
+        let spans = collector.spans();
+        let order_id = order.order_id.clone();
+        async move {
+            let place = spans
+                .iter()
+                .find(|s| s.name == PLACE && s.kind == SpanKind::Server)
+                .ok_or("no PlaceOrder span yet")?;
+            let trace: Vec<SpanSeen> = spans
+                .iter()
+                .filter(|s| s.trace_id == place.trace_id)
+                .cloned()
+                .collect();
+            let missing: Vec<_> = wanted
+                .iter()
+                .filter(|(service, kind, name)| {
+                    !trace
+                        .iter()
+                        .any(|s| s.service == *service && s.kind == *kind && s.name == *name)
+                })
+                .collect();
+            if missing.is_empty() {
+                Ok(trace)
+            } else {
+                Err(format!("order {order_id}'s trace lacks {missing:?}"))
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // A consumer span says what it processed, by the messaging conventions.
+    let consumed = trace
+        .iter()
+        .find(|s| s.service == "payments" && s.kind == SpanKind::Consumer)
+        .unwrap();
+    for (key, value) in [
+        ("messaging.system", "nats"),
+        ("messaging.operation", "process"),
+        (
+            "messaging.destination.name",
+            "shop.inventory.stock_reserved",
+        ),
+        ("messaging.consumer.group.name", "payments-inventory"),
+    ] {
+        assert_eq!(
+            consumed.attributes.get(key).map(String::as_str),
+            Some(value),
+            "{consumed:?}"
+        );
+    }
+
+    // Nothing exported is a library's own span (h2's frames, hyper's
+    // connections, tonic's internals): every span is a call, a message
+    // processed, or one of ours below them.
+    let spans = collector.spans();
+    let foreign: BTreeMap<&str, usize> = spans
+        .iter()
+        .filter(|s| !(s.name.contains('/') || s.name.ends_with(" process")))
+        .fold(BTreeMap::new(), |mut m, s| {
+            *m.entry(s.name.as_str()).or_insert(0) += 1;
+            m
+        });
+    assert!(foreign.is_empty(), "spans of libraries: {foreign:?}");
     server.abort();
 }

@@ -357,11 +357,17 @@ impl Consumer {
             }
         };
 
+        // Named and described by OpenTelemetry's messaging conventions.
         let span = tracing::info_span!(
             "event",
-            consumer = %self.durable,
+            otel.name = %format_args!("{} process", message.subject),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation = "process",
+            messaging.destination.name = %message.subject,
+            messaging.consumer.group.name = %self.durable,
+            messaging.message.id = %received.event_id,
             event_type = %received.envelope.event_type,
-            event_id = %received.event_id,
             delivered,
         );
         if let Some(tp) = message

@@ -180,19 +180,14 @@ where
 {
     type Response = Response;
     type Error = BoxError;
-    type Future = tracing::instrument::Instrumented<TraceFuture<S::Future>>;
+    type Future = tracing::instrument::Instrumented<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let span = tracing::info_span!(
-            "grpc.client",
-            upstream = %self.upstream,
-            method = %request.uri().path(),
-            status = tracing::field::Empty,
-        );
+        let span = crate::span::client(request.uri().path(), &self.upstream);
         let _entered = span.enter();
         if let Some(tp) = self.trace.as_ref().and_then(|f| f())
             && let Ok(value) = http::HeaderValue::from_str(&tp)
@@ -200,36 +195,7 @@ where
             request.headers_mut().insert("traceparent", value);
         }
         drop(_entered);
-        TraceFuture {
-            inner: self.inner.call(request),
-        }
-        .instrument(span)
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`Trace`]: records the call's status on its
-    /// span.
-    pub struct TraceFuture<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F> std::future::Future for TraceFuture<F>
-where
-    F: std::future::Future<Output = Result<Response, BoxError>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = std::task::ready!(self.project().inner.poll(cx));
-        let code = match &result {
-            Ok(r) => crate::status::header_code(r).unwrap_or(tonic::Code::Ok),
-            Err(_) => tonic::Code::Unavailable,
-        };
-        tracing::Span::current().record("status", tracing::field::debug(code));
-        Poll::Ready(result)
+        self.inner.call(request).instrument(span)
     }
 }
 

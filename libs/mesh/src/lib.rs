@@ -41,6 +41,7 @@ pub mod outlier;
 pub mod policy;
 pub mod retry;
 pub mod server;
+pub mod span;
 pub mod split;
 pub mod stats;
 pub mod status;

@@ -239,6 +239,7 @@ impl ClientMetrics {
             method,
             call,
             attempt,
+            span: tracing::Span::current(),
         };
         ending.on(answer)
     }
@@ -308,6 +309,7 @@ impl ServerCall {
             metrics: self.metrics.clone(),
             method,
             start: self.start,
+            span: tracing::Span::current(),
         };
         match answer {
             Ok(response) => Ok(ending.on_response(response)),
@@ -336,18 +338,22 @@ impl Default for ServerMetrics {
 
 // === the end of a call ===
 
-/// What to record when a call's status is known.
+/// What to record when a call's status is known: the metrics, and the
+/// status code on the call's span (`rpc.grpc.status_code`, OpenTelemetry's
+/// RPC conventions), the span current when the answer came.
 enum Ending {
     Client {
         metrics: Arc<ClientMetrics>,
         method: KeyValue,
         call: Instant,
         attempt: Instant,
+        span: tracing::Span,
     },
     Server {
         metrics: Arc<ServerMetrics>,
         method: KeyValue,
         start: Instant,
+        span: tracing::Span,
     },
 }
 
@@ -359,15 +365,21 @@ impl Ending {
                 method,
                 call,
                 attempt,
+                span,
             } => {
                 metrics.attempt_ended(&method, code, attempt);
                 metrics.call_ended(&method, code, call);
+                span.record(crate::span::STATUS_CODE, code as i64);
             }
             Ending::Server {
                 metrics,
                 method,
                 start,
-            } => metrics.ended(&method, code, start),
+                span,
+            } => {
+                metrics.ended(&method, code, start);
+                span.record(crate::span::STATUS_CODE, code as i64);
+            }
         }
     }
 

@@ -266,7 +266,7 @@ impl Application {
                     .get::<shop_identity::Peer>()
                     .and_then(|p| p.identity.as_ref())
                     .map_or("", |id| id.as_str());
-                let span = tracing::info_span!("grpc", method = %req.uri().path(), caller);
+                let span = shop_mesh::span::server(req.uri().path(), caller);
                 if let Some(parent) = req
                     .headers()
                     .get("traceparent")

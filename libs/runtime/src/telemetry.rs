@@ -51,10 +51,14 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global tracing subscriber for `service`.
 pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives)?,
-        _ => EnvFilter::try_new(&settings.log_level)?,
+    // One filter for logs and exported spans alike: what the log would not
+    // show (the h2 and hyper crates' trace-level spans among it) is not
+    // exported either.
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => directives,
+        _ => settings.log_level.clone(),
     };
+    let filter = EnvFilter::try_new(&directives)?;
     let fmt = match settings.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .compact()
@@ -75,11 +79,15 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Resu
         }
         _ => (None, None),
     };
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(service))
-            .boxed()
-    });
+    let otel = match &provider {
+        Some(p) => Some(
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer(service))
+                .with_filter(EnvFilter::try_new(&directives)?)
+                .boxed(),
+        ),
+        None => None,
+    };
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
