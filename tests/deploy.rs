@@ -394,6 +394,16 @@ async fn every_workload_boots_from_the_rendered_manifests_and_an_order_is_confir
         )
         .await
         .unwrap_or_else(|e| panic!("{service} from its rendered manifests: {e:#}"));
+        // Each probe, as the kubelet would send it, finds its entry SERVING.
+        let container = &manifests::pod_spec(r.workload(service).unwrap())["containers"][0];
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            let entry = container[probe]["grpc"]["service"].as_str().unwrap_or("");
+            assert_eq!(
+                process.health_of(entry).await.unwrap(),
+                tonic_health::ServingStatus::Serving,
+                "{service}'s {probe} (health entry {entry:?})"
+            );
+        }
         // Its callers find it where the cluster's DNS would send them.
         let service_port = r.get("Service", service).unwrap()["spec"]["ports"][0]["port"]
             .as_u64()

@@ -38,6 +38,12 @@ async fn services_report_a_killed_database_and_recover_when_it_returns() {
         })
         .await
         .unwrap();
+        // Alive all the same: restarting it would not bring Postgres back.
+        assert_eq!(
+            service.health_of("liveness").await.unwrap(),
+            ServingStatus::Serving,
+            "{name} stays live"
+        );
     }
     let started = Instant::now();
     let err = users

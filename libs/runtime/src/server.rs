@@ -8,6 +8,8 @@
 //! overall `""` entry) to NOT_SERVING when the database stops answering and
 //! back when it returns. On shutdown everything goes NOT_SERVING first, then
 //! the listener closes and in-flight calls get `shutdown_grace` to finish.
+//! The entry `liveness` alone stays SERVING while the process runs: what a
+//! liveness probe asks (restarting the pods does not bring a database back).
 //!
 //! With `[server.tls]` the port is mutual TLS (see [`crate::listener`]):
 //! callers present certificates of the trust bundle, the mesh authorizes
@@ -218,6 +220,12 @@ impl Application {
         };
         // Not serving until the first probe says the dependencies answer.
         health.set(ServingStatus::NotServing).await;
+        // Liveness: the process answers; its dependencies are readiness's
+        // business (a database outage must not get every pod restarted).
+        health
+            .reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let probe = match database {
             Some((pool, interval)) => tokio::spawn(probe_loop(health.clone(), pool, interval)),
             None => {
@@ -365,6 +373,10 @@ fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Build
     }
     builder
 }
+
+/// The health entry that is SERVING while the process runs, whatever its
+/// dependencies say (a liveness probe's `service`).
+pub const LIVENESS: &str = "liveness";
 
 #[derive(Clone)]
 struct Health {

@@ -273,6 +273,12 @@ impl ServiceProcess {
         health(self.health_addr()).await
     }
 
+    /// The status of one entry of its health (`liveness`, a gRPC service
+    /// name), from its health port.
+    pub async fn health_of(&self, entry: &str) -> anyhow::Result<ServingStatus> {
+        health_entry(self.health_addr(), entry).await
+    }
+
     async fn launch(&mut self) -> anyhow::Result<()> {
         let prefix = format!("SHOP_{}__SERVER__", self.service.to_uppercase());
         let addr_file = self.dir.join(format!("{}.addr", self.name));
@@ -353,6 +359,11 @@ impl Drop for ServiceProcess {
 
 /// `grpc.health.v1.Health/Check` of the whole server (service `""`).
 pub async fn health(addr: SocketAddr) -> anyhow::Result<ServingStatus> {
+    health_entry(addr, "").await
+}
+
+/// `grpc.health.v1.Health/Check` of entry `service`.
+pub async fn health_entry(addr: SocketAddr, service: &str) -> anyhow::Result<ServingStatus> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(2))
@@ -360,7 +371,7 @@ pub async fn health(addr: SocketAddr) -> anyhow::Result<ServingStatus> {
         .await?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
-            service: String::new(),
+            service: service.to_string(),
         })
         .await?;
     Ok(match response.into_inner().status {
