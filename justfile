@@ -132,6 +132,14 @@ _bench-saga:
     cargo build --release --workspace --bins
     SHOP_BIN_DIR={{root}}/target/release target/release/saga-bench --out target/bench/saga.txt --svg target/bench/saga.svg
 
+# (open loop: sign-ups, log-ins, browsing, orders with every payment outcome, details) at
+# `rate` actions/s for `secs` s; per RPC availability, p50/p99 against the service catalog's
+# SLOs, and p99 over time: target/load/report.txt and latency.svg
+# end users' traffic through the gateway of a running `just up`, reported against the SLOs
+load rate="20" secs="60": bootstrap
+    cargo build --release -p shop-bench --bin shop-load
+    target/release/shop-load --rate {{rate}} --secs {{secs}}
+
 # generate the gateway's Python and TypeScript clients and build their programs (tests/clients; fast when up to date)
 clients: bootstrap
     bash tests/clients/generate.sh

@@ -58,3 +58,56 @@ pub fn latency_cdfs(
     root.present()?;
     Ok(())
 }
+
+/// Writes `series` of (seconds into the run, milliseconds) points to `path`
+/// as lines over time, latency on a logarithmic axis.
+pub fn over_time(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    let points = series.iter().flat_map(|(_, p)| p.iter());
+    let (max_s, max_ms) = points.fold((1.0f64, 1.0f64), |(s, ms), (x, y)| (s.max(*x), ms.max(*y)));
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..max_s + 1.0, (0.1f64..max_ms * 1.5).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the run")
+        .y_desc("p99 latency (ms, log scale)")
+        .draw()?;
+    let colors = [
+        BLUE,
+        RED,
+        GREEN,
+        MAGENTA,
+        BLACK,
+        CYAN,
+        RGBColor(255, 140, 0),
+        RGBColor(128, 0, 128),
+    ];
+    for (i, (name, points)) in series.iter().enumerate() {
+        if points.is_empty() {
+            continue;
+        }
+        let color = colors[i % colors.len()];
+        let points: Vec<(f64, f64)> = points.iter().map(|(x, y)| (*x, y.max(0.1))).collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
