@@ -31,6 +31,90 @@ pub trait Settings: DeserializeOwned + Send + Sync + 'static {
     fn telemetry(&self) -> &TelemetrySettings;
 }
 
+/// The environment aliases of a service with a database and NATS:
+/// `DATABASE_URL` for `database.url`, `NATS_URL` for `events.nats_url`.
+pub const DATABASE_AND_NATS_ALIASES: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("NATS_URL", "events.nats_url"),
+];
+
+/// Declares a service's `Config`, one TOML document in one shape for every
+/// service: the sections all services share (`[server]`, `[telemetry]`,
+/// and `[database]` for a service that starts its body with `database;`),
+/// then the service's own sections, unknown keys refused at every level;
+/// and its [`Settings`] (its defaults, and its environment aliases if they
+/// are not just `DATABASE_URL`).
+///
+/// ```ignore
+/// shop_runtime::service_config! {
+///     /// Everything the example service reads at start.
+///     pub struct Config {
+///         database;
+///         /// `[greeting]`
+///         #[serde(default)]
+///         pub greeting: String,
+///     }
+///     defaults = r#"
+///         [server]
+///         listen = "127.0.0.1:7199"
+///     "#;
+/// }
+/// ```
+#[macro_export]
+macro_rules! service_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { database; $($own:tt)* }
+        $($rest:tt)*
+    ) => {
+        $crate::service_config! {
+            @emit $(#[$meta])* $name {
+                /// `[database]`: the service's own Postgres database.
+                pub database: $crate::DatabaseSettings,
+                $($own)*
+            }
+            $($rest)*
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { $($own:tt)* }
+        $($rest:tt)*
+    ) => {
+        $crate::service_config! { @emit $(#[$meta])* $name { $($own)* } $($rest)* }
+    };
+    (
+        @emit $(#[$meta:meta])* $name:ident { $($fields:tt)* }
+        defaults = $defaults:literal;
+        $(aliases = $aliases:expr;)?
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// `[server]`
+            pub server: $crate::ServerSettings,
+            /// `[telemetry]`
+            #[serde(default)]
+            pub telemetry: $crate::TelemetrySettings,
+            $($fields)*
+        }
+
+        impl $crate::Settings for $name {
+            const DEFAULTS: &'static str = $defaults;
+            $(const ENV_ALIASES: &'static [(&'static str, &'static str)] = $aliases;)?
+
+            fn server(&self) -> &$crate::ServerSettings {
+                &self.server
+            }
+
+            fn telemetry(&self) -> &$crate::TelemetrySettings {
+                &self.telemetry
+            }
+        }
+    };
+}
+
 /// `[server]`: the listening socket and the shutdown behaviour.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

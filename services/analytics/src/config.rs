@@ -1,26 +1,15 @@
 //! Settings of the analytics service.
 
-use serde::Deserialize;
 use shop_events::EventsSettings;
-use shop_runtime::{DatabaseSettings, ServerSettings, Settings, TelemetrySettings};
 
-/// Everything the analytics service reads at start.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// `[server]`
-    pub server: ServerSettings,
-    /// `[database]`
-    pub database: DatabaseSettings,
-    /// `[telemetry]`
-    #[serde(default)]
-    pub telemetry: TelemetrySettings,
-    /// `[events]`
-    pub events: EventsSettings,
-}
-
-impl Settings for Config {
-    const DEFAULTS: &'static str = r#"
+shop_runtime::service_config! {
+    /// Everything the analytics service reads at start.
+    pub struct Config {
+        database;
+        /// `[events]`
+        pub events: EventsSettings,
+    }
+    defaults = r#"
         [server]
         listen = "127.0.0.1:7107"
         # Who may call what (mTLS identities; see shop_mesh::authz): the
@@ -28,16 +17,5 @@ impl Settings for Config {
         [server.mesh.authorization]
         "shop.analytics.v1.AnalyticsService" = ["operator"]
     "#;
-    const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[
-        ("DATABASE_URL", "database.url"),
-        ("NATS_URL", "events.nats_url"),
-    ];
-
-    fn server(&self) -> &ServerSettings {
-        &self.server
-    }
-
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
-    }
+    aliases = shop_runtime::config::DATABASE_AND_NATS_ALIASES;
 }

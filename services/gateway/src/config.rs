@@ -2,29 +2,67 @@
 
 use serde::Deserialize;
 use shop_mesh::policy::UpstreamPolicy;
-use shop_runtime::{ServerSettings, Settings, TelemetrySettings};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything the gateway reads at start. It is stateless: no database,
-/// no NATS.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// `[server]`
-    pub server: ServerSettings,
-    /// `[telemetry]`
-    #[serde(default)]
-    pub telemetry: TelemetrySettings,
-    /// `[auth]`: how end users' tokens are checked.
-    pub auth: AuthSettings,
-    /// `[limits]`: abuse limits on the public, unauthenticated calls.
-    pub limits: LimitSettings,
-    /// `[details]`: how GetOrderDetails shares the caller's deadline.
-    #[serde(default)]
-    pub details: DetailsSettings,
-    /// `[upstreams.*]`: the services behind the gateway, through the mesh.
-    pub upstreams: Upstreams,
+shop_runtime::service_config! {
+    /// Everything the gateway reads at start. It is stateless: no database,
+    /// no NATS.
+    pub struct Config {
+        /// `[auth]`: how end users' tokens are checked.
+        pub auth: AuthSettings,
+        /// `[limits]`: abuse limits on the public, unauthenticated calls.
+        pub limits: LimitSettings,
+        /// `[details]`: how GetOrderDetails shares the caller's deadline.
+        #[serde(default)]
+        pub details: DetailsSettings,
+        /// `[upstreams.*]`: the services behind the gateway, through the mesh.
+        pub upstreams: Upstreams,
+    }
+    defaults = r#"
+        [server]
+        listen = "127.0.0.1:7100"
+        # End users: anyone may call the public API (tokens authenticate
+        # them, not certificates) and read its contract by reflection;
+        # MeshAdmin stays operator-only.
+        [server.mesh.authorization]
+        "shop.gateway.v1.ShopGatewayService" = ["public"]
+        "grpc.reflection.v1.ServerReflection" = ["public"]
+        "grpc.reflection.v1alpha.ServerReflection" = ["public"]
+
+        [limits.login]
+        per_email = { burst = 5, refill = "12s" }
+        per_peer = { burst = 50, refill = "200ms" }
+        [limits.signup]
+        per_email = { burst = 3, refill = "1m" }
+        per_peer = { burst = 10, refill = "6s" }
+
+        # The mesh's own defaults apply to the rest (3 attempts on UNAVAILABLE
+        # for the methods the contracts mark safe, jittered backoff, a 20%
+        # budget, ejection after 5 consecutive failures).
+        [upstreams.users]
+        endpoints = ["http://127.0.0.1:7101"]
+        timeout = "2s"
+        retry = { per_try_timeout = "1s" }
+        [upstreams.catalog]
+        endpoints = ["http://127.0.0.1:7102"]
+        timeout = "2s"
+        retry = { per_try_timeout = "500ms" }
+        [upstreams.inventory]
+        endpoints = ["http://127.0.0.1:7103"]
+        timeout = "1s"
+        retry = { per_try_timeout = "500ms" }
+        [upstreams.orders]
+        endpoints = ["http://127.0.0.1:7104"]
+        timeout = "3s"
+        retry = { per_try_timeout = "1s" }
+        [upstreams.payments]
+        endpoints = ["http://127.0.0.1:7105"]
+        timeout = "1s"
+        retry = { per_try_timeout = "500ms" }
+    "#;
+    // Stateless: `DATABASE_URL` and `NATS_URL` are not its business.
+    aliases = &[];
 }
 
 /// `[auth]`
@@ -177,61 +215,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-}
-
-impl Settings for Config {
-    const DEFAULTS: &'static str = r#"
-        [server]
-        listen = "127.0.0.1:7100"
-        # End users: anyone may call the public API (tokens authenticate
-        # them, not certificates) and read its contract by reflection;
-        # MeshAdmin stays operator-only.
-        [server.mesh.authorization]
-        "shop.gateway.v1.ShopGatewayService" = ["public"]
-        "grpc.reflection.v1.ServerReflection" = ["public"]
-        "grpc.reflection.v1alpha.ServerReflection" = ["public"]
-
-        [limits.login]
-        per_email = { burst = 5, refill = "12s" }
-        per_peer = { burst = 50, refill = "200ms" }
-        [limits.signup]
-        per_email = { burst = 3, refill = "1m" }
-        per_peer = { burst = 10, refill = "6s" }
-
-        # The mesh's own defaults apply to the rest (3 attempts on UNAVAILABLE
-        # for the methods the contracts mark safe, jittered backoff, a 20%
-        # budget, ejection after 5 consecutive failures).
-        [upstreams.users]
-        endpoints = ["http://127.0.0.1:7101"]
-        timeout = "2s"
-        retry = { per_try_timeout = "1s" }
-        [upstreams.catalog]
-        endpoints = ["http://127.0.0.1:7102"]
-        timeout = "2s"
-        retry = { per_try_timeout = "500ms" }
-        [upstreams.inventory]
-        endpoints = ["http://127.0.0.1:7103"]
-        timeout = "1s"
-        retry = { per_try_timeout = "500ms" }
-        [upstreams.orders]
-        endpoints = ["http://127.0.0.1:7104"]
-        timeout = "3s"
-        retry = { per_try_timeout = "1s" }
-        [upstreams.payments]
-        endpoints = ["http://127.0.0.1:7105"]
-        timeout = "1s"
-        retry = { per_try_timeout = "500ms" }
-    "#;
-    /// Stateless: `DATABASE_URL` and `NATS_URL` are not its business.
-    const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[];
-
-    fn server(&self) -> &ServerSettings {
-        &self.server
-    }
-
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
     }
 }
 

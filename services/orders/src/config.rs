@@ -2,27 +2,46 @@
 
 use serde::Deserialize;
 use shop_events::EventsSettings;
-use shop_runtime::{DatabaseSettings, ServerSettings, Settings, TelemetrySettings};
 use std::time::Duration;
 
-/// Everything the orders service reads at start.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// `[server]`
-    pub server: ServerSettings,
-    /// `[database]`
-    pub database: DatabaseSettings,
-    /// `[telemetry]`
-    #[serde(default)]
-    pub telemetry: TelemetrySettings,
-    /// `[events]`
-    pub events: EventsSettings,
-    /// `[upstreams.*]`: the services orders calls, through the mesh.
-    pub upstreams: Upstreams,
-    /// `[saga]`
-    #[serde(default)]
-    pub saga: SagaSettings,
+shop_runtime::service_config! {
+    /// Everything the orders service reads at start.
+    pub struct Config {
+        database;
+        /// `[events]`
+        pub events: EventsSettings,
+        /// `[upstreams.*]`: the services orders calls, through the mesh.
+        pub upstreams: Upstreams,
+        /// `[saga]`
+        #[serde(default)]
+        pub saga: SagaSettings,
+    }
+    defaults = r#"
+        [server]
+        listen = "127.0.0.1:7104"
+        # Who may call what (mTLS identities; see shop_mesh::authz): the
+        # operator everything, the services only what they need.
+        [server.mesh.authorization]
+        "shop.orders.v1.OrderService" = ["operator"]
+        "shop.orders.v1.OrderService/PlaceOrder" = ["gateway", "operator"]
+        "shop.orders.v1.OrderService/GetOrder" = ["gateway", "operator"]
+        "shop.orders.v1.OrderService/ListOrders" = ["gateway", "operator"]
+        "shop.orders.v1.OrderService/CancelOrder" = ["gateway", "operator"]
+        [upstreams.catalog]
+        endpoints = ["http://127.0.0.1:7102"]
+        timeout = "2s"
+        [upstreams.catalog.retry]
+        max_attempts = 3
+        per_try_timeout = "500ms"
+        on = ["unavailable", "resource_exhausted"]
+        backoff = { base = "20ms", max = "200ms" }
+        budget = { ratio = 0.2, min_per_second = 10 }
+        [upstreams.catalog.outlier]
+        consecutive_failures = 3
+        base_ejection = "5s"
+        max_ejected_percent = 50
+    "#;
+    aliases = shop_runtime::config::DATABASE_AND_NATS_ALIASES;
 }
 
 /// `[upstreams]`
@@ -59,45 +78,5 @@ impl Default for SagaSettings {
             timeout: default_timeout(),
             sweep_interval: default_sweep(),
         }
-    }
-}
-
-impl Settings for Config {
-    const DEFAULTS: &'static str = r#"
-        [server]
-        listen = "127.0.0.1:7104"
-        # Who may call what (mTLS identities; see shop_mesh::authz): the
-        # operator everything, the services only what they need.
-        [server.mesh.authorization]
-        "shop.orders.v1.OrderService" = ["operator"]
-        "shop.orders.v1.OrderService/PlaceOrder" = ["gateway", "operator"]
-        "shop.orders.v1.OrderService/GetOrder" = ["gateway", "operator"]
-        "shop.orders.v1.OrderService/ListOrders" = ["gateway", "operator"]
-        "shop.orders.v1.OrderService/CancelOrder" = ["gateway", "operator"]
-        [upstreams.catalog]
-        endpoints = ["http://127.0.0.1:7102"]
-        timeout = "2s"
-        [upstreams.catalog.retry]
-        max_attempts = 3
-        per_try_timeout = "500ms"
-        on = ["unavailable", "resource_exhausted"]
-        backoff = { base = "20ms", max = "200ms" }
-        budget = { ratio = 0.2, min_per_second = 10 }
-        [upstreams.catalog.outlier]
-        consecutive_failures = 3
-        base_ejection = "5s"
-        max_ejected_percent = 50
-    "#;
-    const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[
-        ("DATABASE_URL", "database.url"),
-        ("NATS_URL", "events.nats_url"),
-    ];
-
-    fn server(&self) -> &ServerSettings {
-        &self.server
-    }
-
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
     }
 }

@@ -1,25 +1,30 @@
 //! Settings of the users service.
 
 use serde::Deserialize;
-use shop_runtime::{DatabaseSettings, ServerSettings, Settings, TelemetrySettings};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything the users service reads at start.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// `[server]`
-    pub server: ServerSettings,
-    /// `[database]`
-    pub database: DatabaseSettings,
-    /// `[telemetry]`
-    #[serde(default)]
-    pub telemetry: TelemetrySettings,
-    /// `[auth]`
-    pub auth: AuthSettings,
-    /// `[events]`: UserRegistered is published through the outbox.
-    pub events: shop_events::EventsSettings,
+shop_runtime::service_config! {
+    /// Everything the users service reads at start.
+    pub struct Config {
+        database;
+        /// `[auth]`
+        pub auth: AuthSettings,
+        /// `[events]`: UserRegistered is published through the outbox.
+        pub events: shop_events::EventsSettings,
+    }
+    defaults = r#"
+        [server]
+        listen = "127.0.0.1:7101"
+        # Who may call what (mTLS identities; see shop_mesh::authz): the
+        # operator everything, the services only what they need.
+        [server.mesh.authorization]
+        "shop.users.v1.UserService" = ["operator"]
+        "shop.users.v1.UserService/CreateUser" = ["gateway", "operator"]
+        "shop.users.v1.UserService/GetUser" = ["gateway", "operator"]
+        "shop.users.v1.UserService/Authenticate" = ["gateway", "operator"]
+    "#;
+    aliases = shop_runtime::config::DATABASE_AND_NATS_ALIASES;
 }
 
 /// `[auth]`: access tokens and password hashing.
@@ -79,30 +84,4 @@ fn default_issuer() -> String {
 
 fn default_audience() -> String {
     "shop-gateway".to_string()
-}
-
-impl Settings for Config {
-    const DEFAULTS: &'static str = r#"
-        [server]
-        listen = "127.0.0.1:7101"
-        # Who may call what (mTLS identities; see shop_mesh::authz): the
-        # operator everything, the services only what they need.
-        [server.mesh.authorization]
-        "shop.users.v1.UserService" = ["operator"]
-        "shop.users.v1.UserService/CreateUser" = ["gateway", "operator"]
-        "shop.users.v1.UserService/GetUser" = ["gateway", "operator"]
-        "shop.users.v1.UserService/Authenticate" = ["gateway", "operator"]
-    "#;
-    const ENV_ALIASES: &'static [(&'static str, &'static str)] = &[
-        ("DATABASE_URL", "database.url"),
-        ("NATS_URL", "events.nats_url"),
-    ];
-
-    fn server(&self) -> &ServerSettings {
-        &self.server
-    }
-
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
-    }
 }
