@@ -1,5 +1,6 @@
-//! The README's grpcurl walkthrough, run as written with the real grpcurl
-//! against the real local stack (`shop-stack`, free ports).
+//! The README's grpcurl walkthrough and every runbook's commands, run as
+//! written with the real grpcurl against the real local stack
+//! (`shop-stack`, free ports).
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -190,17 +191,38 @@ async fn grpcurl_lists_each_service_with_health_and_reflection() {
     }
 }
 
-#[tokio::test]
-async fn the_readme_walkthrough_works_as_written() {
-    let stack = LocalStack::start().await;
-
+/// `tests/readme_examples.sh file` against `stack`.
+fn run_examples(stack: &LocalStack, file: &str) -> std::process::Output {
     let mut script = Command::new("bash");
-    script.arg(tools::repo_root().join("tests/readme_examples.sh"));
+    script
+        .arg(tools::repo_root().join("tests/readme_examples.sh"))
+        .arg(file);
     for (name, addr) in &stack.addrs {
         script.env(format!("{}_ADDR", name.to_uppercase()), addr);
     }
     script.env("PKI_DIR", &stack.pki);
-    let out = script.output().unwrap();
+    script.output().unwrap()
+}
+
+#[tokio::test]
+async fn every_runbooks_commands_work_as_written() {
+    let stack = LocalStack::start().await;
+    for service in shop_testkit::stack::SERVICES {
+        let runbook = format!("services/{service}/RUNBOOK.md");
+        let out = run_examples(&stack, &runbook);
+        assert!(
+            out.status.success(),
+            "{runbook}:\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_readme_walkthrough_works_as_written() {
+    let stack = LocalStack::start().await;
+    let out = run_examples(&stack, "README.md");
 
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
