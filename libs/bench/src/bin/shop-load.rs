@@ -6,7 +6,7 @@
 //! GetProduct), orders with every payment outcome (approved, declined, a
 //! transient failure retried, a slow processor), the order's details and
 //! the shopper's orders; log-ins, and sign-ups within the gateway's limits
-//! for one address (a sign-up every 8 s, log-ins under 4/s). Before the load,
+//! for one address (a sign-up every 8 s, a log-in every 2 s). Before the load,
 //! as the operator, the demo products are stocked so orders do not run out.
 //!
 //! Open loop: an action starts on schedule whether or not earlier ones
@@ -490,7 +490,7 @@ async fn main() -> anyhow::Result<()> {
             next_sign_up = now + Duration::from_secs(8);
             0
         } else if now >= next_log_in {
-            next_log_in = now + Duration::from_secs(1);
+            next_log_in = now + Duration::from_secs(2);
             1
         } else {
             2
