@@ -27,8 +27,8 @@ use service_catalog::{Catalog, Observed};
 use shop_proto::shop::events::v1::ListConsumersRequest;
 use shop_proto::shop::events::v1::events_admin_service_client::EventsAdminServiceClient;
 use shop_proto::shop::gateway::v1::shop_gateway_service_client::ShopGatewayServiceClient;
-use shop_proto::shop::mesh::v1::ListUpstreamsRequest;
 use shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
+use shop_proto::shop::mesh::v1::{GetPolicyRequest, ListUpstreamsRequest};
 use shop_proto::shop::orders::v1::OrderStatus;
 use shop_testkit::secrets::{OPERATOR, Secrets};
 use shop_testkit::stack::{NO_EVENTS, SERVICES, STATELESS};
@@ -464,6 +464,22 @@ async fn every_workload_boots_from_the_rendered_manifests_and_an_order_is_confir
                 .collect(),
         );
     }
+    // Who may call what, as each service enforces it: every method of its
+    // own API listed with its callers.
+    let policy = MeshAdminServiceClient::new(running["orders"].channel().await.unwrap())
+        .get_policy(GetPolicyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .server
+        .unwrap();
+    assert!(policy.authorization_enforced, "{policy:?}");
+    let place = policy
+        .methods
+        .iter()
+        .find(|m| m.method == "/shop.orders.v1.OrderService/PlaceOrder")
+        .unwrap_or_else(|| panic!("PlaceOrder is listed: {policy:?}"));
+    assert_eq!(place.allowed_callers, ["gateway", "operator"]);
     for service in SERVICES {
         let upstreams = MeshAdminServiceClient::new(running[service].channel().await.unwrap())
             .list_upstreams(ListUpstreamsRequest {

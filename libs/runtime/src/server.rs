@@ -164,6 +164,8 @@ impl Application {
     {
         self.routes = self.routes.add_service(service);
         self.service_names.push(S::NAME);
+        // MeshAdmin's GetPolicy lists its methods, each with who may call it.
+        self.mesh.admin().register_service(S::NAME);
         self
     }
 
