@@ -38,13 +38,20 @@ impl Rendered {
             String::from_utf8_lossy(&out.stderr)
         );
         let yaml = String::from_utf8(out.stdout)?;
-        let json = pipe(
+        let out = pipe(
             Command::new(tools::find("shop-python")?).args([
                 "-c",
                 "import sys, json, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)",
             ]),
             &yaml,
         )?;
+        if !out.status.success() {
+            bail!(
+                "reading the rendered YAML: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let json = String::from_utf8(out.stdout)?;
         Ok(Self {
             docs: serde_json::from_str(&json)?,
             yaml,
@@ -54,18 +61,11 @@ impl Rendered {
     /// `kubernetes-validate --strict` against Kubernetes 1.32: its
     /// complaints, if any.
     pub fn validate(&self) -> anyhow::Result<Result<(), String>> {
-        let mut child = Command::new(tools::find("kubernetes-validate")?)
-            .args(["--strict", "-k", "1.32", "--quiet", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(self.yaml.as_bytes())?;
-        let out = child.wait_with_output()?;
+        let out = pipe(
+            Command::new(tools::find("kubernetes-validate")?)
+                .args(["--strict", "-k", "1.32", "--quiet", "-"]),
+            &self.yaml,
+        )?;
         Ok(if out.status.success() {
             Ok(())
         } else {
@@ -117,7 +117,8 @@ impl Rendered {
     }
 }
 
-fn pipe(command: &mut Command, input: &str) -> anyhow::Result<String> {
+/// Runs `command` with `input` on its standard input.
+fn pipe(command: &mut Command, input: &str) -> anyhow::Result<std::process::Output> {
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -128,11 +129,7 @@ fn pipe(command: &mut Command, input: &str) -> anyhow::Result<String> {
         .take()
         .context("stdin")?
         .write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
+    Ok(child.wait_with_output()?)
 }
 
 /// The pod template of a workload.
