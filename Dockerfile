@@ -28,10 +28,16 @@ RUN cargo build --release --locked \
     && for s in users catalog inventory orders payments notifications analytics gateway; do \
          cp target/release/$s /out/; done
 
+# The one binary asked for: an unset or unknown SERVICE fails the build here.
+FROM build AS picked
+ARG SERVICE
+RUN test -n "$SERVICE" && test -x "/out/$SERVICE" \
+    || { echo "--build-arg SERVICE= one of: $(ls /out)" >&2; exit 1; }
+
 # A minimal base: glibc and CA certificates, no shell, no package manager;
 # uid 65532 (`nonroot`). The manifests mount the root filesystem read-only.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 ARG SERVICE
-COPY --from=build /out/${SERVICE} /usr/local/bin/service
+COPY --from=picked /out/${SERVICE} /usr/local/bin/service
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/service"]

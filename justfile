@@ -86,8 +86,10 @@ kind-up: bootstrap
     for s in {{replace(services, ",", " ")}}; do kind load docker-image --name shop shop/$s:dev; done
     kubectl create namespace shop --dry-run=client -o yaml | kubectl apply -f -
     cargo build -p shop-testkit --bin shop-secrets
-    rm -rf target/kind-secrets && target/debug/shop-secrets target/kind-secrets
-    for d in target/kind-secrets/*; do kubectl -n shop create secret generic "$(basename "$d")" --from-file="$d" --dry-run=client -o yaml | kubectl apply -f -; done
+    # Minted once per cluster and never replaced: Postgres's volume keeps the first
+    # passwords, and NATS the first certificate. `just kind-down` starts afresh.
+    test -d target/kind-secrets || target/debug/shop-secrets target/kind-secrets
+    for d in target/kind-secrets/*; do n="$(basename "$d")"; [ "$n" = operator-identity ] && continue; kubectl -n shop get secret "$n" > /dev/null 2>&1 || kubectl -n shop create secret generic "$n" --from-file="$d"; done
     kubectl apply -k k8s/overlays/kind
     kubectl -n shop rollout status statefulset/postgres statefulset/nats --timeout=300s
     for s in {{replace(services, ",", " ")}}; do kubectl -n shop rollout status deployment/$s --timeout=300s; done
@@ -98,6 +100,7 @@ kind-up: bootstrap
 kind-down:
     @command -v kind > /dev/null || { echo "just kind-down needs kind" >&2; exit 1; }
     kind delete cluster --name shop
+    rm -rf target/kind-secrets
 
 # unit tests (no external processes)
 unit:

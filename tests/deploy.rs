@@ -140,6 +140,36 @@ fn the_kind_overlay_is_valid_and_gives_every_pod_what_it_reads() {
         manifests::PROVIDED_SECRETS
     );
 
+    // Every key a workload reads of a provided Secret is one shop-secrets
+    // mints (a misspelt key is CreateContainerConfigError in a cluster).
+    for w in r.all("Deployment").chain(r.all("StatefulSet")) {
+        let spec = manifests::pod_spec(w);
+        for c in spec["containers"].as_array().unwrap() {
+            for e in c["env"].as_array().into_iter().flatten() {
+                let key_ref = &e["valueFrom"]["secretKeyRef"];
+                if let (Some(name), Some(key)) = (key_ref["name"].as_str(), key_ref["key"].as_str())
+                {
+                    assert!(
+                        secrets.get(name, key).is_ok(),
+                        "{} reads key {key} of Secret {name}, which shop-secrets does not mint",
+                        w["metadata"]["name"]
+                    );
+                }
+            }
+        }
+        for v in spec["volumes"].as_array().into_iter().flatten() {
+            let name = v["secret"]["secretName"].as_str();
+            for item in v["secret"]["items"].as_array().into_iter().flatten() {
+                let key = item["key"].as_str().unwrap();
+                assert!(
+                    secrets.get(name.unwrap(), key).is_ok(),
+                    "{} mounts key {key} of Secret {name:?}, which shop-secrets does not mint",
+                    w["metadata"]["name"]
+                );
+            }
+        }
+    }
+
     // NATS's users and permissions are the code's.
     let with_events: Vec<&str> = SERVICES
         .iter()

@@ -78,6 +78,7 @@ impl Collector {
                             service: service.clone(),
                             name: span.name.clone(),
                             kind: span.kind(),
+                            error: span.status.as_ref().is_some_and(|s| s.code == 2),
                             attributes: span
                                 .attributes
                                 .iter()
@@ -159,6 +160,8 @@ struct SpanSeen {
     service: String,
     name: String,
     kind: SpanKind,
+    /// The span's status is ERROR.
+    error: bool,
     attributes: BTreeMap<String, String>,
     trace_id: Vec<u8>,
     span_id: Vec<u8>,
@@ -420,37 +423,37 @@ async fn one_order_is_one_trace_across_the_saga_with_no_span_of_a_library() {
         (
             "inventory",
             SpanKind::Consumer,
-            "shop.orders.order_placed process",
+            "process shop.orders.order_placed",
         ),
         (
             "payments",
             SpanKind::Consumer,
-            "shop.inventory.stock_reserved process",
+            "process shop.inventory.stock_reserved",
         ),
         (
             "orders",
             SpanKind::Consumer,
-            "shop.inventory.stock_reserved process",
+            "process shop.inventory.stock_reserved",
         ),
         (
             "orders",
             SpanKind::Consumer,
-            "shop.payments.payment_captured process",
+            "process shop.payments.payment_captured",
         ),
         (
             "inventory",
             SpanKind::Consumer,
-            "shop.orders.order_confirmed process",
+            "process shop.orders.order_confirmed",
         ),
         (
             "notifications",
             SpanKind::Consumer,
-            "shop.orders.order_confirmed process",
+            "process shop.orders.order_confirmed",
         ),
         (
             "analytics",
             SpanKind::Consumer,
-            "shop.orders.order_confirmed process",
+            "process shop.orders.order_confirmed",
         ),
     ];
     let trace = shop_testkit::eventually(Duration::from_secs(30), || {
@@ -490,7 +493,7 @@ async fn one_order_is_one_trace_across_the_saga_with_no_span_of_a_library() {
         .unwrap();
     for (key, value) in [
         ("messaging.system", "nats"),
-        ("messaging.operation", "process"),
+        ("messaging.operation.type", "process"),
         (
             "messaging.destination.name",
             "shop.inventory.stock_reserved",
@@ -504,13 +507,59 @@ async fn one_order_is_one_trace_across_the_saga_with_no_span_of_a_library() {
         );
     }
 
+    // A call refused by authorization is answered before the handler, and
+    // its span still says how it ended (PERMISSION_DENIED, 7), a caller's
+    // mistake and so not an error of the server's span.
+    let inventory = shop_testkit::identities::client_tls(
+        &shop_testkit::identities::Identities::dir_in(stack.dir(), "inventory"),
+    )
+    .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(stack.service("catalog").url())
+        .unwrap()
+        .tls_config(inventory)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let refused =
+        shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient::new(channel)
+            .create_product(shop_proto::shop::catalog::v1::CreateProductRequest::default())
+            .await
+            .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let denied = shop_testkit::eventually(Duration::from_secs(10), || {
+        let spans = collector.spans();
+        async move {
+            spans
+                .into_iter()
+                .find(|s| {
+                    s.service == "catalog"
+                        && s.name == "shop.catalog.v1.CatalogService/CreateProduct"
+                        && s.attributes.get("caller").map(String::as_str)
+                            == Some("spiffe://shop.local/ns/shop/sa/inventory")
+                })
+                .ok_or("no span of the refused call yet")
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        denied
+            .attributes
+            .get("rpc.grpc.status_code")
+            .map(String::as_str),
+        Some("IntValue(7)"),
+        "{denied:?}"
+    );
+    assert!(!denied.error, "{denied:?}");
+
     // Nothing exported is a library's own span (h2's frames, hyper's
     // connections, tonic's internals): every span is a call, a message
     // processed, or one of ours below them.
     let spans = collector.spans();
     let foreign: BTreeMap<&str, usize> = spans
         .iter()
-        .filter(|s| !(s.name.contains('/') || s.name.ends_with(" process")))
+        .filter(|s| !(s.name.contains('/') || s.name.starts_with("process ")))
         .fold(BTreeMap::new(), |mut m, s| {
             *m.entry(s.name.as_str()).or_insert(0) += 1;
             m

@@ -357,13 +357,16 @@ impl Consumer {
             }
         };
 
-        // Named and described by OpenTelemetry's messaging conventions.
+        // Named and described by OpenTelemetry's messaging conventions
+        // (semantic conventions 1.27 on); an attempt that fails is an error.
         let span = tracing::info_span!(
             "event",
-            otel.name = %format_args!("{} process", message.subject),
+            otel.name = %format_args!("process {}", message.subject),
             otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
             messaging.system = "nats",
-            messaging.operation = "process",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
             messaging.destination.name = %message.subject,
             messaging.consumer.group.name = %self.durable,
             messaging.message.id = %received.event_id,
@@ -413,6 +416,7 @@ impl Consumer {
                     }
                     Outcome::Failed(e) => {
                         self.stats.failed_attempt();
+                        tracing::Span::current().record("otel.status_code", "error");
                         let error = format!("{e:#}");
                         if delivered >= self.settings.max_deliver {
                             let event_type = received.envelope.event_type.as_str();

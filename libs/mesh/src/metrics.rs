@@ -369,7 +369,7 @@ impl Ending {
             } => {
                 metrics.attempt_ended(&method, code, attempt);
                 metrics.call_ended(&method, code, call);
-                span.record(crate::span::STATUS_CODE, code as i64);
+                crate::span::record_end(&span, code, false);
             }
             Ending::Server {
                 metrics,
@@ -378,7 +378,7 @@ impl Ending {
                 span,
             } => {
                 metrics.ended(&method, code, start);
-                span.record(crate::span::STATUS_CODE, code as i64);
+                crate::span::record_end(&span, code, true);
             }
         }
     }

@@ -290,9 +290,10 @@ where
                 .server
                 .denied(counted_method(path), caller, status.code());
             drop(in_flight);
-            return Box::pin(std::future::ready(
-                call.answer(Ok(status::response(status))),
-            ));
+            // Answered when polled: inside the call's span, which records
+            // the status.
+            let response = status::response(status);
+            return Box::pin(async move { call.answer(Ok(response)) });
         }
 
         let permit = if crate::infrastructure::is_infrastructure(request.uri().path()) {
@@ -302,7 +303,8 @@ where
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     drop(in_flight);
-                    return Box::pin(std::future::ready(call.answer(Ok(self.shed()))));
+                    let response = self.shed();
+                    return Box::pin(async move { call.answer(Ok(response)) });
                 }
             }
         };

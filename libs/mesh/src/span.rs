@@ -2,10 +2,39 @@
 //! semantic conventions: the span is named `package.Service/Method`, of
 //! kind server or client, with `rpc.system`, `rpc.service`, `rpc.method`,
 //! and `rpc.grpc.status_code` recorded when the call's status is known (by
-//! the metrics layers, which see every answer, trailers included).
+//! the metrics layers, which see every answer, trailers included), with the
+//! span's status an error as the conventions say ([`is_error`]).
 
 /// The span field a call's gRPC status code is recorded in.
 pub const STATUS_CODE: &str = "rpc.grpc.status_code";
+
+/// Whether a call that ended with `code` is an error of its span: any code
+/// but OK for a client; for a server only the codes that are its own fault
+/// (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+/// DATA_LOSS), not a caller's mistake.
+pub fn is_error(code: tonic::Code, server: bool) -> bool {
+    use tonic::Code;
+    if !server {
+        return code != Code::Ok;
+    }
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// Records how a call ended on its span.
+pub(crate) fn record_end(span: &tracing::Span, code: tonic::Code, server: bool) {
+    span.record(STATUS_CODE, code as i64);
+    if is_error(code, server) {
+        span.record("otel.status_code", "error");
+    }
+}
 
 /// `("shop.orders.v1.OrderService", "PlaceOrder")` of
 /// `/shop.orders.v1.OrderService/PlaceOrder`; a path of another shape is
@@ -23,6 +52,7 @@ pub fn server(path: &str, caller: &str) -> tracing::Span {
         "grpc.server",
         otel.name = %path.trim_start_matches('/'),
         otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         rpc.system = "grpc",
         rpc.service = %service,
         rpc.method = %method,
@@ -38,6 +68,7 @@ pub fn client(path: &str, upstream: &str) -> tracing::Span {
         "grpc.client",
         otel.name = %path.trim_start_matches('/'),
         otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
         rpc.system = "grpc",
         rpc.service = %service,
         rpc.method = %method,
@@ -57,5 +88,15 @@ mod tests {
             ("shop.orders.v1.OrderService", "PlaceOrder")
         );
         assert_eq!(rpc_parts("/odd"), ("odd", ""));
+    }
+
+    #[test]
+    fn a_callers_mistake_is_an_error_for_the_client_only() {
+        use tonic::Code;
+        assert!(is_error(Code::InvalidArgument, false));
+        assert!(!is_error(Code::InvalidArgument, true));
+        assert!(!is_error(Code::PermissionDenied, true));
+        assert!(is_error(Code::Unavailable, true));
+        assert!(!is_error(Code::Ok, false));
     }
 }

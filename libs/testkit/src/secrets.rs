@@ -99,9 +99,17 @@ impl Secrets {
     /// Sets key `key` of Secret `name` (a test putting its own database's
     /// address in place).
     pub fn write(&self, name: &str, key: &str, value: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let dir = self.dir(name);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join(key), value)?;
+        private_dir(&dir)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join(key))?
+            .write_all(value.as_bytes())?;
         Ok(())
     }
 
@@ -120,7 +128,28 @@ impl Secrets {
         ];
         let dns: Vec<&str> = names.iter().map(String::as_str).collect();
         let leaf = Leaf::named(&dns, &[IpAddr::V4(Ipv4Addr::LOCALHOST)], LIFETIME);
-        ca.write(&self.dir(&format!("{workload}-identity")), &id, &leaf)?;
+        let dir = self.dir(&format!("{workload}-identity"));
+        private_dir(&dir)?;
+        ca.write(&dir, &id, &leaf)?;
+        // Keys readable by their owner alone, as a mounted Secret's are to
+        // the pod.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(
+            dir.join(shop_identity::files::KEY),
+            std::fs::Permissions::from_mode(0o600),
+        )?;
         Ok(())
     }
+}
+
+/// `dir` (and the Secrets' root above it), created readable by their owner
+/// alone.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
 }

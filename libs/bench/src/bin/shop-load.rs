@@ -16,9 +16,11 @@
 //! 127.0.0.1 addresses.
 //!
 //! Availability counts as failures only what is the service's fault
-//! (UNAVAILABLE, INTERNAL, UNKNOWN, DEADLINE_EXCEEDED, DATA_LOSS); a
-//! caller's mistake or a limit (INVALID_ARGUMENT, NOT_FOUND,
-//! RESOURCE_EXHAUSTED...) is an answer. Latency is of successful calls.
+//! (UNAVAILABLE, INTERNAL, UNKNOWN, DEADLINE_EXCEEDED, DATA_LOSS, and
+//! CANCELLED: this client's own timeout); a caller's mistake or a limit
+//! (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED...) is an answer, listed
+//! beside the verdict. Latency is of successful calls. An action dropped at
+//! the in-flight bound fails the run's verdict.
 
 use anyhow::{Context as _, bail, ensure};
 use hdrhistogram::Histogram;
@@ -136,6 +138,8 @@ fn is_fault(code: Code) -> bool {
             | Code::Internal
             | Code::Unknown
             | Code::DeadlineExceeded
+            // This client's own 10 s timeout: a call the system did not answer.
+            | Code::Cancelled
             | Code::DataLoss
     )
 }
@@ -571,6 +575,13 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 format!("; {}", others.join(", "))
             }
+        );
+    }
+    if dropped > 0 {
+        all_met = false;
+        let _ = writeln!(
+            out,
+            "{dropped} actions dropped at the in-flight bound: the system did not keep up"
         );
     }
     let _ = writeln!(out, "every SLO {}", if all_met { "met" } else { "not met" });
