@@ -16,7 +16,7 @@
 //! Everything not allowed is refused: a method with no rule for it or its
 //! service is PERMISSION_DENIED to everyone. Health is open to all (probes
 //! and balancers call it); reflection is open to any workload of the
-//! bundle, MeshAdmin and EventsAdmin to `operator`, unless configured
+//! bundle, MeshAdmin, EventsAdmin and FlagsAdmin to `operator`, unless configured
 //! otherwise.
 //!
 //! A caller without an identity (no certificate, or one without a SPIFFE
@@ -42,6 +42,7 @@ pub const PUBLIC: &str = "public";
 const HEALTH: &str = "grpc.health.v1.Health";
 const MESH_ADMIN: &str = "shop.mesh.v1.MeshAdminService";
 const EVENTS_ADMIN: &str = "shop.events.v1.EventsAdminService";
+const FLAGS_ADMIN: &str = "shop.flags.v1.FlagsAdminService";
 const REFLECTION: &[&str] = &[
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -119,6 +120,7 @@ impl Authorizer {
         rules.insert(HEALTH.into(), vec![PUBLIC.into()]);
         rules.insert(MESH_ADMIN.into(), vec!["operator".into()]);
         rules.insert(EVENTS_ADMIN.into(), vec!["operator".into()]);
+        rules.insert(FLAGS_ADMIN.into(), vec!["operator".into()]);
         for service in REFLECTION {
             rules.insert((*service).into(), vec![ANY_WORKLOAD.into()]);
         }

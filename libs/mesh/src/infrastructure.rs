@@ -3,11 +3,13 @@
 //! overloaded or deliberately faulty server must still say how it is.
 
 /// Paths that are never shed or faulted: health, reflection (v1 and
-/// v1alpha), mesh admin.
+/// v1alpha), mesh admin, flags admin (an operator asks why users see what
+/// they see during an incident, when shedding is most likely).
 pub fn is_infrastructure(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
         || path.starts_with("/grpc.reflection.")
         || path.starts_with("/shop.mesh.v1.MeshAdminService/")
+        || path.starts_with("/shop.flags.v1.FlagsAdminService/")
 }
 
 #[cfg(test)]

@@ -145,6 +145,10 @@ pub struct ServerSettings {
     /// After binding, the health port's actual address is written here.
     #[serde(default)]
     pub health_addr_file: Option<PathBuf>,
+    /// `[server.flags]`: the feature-flag files the service evaluates
+    /// (flagd definitions), reloaded live; see `shop_flags`.
+    #[serde(default)]
+    pub flags: shop_flags::FlagSettings,
 }
 
 fn default_grace() -> Duration {

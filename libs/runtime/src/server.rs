@@ -51,6 +51,7 @@ pub struct Application {
     mesh: Arc<MeshRuntime>,
     identity: Option<(Identity, Duration)>,
     health_listener: Option<TcpListener>,
+    flags: shop_flags::Flags,
 }
 
 /// Work a service runs beside its server (an outbox relay, a consumer):
@@ -111,6 +112,9 @@ impl Application {
             ),
             None => None,
         };
+        let flags = shop_flags::Flags::load(&settings.flags)
+            .await
+            .context("server.flags")?;
         let mesh = MeshRuntime::new(
             settings.mesh.clone(),
             identity.as_ref().map(|(identity, _)| identity.clone()),
@@ -127,6 +131,7 @@ impl Application {
             mesh,
             identity,
             health_listener,
+            flags,
         })
     }
 
@@ -139,6 +144,13 @@ impl Application {
     /// [`MeshRuntime::upstream`].
     pub fn mesh(&self) -> Arc<MeshRuntime> {
         self.mesh.clone()
+    }
+
+    /// The service's feature flags (`[server.flags]`), reloaded live and
+    /// explained by `shop.flags.v1.FlagsAdminService`, which every server
+    /// serves.
+    pub fn flags(&self) -> shop_flags::Flags {
+        self.flags.clone()
     }
 
     /// Watches the configuration file and applies changed mesh policies
@@ -201,8 +213,10 @@ impl Application {
             mesh,
             identity,
             health_listener,
+            flags,
         } = self;
 
+        mesh.admin().register_service(FLAGS_ADMIN);
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = reflection(&service_names).build_v1()?;
         let reflection_v1alpha = reflection(&service_names).build_v1alpha()?;
@@ -212,6 +226,7 @@ impl Application {
                     mesh.admin(),
                 ),
             )
+            .add_service(flags.admin())
             .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
@@ -241,6 +256,7 @@ impl Application {
         if let Some((identity, interval)) = &identity {
             running.spawn(identity.clone().watch(*interval, stop_tasks.clone()));
         }
+        running.spawn(flags.watch(stop_tasks.clone()));
         let stop_health = CancellationToken::new();
         if let Some(listener) = health_listener {
             let stop = stop_health.clone();
@@ -369,12 +385,15 @@ fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Build
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
-        .with_service_name("shop.mesh.v1.MeshAdminService");
+        .with_service_name("shop.mesh.v1.MeshAdminService")
+        .with_service_name(FLAGS_ADMIN);
     for name in service_names {
         builder = builder.with_service_name(*name);
     }
     builder
 }
+
+const FLAGS_ADMIN: &str = "shop.flags.v1.FlagsAdminService";
 
 /// The health entry that is SERVING while the process runs, whatever its
 /// dependencies say (a liveness probe's `service`).
