@@ -38,7 +38,14 @@ pub(crate) struct GatewayApi {
     pub(crate) login: Arc<Limiter>,
     pub(crate) signup: Arc<Limiter>,
     pub(crate) budget: Budget,
+    pub(crate) flags: shop_flags::Flags,
 }
+
+/// The operational kill switch of the inventory fan-out: a boolean flag,
+/// on by default; off, ListProducts, GetProduct and GetOrderDetails answer
+/// without availability (PART_STOCK missing, UNAVAILABLE) and inventory is
+/// not called, for shedding load in an incident without a deploy.
+pub(crate) const PRODUCT_AVAILABILITY: &str = "gateway.product-availability";
 
 /// The caller's address, as the server's listener recorded it.
 fn peer<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
@@ -82,6 +89,17 @@ impl GatewayApi {
     ) -> Result<HashMap<String, i64>, MissingPart> {
         if ids.is_empty() {
             return Ok(HashMap::new());
+        }
+        let on = self
+            .flags
+            .bool(
+                PRODUCT_AVAILABILITY,
+                true,
+                &shop_flags::EvaluationContext::default(),
+            )
+            .await;
+        if !on {
+            return Err(parts::switched_off(Part::Stock, PRODUCT_AVAILABILITY));
         }
         let mut inventory = self.up.inventory.clone();
         parts::fetch(Part::Stock, budget, async move {

@@ -64,6 +64,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         login: login.clone(),
         signup: signup.clone(),
         budget: parts::Budget::new(config.details.part_share, config.details.part_timeout),
+        flags: app.flags(),
     };
     let refresh = auth.keys_refresh;
     Ok(app

@@ -75,6 +75,17 @@ pub(crate) async fn fetch<T>(
     }
 }
 
+/// `part` is switched off by `flag`: missing as when its service does not
+/// answer (UNAVAILABLE), and not logged per call (it is the operator's
+/// decision, and FlagsAdmin counts the evaluations).
+pub(crate) fn switched_off(part: Part, flag: &str) -> MissingPart {
+    MissingPart {
+        part: part as i32,
+        code: Code::Unavailable as i32,
+        message: format!("{} is switched off (flag {flag})", part_source(part)),
+    }
+}
+
 fn part_source(part: Part) -> &'static str {
     match part {
         Part::User => "users",

@@ -28,7 +28,14 @@ pub(crate) struct OrdersApi {
     catalog: Catalog,
     events: Events,
     saga_timeout: Duration,
+    flags: shop_flags::Flags,
 }
+
+/// The release rollout of a minimum order value: an integer flag, in minor
+/// units of the order's currency, by user (0: no minimum, the code's
+/// default). Rolled out with a `fractional` rule, so a user in the rollout
+/// stays in it.
+pub(crate) const MINIMUM_ORDER_VALUE: &str = "orders.minimum-order-value";
 
 impl OrdersApi {
     pub(crate) fn new(
@@ -36,12 +43,14 @@ impl OrdersApi {
         catalog: Catalog,
         events: Events,
         saga_timeout: Duration,
+        flags: shop_flags::Flags,
     ) -> Self {
         Self {
             pool,
             catalog,
             events,
             saga_timeout,
+            flags,
         }
     }
 
@@ -175,6 +184,22 @@ impl OrderService for OrdersApi {
             })
         })
         .map_err(ServiceError::InvalidArgument)?;
+        let minimum = self
+            .flags
+            .int(
+                MINIMUM_ORDER_VALUE,
+                0,
+                &shop_flags::user(order.user_id.to_string()),
+            )
+            .await;
+        if total < minimum {
+            // Nothing is stored: the same request may be made again with
+            // more in the basket (and a new idempotency key).
+            return Err(ServiceError::FailedPrecondition(format!(
+                "the minimum order value is {minimum} minor units of {currency}; this order totals {total}"
+            ))
+            .into());
+        }
 
         let order_id = Uuid::now_v7();
         let now = chrono::Utc::now();

@@ -43,7 +43,13 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     let handler = Arc::new(saga::SagaHandler {
         timeout: config.saga.timeout,
     });
-    let api = api::OrdersApi::new(pool.clone(), catalog, events.clone(), config.saga.timeout);
+    let api = api::OrdersApi::new(
+        pool.clone(),
+        catalog,
+        events.clone(),
+        config.saga.timeout,
+        app.flags(),
+    );
     let sweeper = saga::Sweeper {
         pool: pool.clone(),
         events: events.clone(),
