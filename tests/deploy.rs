@@ -26,6 +26,8 @@ use serde_json::Value;
 use service_catalog::{Catalog, Observed};
 use shop_proto::shop::events::v1::ListConsumersRequest;
 use shop_proto::shop::events::v1::events_admin_service_client::EventsAdminServiceClient;
+use shop_proto::shop::flags::v1::ListFlagsRequest;
+use shop_proto::shop::flags::v1::flags_admin_service_client::FlagsAdminServiceClient;
 use shop_proto::shop::gateway::v1::shop_gateway_service_client::ShopGatewayServiceClient;
 use shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
 use shop_proto::shop::mesh::v1::{GetPolicyRequest, ListUpstreamsRequest};
@@ -510,6 +512,32 @@ async fn every_workload_boots_from_the_rendered_manifests_and_an_order_is_confir
         .find(|m| m.method == "/shop.orders.v1.OrderService/PlaceOrder")
         .unwrap_or_else(|| panic!("PlaceOrder is listed: {policy:?}"));
     assert_eq!(place.allowed_callers, ["gateway", "operator"]);
+    let flags_admin = policy
+        .methods
+        .iter()
+        .find(|m| m.method == "/shop.flags.v1.FlagsAdminService/EvaluateFlag")
+        .unwrap_or_else(|| panic!("EvaluateFlag is listed: {policy:?}"));
+    assert_eq!(flags_admin.allowed_callers, ["operator"]);
+    // Every service evaluates the shipped flags from the mounted ConfigMap.
+    for service in SERVICES {
+        let flags = FlagsAdminServiceClient::new(running[service].channel().await.unwrap())
+            .list_flags(ListFlagsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let keys: Vec<&str> = flags.flags.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["gateway.product-availability", "orders.minimum-order-value"],
+            "{service}"
+        );
+        assert!(
+            flags.sources[0].path.ends_with("etc/shop-flags/flags.json")
+                && flags.sources[0].last_error.is_empty(),
+            "{service}: {:?}",
+            flags.sources
+        );
+    }
     for service in SERVICES {
         let upstreams = MeshAdminServiceClient::new(running[service].channel().await.unwrap())
             .list_upstreams(ListUpstreamsRequest {

@@ -3,8 +3,9 @@
 # a runbook: services/<svc>/RUNBOOK.md) exactly as written: every shell
 # block between readme-examples markers, in order, in one shell. Against a
 # running `just up` by default; <SERVICE>_ADDR variables (USERS_ADDR,
-# CATALOG_ADDR, ...) and PKI_DIR (its CA and operator identity) point it at
-# another stack, as the end-to-end tests do.
+# CATALOG_ADDR, ...), PKI_DIR (its CA and operator identity) and FLAGS_FILE
+# (the flags file it watches) point it at another stack, as the end-to-end
+# tests do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SHOP_EXAMPLES_FILE="${1:-README.md}"
@@ -18,6 +19,8 @@ blocks = re.findall(r"<!-- readme-examples:start -->\s*```sh\n(.*?)```\s*<!-- re
 script = "\n".join(blocks)
 # the CA and operator identity `just up` copies to .stack/pki (PKI_DIR for another stack)
 script = script.replace(".stack/pki", os.environ.get("PKI_DIR", ".stack/pki"))
+# the flags file `just up` watches (FLAGS_FILE for another stack)
+script = script.replace(".stack/flags/flags.json", os.environ.get("FLAGS_FILE", ".stack/flags/flags.json"))
 for port, name in ports.items():
     script = script.replace("127.0.0.1:" + port,
                             os.environ.get(name + "_ADDR", "127.0.0.1:" + port))

@@ -17,6 +17,7 @@ struct LocalStack {
     health: HashMap<String, String>,
     /// The CA certificate and the operator's identity.
     pki: std::path::PathBuf,
+    flags: std::path::PathBuf,
     // Holds the state file until the stack is stopped.
     _dir: tempfile::TempDir,
 }
@@ -26,11 +27,14 @@ impl LocalStack {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("stack.state");
         let pki = dir.path().join("pki");
+        let flags = dir.path().join("flags/flags.json");
         let child = Command::new(tools::workspace_bin_dir().unwrap().join("shop-stack"))
             .args(["--port-base", "0", "--state-file"])
             .arg(&state)
             .arg("--pki-dir")
             .arg(&pki)
+            .arg("--flags-file")
+            .arg(&flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -55,6 +59,7 @@ impl LocalStack {
             addrs,
             health,
             pki,
+            flags,
             _dir: dir,
         }
     }
@@ -201,6 +206,7 @@ fn run_examples(stack: &LocalStack, file: &str) -> std::process::Output {
         script.env(format!("{}_ADDR", name.to_uppercase()), addr);
     }
     script.env("PKI_DIR", &stack.pki);
+    script.env("FLAGS_FILE", &stack.flags);
     script.output().unwrap()
 }
 
@@ -228,6 +234,22 @@ async fn the_readme_walkthrough_works_as_written() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("\"accessToken\""), "{stdout}");
+    // Feature flags: the kill switch flipped by a file edit, the rollout
+    // explained, a mistake refused naming the flag.
+    assert!(
+        stdout.contains("inventory is switched off (flag gateway.product-availability)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"reason\": \"TARGETING_MATCH\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            r#"flag \"orders.minimum-order-value\": targeting: unknown operator \"fractionall\""#
+        ),
+        "{stdout}"
+    );
     // The gateway block: availability joined, details complete, and the
     // calls without a valid token refused.
     assert!(stdout.contains("\"availableQuantity\""), "{stdout}");

