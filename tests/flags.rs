@@ -9,8 +9,6 @@ use common::gateway::{EndUser, Shop};
 use shop_proto::shop::flags::v1::flags_admin_service_client::FlagsAdminServiceClient;
 use shop_proto::shop::flags::v1::{EvaluateFlagRequest, EvaluateFlagResponse, ListFlagsRequest};
 use shop_proto::shop::gateway::v1::{ListProductsRequest, Part, PlaceOrderRequest};
-use shop_proto::shop::mesh::v1::ListUpstreamsRequest;
-use shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
 use shop_proto::shop::orders::v1::{NewOrderLine, OrderStatus};
 use shop_testkit::{eventually, with_bearer};
 use std::collections::BTreeMap;
@@ -72,17 +70,25 @@ async fn explain(
         .into_inner()
 }
 
-async fn inventory_calls(shop: &Shop) -> i64 {
-    MeshAdminServiceClient::new(shop.stack.service("gateway").channel().await.unwrap())
-        .list_upstreams(ListUpstreamsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .upstreams
-        .into_iter()
-        .find(|u| u.upstream == "inventory")
-        .and_then(|u| u.counters)
-        .map_or(0, |c| c.calls)
+/// Waits until the gateway's evaluation of the kill switch satisfies `done`.
+async fn kill_switch_until(
+    admin: &FlagsAdminServiceClient<Channel>,
+    done: impl Fn(&EvaluateFlagResponse) -> bool,
+) {
+    let done = &done;
+    eventually(Duration::from_secs(10), || {
+        let mut a = admin.clone();
+        async move {
+            let e = explain(&mut a, KILL_SWITCH, "").await;
+            if done(&e) {
+                Ok(())
+            } else {
+                Err(format!("{e:?}"))
+            }
+        }
+    })
+    .await
+    .unwrap();
 }
 
 /// What one ListProducts answered: whether availability was there, and
@@ -145,9 +151,9 @@ async fn the_kill_switch_sheds_the_inventory_fan_out_within_the_watch_interval_a
     let flipped = Instant::now();
     // Off: ListProducts stops calling inventory.
     let off_seen = eventually(Duration::from_secs(10), || async {
-        let before = inventory_calls(&shop).await;
+        let before = shop.calls_to("inventory").await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = inventory_calls(&shop).await;
+        let after = shop.calls_to("inventory").await;
         if after == before {
             Ok(())
         } else {
@@ -356,19 +362,7 @@ async fn a_refused_file_keeps_the_flags_in_force_and_says_why() {
     let good = std::fs::read_to_string(&flags).unwrap();
     let mut gateway_admin = admin(&shop, "gateway").await;
     rewrite(&flags, availability(false));
-    eventually(Duration::from_secs(10), || {
-        let mut a = gateway_admin.clone();
-        async move {
-            let e = explain(&mut a, KILL_SWITCH, "").await;
-            if e.variant == "off" {
-                Ok(())
-            } else {
-                Err(format!("{e:?}"))
-            }
-        }
-    })
-    .await
-    .unwrap();
+    kill_switch_until(&gateway_admin, |e| e.variant == "off").await;
 
     for (bad, names) in [
         (
@@ -437,19 +431,7 @@ async fn a_refused_file_keeps_the_flags_in_force_and_says_why() {
         &flags,
         &good.replace("\"state\": \"ENABLED\"", "\"state\": \"DISABLED\""),
     );
-    eventually(Duration::from_secs(10), || {
-        let mut a = gateway_admin.clone();
-        async move {
-            let e = explain(&mut a, KILL_SWITCH, "").await;
-            if e.reason == "DISABLED" {
-                Ok(())
-            } else {
-                Err(format!("{e:?}"))
-            }
-        }
-    })
-    .await
-    .unwrap();
+    kill_switch_until(&gateway_admin, |e| e.reason == "DISABLED").await;
     // Disabled: the code's default (availability on).
     let page = shop
         .gateway()

@@ -6,28 +6,12 @@ mod common;
 
 use common::gateway::Shop;
 use shop_proto::shop::gateway::v1::*;
-use shop_proto::shop::mesh::v1::ListUpstreamsRequest;
-use shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
 use shop_proto::shop::orders::v1::OrderStatus;
 use shop_testkit::with_bearer;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Code;
-
-/// Calls the gateway has made to `upstream` so far.
-async fn calls_to(shop: &Shop, upstream: &str) -> i64 {
-    MeshAdminServiceClient::new(shop.stack.service("gateway").channel().await.unwrap())
-        .list_upstreams(ListUpstreamsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .upstreams
-        .into_iter()
-        .find(|u| u.upstream == upstream)
-        .and_then(|u| u.counters)
-        .map_or(0, |c| c.calls)
-}
 
 fn parts(missing: &[MissingPart]) -> Vec<(Part, Code)> {
     missing
@@ -56,7 +40,7 @@ async fn answers_degrade_without_inventory_and_fail_without_orders() {
 
     // Everything up: a page of products with availability, from one batch
     // call to inventory for the whole page.
-    let before = calls_to(&shop, "inventory").await;
+    let before = shop.calls_to("inventory").await;
     let page = gateway
         .list_products(ListProductsRequest {
             page_size: 10,
@@ -66,7 +50,7 @@ async fn answers_degrade_without_inventory_and_fail_without_orders() {
         .unwrap()
         .into_inner();
     assert_eq!(
-        calls_to(&shop, "inventory").await - before,
+        shop.calls_to("inventory").await - before,
         1,
         "one call per page"
     );

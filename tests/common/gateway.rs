@@ -5,6 +5,8 @@ use shop_proto::shop::gateway::v1::shop_gateway_service_client::ShopGatewayServi
 use shop_proto::shop::gateway::v1::{
     GetOrderRequest, LogInRequest, PlaceOrderRequest, SignUpRequest,
 };
+use shop_proto::shop::mesh::v1::ListUpstreamsRequest;
+use shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
 use shop_proto::shop::orders::v1::{NewOrderLine, Order, OrderStatus};
 use shop_testkit::stack::{Stack, StackOptions};
 use shop_testkit::{eventually, with_bearer};
@@ -76,6 +78,21 @@ impl Shop {
                 .await
                 .unwrap(),
         )
+    }
+
+    /// Calls the gateway has made to `upstream` so far (its MeshAdmin
+    /// counters).
+    pub async fn calls_to(&self, upstream: &str) -> i64 {
+        MeshAdminServiceClient::new(self.stack.service("gateway").channel().await.unwrap())
+            .list_upstreams(ListUpstreamsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .upstreams
+            .into_iter()
+            .find(|u| u.upstream == upstream)
+            .and_then(|u| u.counters)
+            .map_or(0, |c| c.calls)
     }
 
     /// Signs up and logs in a new user.
