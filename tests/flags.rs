@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
 
 const KILL_SWITCH: &str = "gateway.product-availability";
 const ROLLOUT: &str = "orders.minimum-order-value";
@@ -91,12 +92,13 @@ async fn kill_switch_until(
     .unwrap();
 }
 
-/// What one ListProducts answered: whether availability was there, and
-/// whether it was switched off.
+/// What one ListProducts answered: availability there, switched off, or
+/// missing for another reason (inventory late on a loaded machine).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seen {
     Available,
     SwitchedOff,
+    Degraded,
 }
 
 #[tokio::test]
@@ -116,6 +118,8 @@ async fn the_kill_switch_sheds_the_inventory_fan_out_within_the_watch_interval_a
             let mut seen: Vec<(Instant, Result<Seen, String>)> = Vec::new();
             let until = Instant::now() + Duration::from_secs(60);
             while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                // When the call started: what it saw was in force by then.
+                let started = Instant::now();
                 let answer = gateway
                     .list_products(ListProductsRequest {
                         page_size: 5,
@@ -124,24 +128,29 @@ async fn the_kill_switch_sheds_the_inventory_fan_out_within_the_watch_interval_a
                     .await
                     .map(|r| {
                         let r = r.into_inner();
-                        let off = r.missing.iter().any(|m| {
-                            m.part() == Part::Stock
-                                && m.code == Code::Unavailable as i32
-                                && m.message.contains("switched off")
-                        });
+                        let stock_missing: Vec<_> = r
+                            .missing
+                            .iter()
+                            .filter(|m| m.part() == Part::Stock)
+                            .collect();
                         assert_eq!(
-                            off,
+                            !stock_missing.is_empty(),
                             r.items.iter().all(|i| i.available_quantity.is_none()),
                             "availability is absent exactly when the answer says so: {r:?}"
                         );
-                        if off {
-                            Seen::SwitchedOff
-                        } else {
-                            Seen::Available
+                        match stock_missing.first() {
+                            None => Seen::Available,
+                            Some(m)
+                                if m.code == Code::Unavailable as i32
+                                    && m.message.contains("switched off") =>
+                            {
+                                Seen::SwitchedOff
+                            }
+                            Some(_) => Seen::Degraded,
                         }
                     })
                     .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
-                seen.push((Instant::now(), answer));
+                seen.push((started, answer));
             }
             seen
         }));
@@ -164,7 +173,7 @@ async fn the_kill_switch_sheds_the_inventory_fan_out_within_the_watch_interval_a
     assert!(off_seen.is_ok(), "{off_seen:?}");
     rewrite(&flags, availability(true));
     let restored = Instant::now();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     stop.store(true, Ordering::Relaxed);
 
     let mut answers = Vec::new();
@@ -180,12 +189,13 @@ async fn the_kill_switch_sheds_the_inventory_fan_out_within_the_watch_interval_a
         .map(|(at, _)| *at)
         .expect("the switch took effect");
     let took = first_off - flipped;
-    // The watch interval is 1 s (the default); a call in flight adds little.
-    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    // The watch interval is 1 s (the default); the slack is for a loaded
+    // machine's scheduling, not for the watch.
+    assert!(took < Duration::from_secs(2), "took {took:?}");
     assert!(
         answers
             .iter()
-            .all(|(at, a)| *at > flipped || *a == Ok(Seen::Available)),
+            .all(|(at, a)| *at > flipped || *a != Ok(Seen::SwitchedOff)),
         "off before the flip"
     );
     let back = answers
@@ -193,13 +203,17 @@ async fn the_kill_switch_sheds_the_inventory_fan_out_within_the_watch_interval_a
         .find(|(at, a)| *at > restored && *a == Ok(Seen::Available))
         .map(|(at, _)| *at - restored)
         .expect("back on");
-    assert!(back < Duration::from_millis(1500), "back on after {back:?}");
+    assert!(back < Duration::from_secs(2), "back on after {back:?}");
     let tail = answers
         .iter()
-        .filter(|(at, _)| *at > restored + Duration::from_millis(1500));
-    assert!(tail.clone().count() > 0 && tail.clone().all(|(_, a)| *a == Ok(Seen::Available)));
+        .filter(|(at, _)| *at > restored + Duration::from_secs(2));
+    assert!(tail.clone().count() > 0 && tail.clone().all(|(_, a)| *a != Ok(Seen::SwitchedOff)));
+    let degraded = answers
+        .iter()
+        .filter(|(_, a)| *a == Ok(Seen::Degraded))
+        .count();
     println!(
-        "{} calls, none failed; off after {took:?}, on again after {back:?}",
+        "{} calls, none failed ({degraded} without stock for another reason); off after {took:?}, on again after {back:?}",
         answers.len()
     );
 
@@ -229,7 +243,7 @@ async fn try_order(
     shop: &Shop,
     user: &EndUser,
     product: &str,
-) -> Result<OrderStatus, (Code, String)> {
+) -> Result<OrderStatus, (Code, String, Option<String>)> {
     shop.gateway()
         .await
         .place_order(with_bearer(
@@ -245,7 +259,12 @@ async fn try_order(
         ))
         .await
         .map(|r| r.into_inner().order.unwrap().status())
-        .map_err(|s| (s.code(), s.message().to_string()))
+        .map_err(|s| {
+            let violation = s
+                .get_details_precondition_failure()
+                .and_then(|p| p.violations.first().map(|v| v.r#type.clone()));
+            (s.code(), s.message().to_string(), violation)
+        })
 }
 
 /// Waits until orders has the rollout at `percent` (its evaluation of a
@@ -281,7 +300,7 @@ async fn the_minimum_order_value_rolls_out_by_user_sticky_and_as_explained() {
     // 5.00 EUR: under the rollout's minimum of 10.00.
     let small = shop.product("Pencil", 500, 1_000).await;
     let mut users = Vec::new();
-    for i in 0..20 {
+    for i in 0..40 {
         users.push(shop.user(&format!("buyer{i}")).await);
     }
     let mut orders = admin(&shop, "orders").await;
@@ -329,9 +348,10 @@ async fn the_minimum_order_value_rolls_out_by_user_sticky_and_as_explained() {
         for _ in 0..2 {
             let answer = try_order(&shop, u, &small).await;
             if e.variant == "ten-euros" {
-                let (code, message) = answer.expect_err("in the rollout: refused");
+                let (code, message, violation) = answer.expect_err("in the rollout: refused");
                 assert_eq!(code, Code::FailedPrecondition, "{message}");
                 assert!(message.contains("minimum order value is 1000"), "{message}");
+                assert_eq!(violation.as_deref(), Some("MINIMUM_ORDER_VALUE"));
             } else {
                 assert_eq!(answer, Ok(OrderStatus::Pending), "{}", u.user_id);
             }
@@ -339,6 +359,8 @@ async fn the_minimum_order_value_rolls_out_by_user_sticky_and_as_explained() {
         refused += usize::from(e.variant == "ten-euros");
     }
     println!("20% rollout: {refused} of {} shoppers refused", users.len());
+    // 40 users at 20%: none in the rollout is a chance of 0.8^40 (0.01%).
+    assert!(refused > 0 && refused < users.len(), "{refused}");
     // An order above the minimum is accepted for everyone.
     let big = shop.product("Chair", 2_500, 1_000).await;
     for u in &users {
@@ -349,7 +371,7 @@ async fn the_minimum_order_value_rolls_out_by_user_sticky_and_as_explained() {
     rewrite(&flags, rollout(100));
     rolled_out(&shop, 100).await;
     for u in &users {
-        let (code, _) = try_order(&shop, u, &small).await.unwrap_err();
+        let (code, _, _) = try_order(&shop, u, &small).await.unwrap_err();
         assert_eq!(code, Code::FailedPrecondition);
     }
 }

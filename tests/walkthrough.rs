@@ -133,6 +133,7 @@ async fn grpcurl_lists_each_service_with_health_and_reflection() {
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
+            "shop.flags.v1.FlagsAdminService",
             "shop.mesh.v1.MeshAdminService",
             service,
         ];

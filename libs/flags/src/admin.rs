@@ -103,7 +103,8 @@ fn reason_name(reason: &EvaluationReason) -> String {
 
 fn code_name(code: &EvaluationErrorCode) -> String {
     match code {
-        EvaluationErrorCode::General(name) => name.clone(),
+        // Its detail is in the message.
+        EvaluationErrorCode::General(_) => "GENERAL".into(),
         other => other.to_string(),
     }
 }
@@ -120,7 +121,7 @@ impl pb::flags_admin_service_server::FlagsAdminService for FlagsAdmin {
             .iter()
             .map(|s| pb::FlagSource {
                 path: s.path.display().to_string(),
-                loaded_at: Some(timestamp(s.loaded_at)),
+                loaded_at: s.loaded_at.map(timestamp),
                 sha256: s.sha256.clone(),
                 flag_count: u32::try_from(s.flags.len()).unwrap_or(u32::MAX),
                 last_error: s
@@ -150,11 +151,28 @@ impl pb::flags_admin_service_server::FlagsAdminService for FlagsAdmin {
                     targeting: d.targeting.clone().unwrap_or_default(),
                     evaluations: counts.by_variant.into_iter().collect(),
                     errors: counts.errors,
+                    last_error: counts.last_error.unwrap_or_default(),
                 }
             })
             .collect();
         flags.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(Response::new(pb::ListFlagsResponse { sources, flags }))
+        let mut undefined: Vec<pb::UndefinedFlag> = self
+            .flags
+            .stats
+            .all()
+            .into_iter()
+            .filter(|(key, _)| !snapshot.flags.contains_key(key))
+            .map(|(key, c)| pb::UndefinedFlag {
+                key,
+                evaluations: c.errors + c.by_variant.values().sum::<u64>(),
+            })
+            .collect();
+        undefined.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(Response::new(pb::ListFlagsResponse {
+            sources,
+            flags,
+            undefined,
+        }))
     }
 
     async fn evaluate_flag(

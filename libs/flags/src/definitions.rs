@@ -55,6 +55,14 @@ pub enum DefinitionError {
         /// What is wrong with it.
         message: String,
     },
+    /// A setting of `[server.flags]` that cannot work.
+    #[error("{key}: {message}")]
+    Settings {
+        /// The key.
+        key: String,
+        /// Why.
+        message: String,
+    },
     /// Two files define the same flag.
     #[error("flag {key:?} is defined in {first} and again in {second}")]
     Duplicate {
@@ -97,7 +105,7 @@ pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, FeatureFlag>, D
     for (key, raw) in raw_flags {
         check_shape(raw).map_err(|m| flag_error(key, m))?;
         if let Some(targeting) = raw.get("targeting") {
-            check_refs(targeting, &evaluators).map_err(|m| flag_error(key, m))?;
+            check_refs(targeting, &evaluators, &mut Vec::new()).map_err(|m| flag_error(key, m))?;
         }
     }
     // The engine's own reading (it resolves `$ref`s); what it still
@@ -181,20 +189,35 @@ fn check_shape(raw: &Value) -> Result<(), String> {
     }
 }
 
-fn check_refs(rule: &Value, evaluators: &Map<String, Value>) -> Result<(), String> {
+/// Every `$ref` of `rule`, and of the evaluators it names (`stack`: the
+/// evaluators being followed), names an evaluator, with no cycle.
+fn check_refs(
+    rule: &Value,
+    evaluators: &Map<String, Value>,
+    stack: &mut Vec<String>,
+) -> Result<(), String> {
     match rule {
         Value::Object(o) => {
             if let Some(name) = o.get("$ref") {
                 let Some(name) = name.as_str() else {
                     return Err(format!("$ref {name} is not an evaluator's name"));
                 };
-                if !evaluators.contains_key(name) {
+                let Some(body) = evaluators.get(name) else {
                     return Err(format!("$ref {name:?}: no such entry in \"$evaluators\""));
+                };
+                if stack.iter().any(|n| n == name) {
+                    return Err(format!("$ref {name:?} refers back to itself"));
                 }
+                stack.push(name.to_string());
+                check_refs(body, evaluators, stack)?;
+                stack.pop();
             }
-            o.values().try_for_each(|v| check_refs(v, evaluators))
+            o.values()
+                .try_for_each(|v| check_refs(v, evaluators, stack))
         }
-        Value::Array(items) => items.iter().try_for_each(|v| check_refs(v, evaluators)),
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|v| check_refs(v, evaluators, stack)),
         _ => Ok(()),
     }
 }
@@ -267,6 +290,7 @@ fn check_fractional(args: &Value, flag: &FeatureFlag, at: &str) -> Result<(), St
     if buckets.is_empty() {
         return Err(format!("{at}: no buckets"));
     }
+    let mut total: u64 = 0;
     for bucket in buckets {
         let b = bucket.as_array().filter(|b| !b.is_empty() && b.len() <= 2);
         let Some(b) = b else {
@@ -282,14 +306,21 @@ fn check_fractional(args: &Value, flag: &FeatureFlag, at: &str) -> Result<(), St
                 "{at}: bucket variant {variant:?} is not one of the flag's variants"
             ));
         }
-        if let Some(weight) = b.get(1) {
-            // flagd's other providers refuse fractions (and then give every
-            // key the default variant): integers only.
-            if weight.as_u64().is_none() {
-                return Err(format!(
-                    "{at}: bucket {bucket}: the weight is not a non-negative integer"
-                ));
-            }
+        // flagd's other providers refuse fractions (and then give every
+        // key the default variant): integers only.
+        let weight = match b.get(1) {
+            None => 1,
+            Some(w) => w.as_u64().ok_or_else(|| {
+                format!("{at}: bucket {bucket}: the weight is not a non-negative integer")
+            })?,
+        };
+        total = total.saturating_add(weight);
+        // The engine sums weights as 32-bit integers (flagd's limit too).
+        if total > u64::from(i32::MAX.unsigned_abs()) {
+            return Err(format!(
+                "{at}: the weights add up to more than {}",
+                i32::MAX
+            ));
         }
     }
     Ok(())
@@ -408,6 +439,18 @@ mod tests {
             (
                 r#"{"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [true, "a"], "x": 1}}}}"#,
                 "2 keys",
+            ),
+            (
+                r#"{"flags": {"f": {"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a", "targeting": {"fractional": [["a", 2000000000], ["b", 2000000000]]}}}}"#,
+                "add up to more than",
+            ),
+            (
+                r#"{"$evaluators": {"x": {"$ref": "y"}}, "flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"$ref": "x"}}}}"#,
+                "$ref \"y\": no such entry",
+            ),
+            (
+                r#"{"$evaluators": {"x": {"!": {"$ref": "x"}}}, "flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"$ref": "x"}}}}"#,
+                "refers back to itself",
             ),
         ] {
             let e = refused(text);

@@ -1,6 +1,7 @@
 //! The OpenFeature hook every evaluation by a service's code passes
 //! through: it counts evaluations per flag and variant (FlagsAdmin's
-//! ListFlags shows them) and logs them at debug, errors at warn.
+//! ListFlags shows them) and logs them at debug, errors at warn (once per
+//! distinct error of a flag: a hot path does not flood the log).
 
 use open_feature::{
     EvaluationDetails, EvaluationError, EvaluationErrorCode, Hook, HookContext, HookHints, Value,
@@ -15,6 +16,8 @@ pub(crate) struct Counts {
     /// default (a disabled flag).
     pub(crate) by_variant: BTreeMap<String, u64>,
     pub(crate) errors: u64,
+    /// What the newest failed evaluation said.
+    pub(crate) last_error: Option<String>,
 }
 
 /// Counts of every flag evaluated, by key.
@@ -31,7 +34,13 @@ impl Stats {
             .unwrap_or_default()
     }
 
-    fn count(&self, key: &str, f: impl FnOnce(&mut Counts)) {
+    /// Every flag evaluated so far, with its counts.
+    pub(crate) fn all(&self) -> Vec<(String, Counts)> {
+        let all = self.0.lock().expect("flag stats lock");
+        all.iter().map(|(k, c)| (k.clone(), c.clone())).collect()
+    }
+
+    fn count<T>(&self, key: &str, f: impl FnOnce(&mut Counts) -> T) -> T {
         let mut all = self.0.lock().expect("flag stats lock");
         match all.get_mut(key) {
             Some(counts) => f(counts),
@@ -79,6 +88,17 @@ impl Hook for Counting {
         _hints: Option<&'a HookHints>,
     ) {
         let message = error.message.as_deref().unwrap_or("");
+        let text = format!("{}: {message}", error.code);
+        // Logged when it changes, not on every call of a hot path.
+        let new = self.0.count(context.flag_key, |c| {
+            c.errors += 1;
+            let new = c.last_error.as_deref() != Some(text.as_str());
+            c.last_error = Some(text.clone());
+            new
+        });
+        if !new {
+            return;
+        }
         if error.code == EvaluationErrorCode::FlagNotFound {
             // Code that asks for a flag no file defines yet: its default.
             tracing::debug!(
@@ -87,9 +107,8 @@ impl Hook for Counting {
                 "flag not defined; the code's default applies"
             );
         } else {
-            tracing::warn!(flag = context.flag_key, code = ?error.code, message, "flag evaluation failed; the code's default applies");
+            tracing::warn!(flag = context.flag_key, code = ?error.code, message, "flag evaluation failed; the code's default applies (logged again when the error changes)");
         }
-        self.0.count(context.flag_key, |c| c.errors += 1);
     }
 
     async fn finally<'a>(

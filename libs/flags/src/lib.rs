@@ -63,10 +63,19 @@ pub fn user(user_id: impl Into<String>) -> EvaluationContext {
 }
 
 impl Flags {
-    /// Reads and checks every configured file (an error names the file, and
-    /// the flag when one is wrong) and sets up the OpenFeature client.
+    /// Reads and checks every configured file and sets up the OpenFeature
+    /// client. A file that is unreadable or refused (the error names the
+    /// file, and the flag when one is wrong) is logged and shown by
+    /// FlagsAdmin, and its flags give the code's defaults until it is fixed;
+    /// only settings that cannot work are an error.
     pub async fn load(settings: &FlagSettings) -> Result<Self, DefinitionError> {
-        let store = Arc::new(store::Store::load(&settings.files)?);
+        if settings.watch_interval.is_zero() {
+            return Err(DefinitionError::Settings {
+                key: "server.flags.watch_interval".into(),
+                message: "must be more than 0s".into(),
+            });
+        }
+        let store = Arc::new(store::Store::load(&settings.files));
         // What EvaluateFlag asks: the same definitions, the same engine, no
         // hooks (an operator's question is not the code's evaluation).
         let provider = Arc::new(provider::FileProvider::new(store.clone()));
@@ -301,37 +310,109 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_bad_file_at_start_is_an_error_and_two_files_may_not_share_a_key() {
+    async fn a_bad_file_at_start_gives_code_defaults_and_two_files_may_not_share_a_key() {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.json");
         write(
             &bad,
             r#"{"flags": {"k": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "b"}}}"#,
         );
-        let e = Flags::load(&FlagSettings {
-            files: vec![bad],
+        let f = Flags::load(&FlagSettings {
+            files: vec![bad.clone()],
             ..FlagSettings::default()
         })
         .await
-        .unwrap_err();
-        assert!(e.to_string().contains("flag \"k\""), "{e}");
+        .unwrap();
+        assert_eq!(f.int("k", 7, &user("u")).await, 7);
+        let snapshot = f.store.snapshot();
+        let refused = snapshot.sources[0].refused.as_ref().expect("reported");
+        assert!(refused.error.contains("flag \"k\""), "{}", refused.error);
+        assert!(snapshot.sources[0].loaded_at.is_none());
+        // Fixed: applied.
+        write(
+            &bad,
+            r#"{"flags": {"k": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}"#,
+        );
+        assert_eq!(f.reload(), 1);
+        assert_eq!(f.int("k", 7, &user("u")).await, 1);
 
-        let (one, two) = (dir.path().join("one.json"), dir.path().join("two.json"));
+        // A key in two files: the file that brought it is refused (and
+        // blamed), the other keeps its flags, and a third file's change
+        // still applies.
+        let (one, two, three) = (
+            dir.path().join("one.json"),
+            dir.path().join("two.json"),
+            dir.path().join("three.json"),
+        );
         write(&one, FILE);
         write(
             &two,
-            r#"{"flags": {"kill": {"state": "ENABLED", "variants": {"a": true}, "defaultVariant": "a"}}}"#,
+            r#"{"flags": {"other": {"state": "ENABLED", "variants": {"a": true}, "defaultVariant": "a"}}}"#,
+        );
+        write(
+            &three,
+            r#"{"flags": {"third": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}"#,
+        );
+        let f = Flags::load(&FlagSettings {
+            files: vec![one, two.clone(), three.clone()],
+            ..FlagSettings::default()
+        })
+        .await
+        .unwrap();
+        write(
+            &two,
+            r#"{"flags": {"kill": {"state": "ENABLED", "variants": {"a": false}, "defaultVariant": "a"}}}"#,
+        );
+        write(
+            &three,
+            r#"{"flags": {"third": {"state": "ENABLED", "variants": {"a": 3}, "defaultVariant": "a"}}}"#,
+        );
+        assert_eq!(f.reload(), 1, "three applied, two refused");
+        assert!(f.bool("kill", false, &user("u")).await, "one's kill stays");
+        assert!(
+            f.bool("other", false, &user("u")).await,
+            "two's previous flags stay"
+        );
+        assert_eq!(f.int("third", 0, &user("u")).await, 3);
+        let snapshot = f.store.snapshot();
+        let error = &snapshot.sources[1]
+            .refused
+            .as_ref()
+            .expect("two is blamed")
+            .error;
+        assert!(
+            error.contains("flag \"kill\" is defined in") && error.contains("two.json"),
+            "{error}"
+        );
+        assert!(snapshot.sources[0].refused.is_none() && snapshot.sources[2].refused.is_none());
+        assert_eq!(f.reload(), 0, "reported once");
+        assert!(f.store.snapshot().sources[1].refused.is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_file_is_reported_once_and_a_zero_interval_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = flags(dir.path(), FILE).await;
+        std::fs::remove_file(dir.path().join("flags.json")).unwrap();
+        f.reload();
+        let at = f.store.snapshot().sources[0].refused.as_ref().unwrap().at;
+        assert!(
+            f.bool("kill", false, &user("u")).await,
+            "the previous definitions stay"
+        );
+        f.reload();
+        assert_eq!(
+            f.store.snapshot().sources[0].refused.as_ref().unwrap().at,
+            at,
+            "not reported again"
         );
         let e = Flags::load(&FlagSettings {
-            files: vec![one, two],
+            watch_interval: std::time::Duration::ZERO,
             ..FlagSettings::default()
         })
         .await
         .unwrap_err();
-        assert!(
-            matches!(e, DefinitionError::Duplicate { ref key, .. } if key == "kill"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("server.flags.watch_interval"), "{e}");
     }
 
     #[tokio::test(start_paused = true)]

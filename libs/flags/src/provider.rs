@@ -118,7 +118,7 @@ impl FileProvider {
             },
             None => Resolution::failed(
                 error(
-                    EvaluationErrorCode::General("VARIANT_NOT_FOUND".into()),
+                    EvaluationErrorCode::General("targeting gave no variant".into()),
                     format!(
                         "targeting of {key:?} gave {variant:?}, which is not one of its variants"
                     ),
@@ -155,6 +155,19 @@ impl FileProvider {
             flag_metadata: None,
         })
     }
+}
+
+/// An integer, also when written with a fraction of zero (`1000.0`).
+fn whole(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| {
+                #[allow(clippy::cast_possible_truncation)]
+                let i = f as i64;
+                i
+            })
+    })
 }
 
 /// A JSON object as OpenFeature's struct value.
@@ -202,7 +215,8 @@ impl FeatureProvider for FileProvider {
         flag_key: &str,
         evaluation_context: &EvaluationContext,
     ) -> Result<ResolutionDetails<i64>, EvaluationError> {
-        self.typed(flag_key, evaluation_context, "integer", Value::as_i64)
+        // A whole number written as 1000.0 is an integer too.
+        self.typed(flag_key, evaluation_context, "integer", whole)
     }
 
     async fn resolve_float_value(

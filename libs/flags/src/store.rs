@@ -27,8 +27,9 @@ pub(crate) struct Definition {
 #[derive(Debug, Clone)]
 pub(crate) struct Source {
     pub(crate) path: PathBuf,
-    pub(crate) loaded_at: DateTime<Utc>,
-    /// Of the contents in force.
+    /// When the contents in force were read; `None` before any was accepted.
+    pub(crate) loaded_at: Option<DateTime<Utc>>,
+    /// Of the contents in force (empty before any was accepted).
     pub(crate) sha256: String,
     pub(crate) flags: BTreeMap<String, Arc<Definition>>,
     /// The newest refused change: why, when, and the hash of what was read
@@ -98,87 +99,123 @@ fn definitions(
         .collect())
 }
 
-/// The flags of `sources` by key; a key in two files is refused.
-fn merge(sources: &[Source]) -> Result<HashMap<String, Arc<Definition>>, DefinitionError> {
-    let mut flags: HashMap<String, Arc<Definition>> = HashMap::new();
-    for source in sources {
-        for (key, definition) in &source.flags {
-            if let Some(first) = flags.insert(key.clone(), definition.clone()) {
-                return Err(DefinitionError::Duplicate {
-                    key: key.clone(),
-                    first: first.source.to_string(),
-                    second: source.path.display().to_string(),
-                });
-            }
+/// The flags of `sources` by key (they share none: see [`clash`]).
+fn merge(sources: &[Source]) -> HashMap<String, Arc<Definition>> {
+    sources
+        .iter()
+        .flat_map(|s| s.flags.iter().map(|(k, d)| (k.clone(), d.clone())))
+        .collect()
+}
+
+/// A key of `flags` (the new contents of `sources[at]`) that another file
+/// defines already.
+fn clash(
+    sources: &[Source],
+    at: usize,
+    flags: &BTreeMap<String, Arc<Definition>>,
+) -> Result<(), DefinitionError> {
+    for (i, other) in sources.iter().enumerate().filter(|(i, _)| *i != at) {
+        if let Some(key) = flags.keys().find(|k| other.flags.contains_key(*k)) {
+            return Err(DefinitionError::Duplicate {
+                key: key.clone(),
+                first: sources[i.min(at)].path.display().to_string(),
+                second: sources[i.max(at)].path.display().to_string(),
+            });
         }
     }
-    Ok(flags)
+    Ok(())
+}
+
+/// One file's checked definitions, by key.
+type Flags = BTreeMap<String, Arc<Definition>>;
+
+/// `source`'s file as it is now: its contents' hash (`None` when it cannot
+/// be read) and its checked definitions, or why they are refused.
+fn check(sources: &[Source], at: usize) -> (Option<String>, Result<Flags, DefinitionError>) {
+    let path = &sources[at].path;
+    match read(path) {
+        Err(e) => (None, Err(e)),
+        Ok((text, sha)) => {
+            let checked = definitions(path, &text).and_then(|flags| {
+                clash(sources, at, &flags)?;
+                Ok(flags)
+            });
+            (Some(sha), checked)
+        }
+    }
 }
 
 impl Store {
-    /// Reads every file: at start, any problem is an error.
-    pub(crate) fn load(files: &[PathBuf]) -> Result<Self, DefinitionError> {
-        let now = Utc::now();
-        let mut sources = Vec::with_capacity(files.len());
-        for path in files {
-            let (text, sha256) = read(path)?;
-            sources.push(Source {
+    /// Reads every file. One that cannot be read or is refused is reported
+    /// (logged, and in FlagsAdmin) and contributes no flags, so its flags
+    /// give the code's defaults until it is fixed: a bad edit must not stop
+    /// a restarted pod from serving.
+    pub(crate) fn load(files: &[PathBuf]) -> Self {
+        let store = Self::default();
+        let sources: Vec<Source> = files
+            .iter()
+            .map(|path| Source {
                 path: path.clone(),
-                loaded_at: now,
-                sha256,
-                flags: definitions(path, &text)?,
+                loaded_at: None,
+                sha256: String::new(),
+                flags: BTreeMap::new(),
                 refused: None,
-            });
-        }
-        let flags = merge(&sources)?;
-        Ok(Self {
-            current: RwLock::new(Arc::new(Snapshot { sources, flags })),
-        })
+            })
+            .collect();
+        *store.current.write().expect("flags lock") = Arc::new(Snapshot {
+            sources,
+            flags: HashMap::new(),
+        });
+        store.reload();
+        store
     }
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.current.read().expect("flags lock").clone()
     }
 
-    /// Reads the files again and applies what changed; the number of files
-    /// whose new contents are now in force.
+    /// Reads the files again and applies what changed, file by file: a
+    /// changed file that is refused (unreadable, a mistake, a key another
+    /// file defines) keeps its previous definitions and is reported once
+    /// per version; the number of files whose new contents are now in force.
     pub(crate) fn reload(&self) -> usize {
         let old = self.snapshot();
         let now = Utc::now();
         let mut sources = old.sources.clone();
         let mut applied = 0;
         let mut changed = false;
-        for source in &mut sources {
-            let read = read(&source.path);
-            let seen = match &read {
-                Ok((_, sha)) => Some(sha.clone()),
-                Err(_) => None,
-            };
-            if seen.as_ref() == Some(&source.sha256) {
+        for at in 0..sources.len() {
+            let (seen, checked) = check(&sources, at);
+            let source = &mut sources[at];
+            if seen.is_some() && seen.as_deref() == Some(source.sha256.as_str()) {
                 // Back to (or still at) what is in force.
                 changed |= source.refused.take().is_some();
                 continue;
             }
+            let error = checked.as_ref().err().map(ToString::to_string);
             let refused_already = source
                 .refused
                 .as_ref()
-                .is_some_and(|r| r.sha256 == seen && seen.is_some());
+                .is_some_and(|r| r.sha256 == seen && Some(&r.error) == error.as_ref());
             if refused_already {
                 continue;
             }
-            let parsed = read.and_then(|(text, sha)| Ok((definitions(&source.path, &text)?, sha)));
             changed = true;
-            match parsed {
-                Ok((flags, sha)) => {
-                    tracing::info!(file = %source.path.display(), flags = ?flags.keys().collect::<Vec<_>>(), "flag definitions reloaded");
+            match checked {
+                Ok(flags) => {
+                    tracing::info!(file = %source.path.display(), flags = ?flags.keys().collect::<Vec<_>>(), "flag definitions loaded");
                     source.flags = flags;
-                    source.sha256 = sha;
-                    source.loaded_at = now;
+                    source.sha256 = seen.unwrap_or_default();
+                    source.loaded_at = Some(now);
                     source.refused = None;
                     applied += 1;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "flag definitions refused; the previous ones stay in force");
+                    if source.loaded_at.is_some() {
+                        tracing::error!(error = %e, "flag definitions refused; the previous ones stay in force");
+                    } else {
+                        tracing::error!(error = %e, "flag definitions refused; until the file is fixed its flags give the code's defaults");
+                    }
                     source.refused = Some(Refusal {
                         error: e.to_string(),
                         at: now,
@@ -190,31 +227,7 @@ impl Store {
         if !changed {
             return 0;
         }
-        let flags = match merge(&sources) {
-            Ok(flags) => flags,
-            Err(e) => {
-                // Keep every file's previous definitions; say why on the
-                // file that brought the duplicate.
-                tracing::error!(error = %e, "flag definitions refused; the previous ones stay in force");
-                let mut sources = old.sources.clone();
-                if let DefinitionError::Duplicate { second, .. } = &e
-                    && let Some(s) = sources
-                        .iter_mut()
-                        .find(|s| s.path.display().to_string() == *second)
-                {
-                    s.refused = Some(Refusal {
-                        error: e.to_string(),
-                        at: now,
-                        sha256: read(&s.path).ok().map(|(_, sha)| sha),
-                    });
-                }
-                *self.current.write().expect("flags lock") = Arc::new(Snapshot {
-                    sources,
-                    flags: old.flags.clone(),
-                });
-                return 0;
-            }
-        };
+        let flags = merge(&sources);
         *self.current.write().expect("flags lock") = Arc::new(Snapshot { sources, flags });
         applied
     }

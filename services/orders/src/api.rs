@@ -21,6 +21,7 @@ use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
+use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
 pub(crate) struct OrdersApi {
@@ -189,16 +190,25 @@ impl OrderService for OrdersApi {
             .int(
                 MINIMUM_ORDER_VALUE,
                 0,
-                &shop_flags::user(order.user_id.to_string()),
+                &shop_flags::user(order.user_id.to_string())
+                    .with_custom_field("currency", currency.clone()),
             )
             .await;
         if total < minimum {
-            // Nothing is stored: the same request may be made again with
-            // more in the basket (and a new idempotency key).
-            return Err(ServiceError::FailedPrecondition(format!(
+            // Nothing is stored: the same request, with more in the basket,
+            // may be made again (with the same idempotency key too).
+            let description = format!(
                 "the minimum order value is {minimum} minor units of {currency}; this order totals {total}"
-            ))
-            .into());
+            );
+            return Err(Status::with_error_details(
+                tonic::Code::FailedPrecondition,
+                description.clone(),
+                tonic_types::ErrorDetails::with_precondition_failure_violation(
+                    "MINIMUM_ORDER_VALUE",
+                    "total",
+                    description,
+                ),
+            ));
         }
 
         let order_id = Uuid::now_v7();
