@@ -5,12 +5,12 @@
 //! both flags.
 
 mod common;
-use common::gateway::{EndUser, Shop};
+use common::gateway::{EndUser, Shop, try_place_order};
 use shop_proto::shop::flags::v1::flags_admin_service_client::FlagsAdminServiceClient;
 use shop_proto::shop::flags::v1::{EvaluateFlagRequest, EvaluateFlagResponse, ListFlagsRequest};
-use shop_proto::shop::gateway::v1::{ListProductsRequest, Part, PlaceOrderRequest};
-use shop_proto::shop::orders::v1::{NewOrderLine, OrderStatus};
-use shop_testkit::{eventually, with_bearer};
+use shop_proto::shop::gateway::v1::{ListProductsRequest, ListProductsResponse, Part};
+use shop_proto::shop::orders::v1::OrderStatus;
+use shop_testkit::eventually;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -237,6 +237,16 @@ async fn the_kill_switch_sheds_the_inventory_fan_out_within_the_watch_interval_a
     );
 }
 
+/// The first page of products, as an end user sees it.
+async fn first_page(shop: &Shop) -> ListProductsResponse {
+    shop.gateway()
+        .await
+        .list_products(ListProductsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// `user` places an order of one `product` through the gateway: the
 /// order's status, or the refusal's code and message.
 async fn try_order(
@@ -244,21 +254,9 @@ async fn try_order(
     user: &EndUser,
     product: &str,
 ) -> Result<OrderStatus, (Code, String, Option<String>)> {
-    shop.gateway()
+    try_place_order(shop.gateway().await, user, product, "tok_approve")
         .await
-        .place_order(with_bearer(
-            &user.token,
-            PlaceOrderRequest {
-                lines: vec![NewOrderLine {
-                    product_id: product.into(),
-                    quantity: 1,
-                }],
-                payment_token: "tok_approve".into(),
-                idempotency_key: uuid::Uuid::new_v4().to_string(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().order.unwrap().status())
+        .map(|order| order.status())
         .map_err(|s| {
             let violation = s
                 .get_details_precondition_failure()
@@ -423,13 +421,7 @@ async fn a_refused_file_keeps_the_flags_in_force_and_says_why() {
         // The definitions in force are the last good ones: off.
         let e = explain(&mut gateway_admin, KILL_SWITCH, "").await;
         assert_eq!(e.variant, "off", "{e:?}");
-        let page = shop
-            .gateway()
-            .await
-            .list_products(ListProductsRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
+        let page = first_page(&shop).await;
         assert!(
             page.missing
                 .iter()
@@ -455,13 +447,7 @@ async fn a_refused_file_keeps_the_flags_in_force_and_says_why() {
     );
     kill_switch_until(&gateway_admin, |e| e.reason == "DISABLED").await;
     // Disabled: the code's default (availability on).
-    let page = shop
-        .gateway()
-        .await
-        .list_products(ListProductsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let page = first_page(&shop).await;
     assert!(page.missing.is_empty(), "{page:?}");
 }
 

@@ -150,12 +150,24 @@ pub async fn end_user(mut gateway: ShopGatewayServiceClient<Channel>, name: &str
 
 /// `user` orders one unit of `product` through `gateway`.
 pub async fn place_order(
-    mut gateway: ShopGatewayServiceClient<Channel>,
+    gateway: ShopGatewayServiceClient<Channel>,
     user: &EndUser,
     product: &str,
     payment: &str,
 ) -> Order {
-    gateway
+    try_place_order(gateway, user, product, payment)
+        .await
+        .unwrap()
+}
+
+/// The same, with the gateway's refusal as it came.
+pub async fn try_place_order(
+    mut gateway: ShopGatewayServiceClient<Channel>,
+    user: &EndUser,
+    product: &str,
+    payment: &str,
+) -> Result<Order, tonic::Status> {
+    Ok(gateway
         .place_order(with_bearer(
             &user.token,
             PlaceOrderRequest {
@@ -167,11 +179,10 @@ pub async fn place_order(
                 idempotency_key: uuid::Uuid::new_v4().to_string(),
             },
         ))
-        .await
-        .unwrap()
+        .await?
         .into_inner()
         .order
-        .unwrap()
+        .expect("an accepted order is in the answer"))
 }
 
 /// Waits until `user`'s order is CONFIRMED or CANCELLED, asking `gateway`.
