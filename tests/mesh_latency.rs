@@ -1,12 +1,20 @@
-//! One replica slowed by 200 ms: the callers' p99 stays within 1.5 times its
-//! healthy value measured in the same test. Its own test binary, so no
-//! other suite loads the machine while it measures.
+//! One replica of three slowed by 200 ms: the slow replica does not set the
+//! callers' tail. Without hedging a third of the calls would wait the whole
+//! delay, so the p99 would grow by at least 200 ms; hedged, it grows by about
+//! the hedge delay. The test asserts the p99 grows by less than half the
+//! injected delay over the healthy p99 measured in the same test: a bound far
+//! from both outcomes, so a loaded machine does not decide it (speed itself is
+//! `just bench`'s). Its own test binary, so no other suite loads the machine
+//! while it measures.
 
 mod common;
 
 use common::mesh::{Mesh, load, p99};
 use std::time::Duration;
 use tonic::Code;
+
+/// The delay injected on one catalog replica.
+const DELAY: Duration = Duration::from_millis(200);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_replica_barely_moves_the_callers_p99() {
@@ -30,7 +38,10 @@ async fn a_slow_replica_barely_moves_the_callers_p99() {
 
     mesh.set_server_policy(
         "catalog-3",
-        "[server.mesh.fault]\ndelay_percent = 100.0\ndelay = \"200ms\"",
+        &format!(
+            "[server.mesh.fault]\ndelay_percent = 100.0\ndelay = \"{}ms\"",
+            DELAY.as_millis()
+        ),
     )
     .await;
     let _ = load(&mesh, 2, Duration::from_secs(30), 50).await;
@@ -44,9 +55,10 @@ async fn a_slow_replica_barely_moves_the_callers_p99() {
         slowed.len()
     );
     let (healthy_p99, slowed_p99) = (p99(&healthy), p99(&slowed));
-    eprintln!("p99 healthy {healthy_p99:?}, one replica slowed 200 ms {slowed_p99:?}");
+    eprintln!("p99 healthy {healthy_p99:?}, one replica slowed {DELAY:?} {slowed_p99:?}");
     assert!(
-        slowed_p99.as_secs_f64() <= 1.5 * healthy_p99.as_secs_f64(),
-        "p99 {slowed_p99:?} with a slow replica vs {healthy_p99:?} healthy"
+        slowed_p99 < healthy_p99 + DELAY / 2,
+        "p99 {slowed_p99:?} with a replica slowed {DELAY:?} vs {healthy_p99:?} healthy: \
+         the slow replica sets the tail"
     );
 }
