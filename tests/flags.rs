@@ -11,6 +11,7 @@ use shop_proto::shop::flags::v1::{EvaluateFlagRequest, EvaluateFlagResponse, Lis
 use shop_proto::shop::gateway::v1::{ListProductsRequest, ListProductsResponse, Part};
 use shop_proto::shop::orders::v1::OrderStatus;
 use shop_testkit::eventually;
+use shop_testkit::identities::Identities;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -467,4 +468,44 @@ async fn flags_admin_is_the_operators_only() {
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // Another workload with a valid identity: the gateway calls orders, but
+    // not orders' FlagsAdmin, neither to read the flags nor to evaluate one.
+    let orders = shop.stack.service("orders");
+    let as_gateway = orders
+        .channel_as(&Identities::dir_in(shop.stack.dir(), "gateway"))
+        .await
+        .unwrap();
+    let mut admin_as_gateway = FlagsAdminServiceClient::new(as_gateway);
+    let list = admin_as_gateway
+        .list_flags(ListFlagsRequest {})
+        .await
+        .unwrap_err();
+    let evaluate = admin_as_gateway
+        .evaluate_flag(EvaluateFlagRequest {
+            key: ROLLOUT.to_string(),
+            targeting_key: "someone".to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    for status in [list, evaluate] {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains("sa/gateway may not call"),
+            "{status:?}"
+        );
+    }
+
+    // The operator may.
+    let flags = admin(&shop, "orders")
+        .await
+        .list_flags(ListFlagsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        flags.flags.iter().any(|flag| flag.key == ROLLOUT),
+        "{flags:?}"
+    );
 }

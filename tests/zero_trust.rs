@@ -13,31 +13,15 @@ use shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClien
 use shop_proto::shop::mesh::v1::{GetStatsRequest, ListEndpointsRequest};
 use shop_proto::shop::orders::v1::order_service_client::OrderServiceClient;
 use shop_proto::shop::orders::v1::{NewOrderLine, PlaceOrderRequest};
-use shop_testkit::identities::{Identities, client_tls};
+use shop_testkit::eventually;
+use shop_testkit::identities::Identities;
 use shop_testkit::stack::{Stack, StackOptions};
-use shop_testkit::{ServiceProcess, eventually};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-
-/// A channel to `process` presenting the identity in `dir`; the error if
-/// the handshake (or the first call's connection) fails.
-async fn channel_as(
-    process: &ServiceProcess,
-    dir: &Path,
-) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(process.url())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(client_tls(dir).unwrap())
-        .unwrap()
-        .connect()
-        .await
-}
 
 async fn health(channel: Channel) -> Result<(), tonic::Status> {
     HealthClient::new(channel)
@@ -92,7 +76,7 @@ async fn every_attack_on_the_internal_ports_is_refused() {
         )
         .unwrap();
     std::fs::write(foreign.join("ca.crt"), stack.identities().ca_pem()).unwrap();
-    let attempt = match channel_as(catalog, &foreign).await {
+    let attempt = match catalog.channel_as(&foreign).await {
         Err(_) => Err(()),
         Ok(channel) => health(channel).await.map_err(drop),
     };
@@ -113,7 +97,7 @@ async fn every_attack_on_the_internal_ports_is_refused() {
             },
         )
         .unwrap();
-    let attempt = match channel_as(catalog, &expired).await {
+    let attempt = match catalog.channel_as(&expired).await {
         Err(_) => Err(()),
         Ok(channel) => health(channel).await.map_err(drop),
     };
@@ -122,7 +106,7 @@ async fn every_attack_on_the_internal_ports_is_refused() {
     // 4. A valid certificate with another service's identity: orders may
     //    read the catalog, and nothing else it does not need.
     let orders_identity = Identities::dir_in(stack.dir(), "orders");
-    let as_orders = channel_as(catalog, &orders_identity).await.unwrap();
+    let as_orders = catalog.channel_as(&orders_identity).await.unwrap();
     let read = CatalogServiceClient::new(as_orders.clone())
         .get_product(GetProductRequest {
             product_id: uuid::Uuid::new_v4().to_string(),
@@ -141,7 +125,7 @@ async fn every_attack_on_the_internal_ports_is_refused() {
             .contains("sa/orders may not call /shop.catalog.v1.CatalogService/CreateProduct"),
         "{write:?}"
     );
-    let stock = InventoryServiceClient::new(channel_as(inventory, &orders_identity).await.unwrap())
+    let stock = InventoryServiceClient::new(inventory.channel_as(&orders_identity).await.unwrap())
         .set_stock(SetStockRequest {
             product_id: uuid::Uuid::new_v4().to_string(),
             available: 1_000_000,

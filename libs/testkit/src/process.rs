@@ -162,16 +162,34 @@ impl ServiceProcess {
         self.connect(crate::identities::client_tls).await
     }
 
+    /// A channel to it presenting the identity in `dir` (another workload's,
+    /// as `Identities::dir_in` names it, or one a test minted): how a test
+    /// calls as someone other than the operator. Fails if the handshake does.
+    pub async fn channel_as(&self, dir: &Path) -> anyhow::Result<tonic::transport::Channel> {
+        self.open(Some(crate::identities::client_tls(dir)?)).await
+    }
+
     /// A channel to it, with the TLS `tls` makes of the operator's identity
     /// directory when it serves TLS, plaintext otherwise.
     async fn connect(
         &self,
         tls: fn(&Path) -> anyhow::Result<tonic::transport::ClientTlsConfig>,
     ) -> anyhow::Result<tonic::transport::Channel> {
+        let tls = match &self.client_identity {
+            Some(dir) => Some(tls(dir)?),
+            None => None,
+        };
+        self.open(tls).await
+    }
+
+    async fn open(
+        &self,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> anyhow::Result<tonic::transport::Channel> {
         let mut endpoint = tonic::transport::Endpoint::from_shared(self.url())?
             .connect_timeout(Duration::from_secs(5));
-        if let Some(dir) = &self.client_identity {
-            endpoint = endpoint.tls_config(tls(dir)?)?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
         }
         Ok(endpoint.connect().await?)
     }
