@@ -218,7 +218,8 @@ async fn the_kill_switch_sheds_the_inventory_fan_out_within_the_watch_interval_a
         answers.len()
     );
 
-    // FlagsAdmin counted the gateway's evaluations by variant.
+    // FlagsAdmin counted the gateway's evaluations by variant, asked as a
+    // boolean.
     let list = admin(&shop, "gateway")
         .await
         .list_flags(ListFlagsRequest {})
@@ -230,6 +231,7 @@ async fn the_kill_switch_sheds_the_inventory_fan_out_within_the_watch_interval_a
         kill.evaluations["on"] > 0 && kill.evaluations["off"] > 0,
         "{kill:?}"
     );
+    assert_eq!(kill.asked_as, "bool", "{kill:?}");
     assert_eq!(list.sources.len(), 1);
     assert!(
         list.sources[0].last_error.is_empty(),

@@ -152,6 +152,7 @@ impl pb::flags_admin_service_server::FlagsAdminService for FlagsAdmin {
                     evaluations: counts.by_variant.into_iter().collect(),
                     errors: counts.errors,
                     last_error: counts.last_error.unwrap_or_default(),
+                    asked_as: counts.asked_as.map(|t| t.to_string()).unwrap_or_default(),
                 }
             })
             .collect();
@@ -165,6 +166,7 @@ impl pb::flags_admin_service_server::FlagsAdminService for FlagsAdmin {
             .map(|(key, c)| pb::UndefinedFlag {
                 key,
                 evaluations: c.errors + c.by_variant.values().sum::<u64>(),
+                asked_as: c.asked_as.map(|t| t.to_string()).unwrap_or_default(),
             })
             .collect();
         undefined.sort_by(|a, b| a.key.cmp(&b.key));

@@ -4,7 +4,8 @@
 //! distinct error of a flag: a hot path does not flood the log).
 
 use open_feature::{
-    EvaluationDetails, EvaluationError, EvaluationErrorCode, Hook, HookContext, HookHints, Value,
+    EvaluationDetails, EvaluationError, EvaluationErrorCode, Hook, HookContext, HookHints, Type,
+    Value,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,8 @@ pub(crate) struct Counts {
     pub(crate) errors: u64,
     /// What the newest failed evaluation said.
     pub(crate) last_error: Option<String>,
+    /// The type the code asked for, at its newest evaluation.
+    pub(crate) asked_as: Option<Type>,
 }
 
 /// Counts of every flag evaluated, by key.
@@ -77,6 +80,7 @@ impl Hook for Counting {
         );
         self.0.count(context.flag_key, |c| {
             *c.by_variant.entry(variant).or_default() += 1;
+            c.asked_as = Some(context.flag_type.clone());
         });
         Ok(())
     }
@@ -92,6 +96,7 @@ impl Hook for Counting {
         // Logged when it changes, not on every call of a hot path.
         let new = self.0.count(context.flag_key, |c| {
             c.errors += 1;
+            c.asked_as = Some(context.flag_type.clone());
             let new = c.last_error.as_deref() != Some(text.as_str());
             c.last_error = Some(text.clone());
             new

@@ -135,10 +135,16 @@ impl Flags {
         }
     }
 
-    /// How `key` resolves for `context`, untyped and uncounted: what
-    /// FlagsAdmin's EvaluateFlag answers.
+    /// How `key` resolves for `context`, uncounted: what FlagsAdmin's
+    /// EvaluateFlag answers. Typed as the code asked for it at its newest
+    /// evaluation (a variant of another type is the TYPE_MISMATCH the code
+    /// got); untyped until the code has asked.
     pub fn explain(&self, key: &str, context: &EvaluationContext) -> Resolution {
-        self.provider.resolve(key, context)
+        let resolution = self.provider.resolve(key, context);
+        match self.stats.of(key).asked_as {
+            Some(kind) => resolution.typed_as(key, &kind),
+            None => resolution,
+        }
     }
 
     /// Reads the files again now; how many changed files were applied.
@@ -247,10 +253,29 @@ mod tests {
             f.explain("off", &user("u")).reason,
             EvaluationReason::Disabled
         );
-        // A number asked for as a boolean.
+        // A number asked for as a boolean: the code's default, and
+        // explained as the code got it.
+        assert_eq!(
+            f.explain("minimum", &user("u")).value,
+            Some(serde_json::json!(0)),
+            "untyped before the code asks"
+        );
         assert!(f.bool("minimum", true, &user("u")).await);
         let counts = f.stats.of("minimum");
         assert_eq!(counts.errors, 1);
+        assert_eq!(counts.asked_as, Some(open_feature::Type::Bool));
+        let r = f.explain("minimum", &user("u"));
+        assert_eq!((r.reason, r.value), (EvaluationReason::Error, None));
+        let e = r.error.unwrap();
+        assert_eq!(e.code, open_feature::EvaluationErrorCode::TypeMismatch);
+        assert!(
+            e.message.as_deref().unwrap().contains("asks for a bool"),
+            "{e:?}"
+        );
+        assert_eq!(
+            f.explain("kill", &user("u")).value,
+            Some(serde_json::json!(true))
+        );
         assert_eq!(f.stats.of("off").by_variant.get(""), Some(&1));
         assert_eq!(f.stats.of("kill").by_variant.values().sum::<u64>(), 0);
     }

@@ -14,12 +14,13 @@ use crate::store::Store;
 use flagd_evaluation_engine::Operator;
 use open_feature::provider::{FeatureProvider, ProviderMetadata, ResolutionDetails};
 use open_feature::{
-    EvaluationContext, EvaluationError, EvaluationErrorCode, EvaluationReason, StructValue,
+    EvaluationContext, EvaluationError, EvaluationErrorCode, EvaluationReason, StructValue, Type,
 };
 use serde_json::Value;
 use std::sync::Arc;
 
-/// How one flag resolved for one context, before typing.
+/// How one flag resolved for one context (untyped unless made
+/// typed as the code asks for the flag).
 #[derive(Debug, Clone)]
 pub struct Resolution {
     /// The variant's value; `None` when the code's default applies.
@@ -132,7 +133,7 @@ impl FileProvider {
         &self,
         key: &str,
         context: &EvaluationContext,
-        expected: &str,
+        kind: &Type,
         convert: impl Fn(&Value) -> Option<T>,
     ) -> Result<ResolutionDetails<T>, EvaluationError> {
         let r = self.resolve(key, context);
@@ -141,12 +142,7 @@ impl FileProvider {
         }
         let value = match &r.value {
             None => T::default(),
-            Some(v) => convert(v).ok_or_else(|| {
-                error(
-                    EvaluationErrorCode::TypeMismatch,
-                    format!("flag {key:?} is {v}, not a {expected}"),
-                )
-            })?,
+            Some(v) => convert(v).ok_or_else(|| type_mismatch(key, v, kind))?,
         };
         Ok(ResolutionDetails {
             value,
@@ -154,6 +150,35 @@ impl FileProvider {
             reason: Some(r.reason),
             flag_metadata: None,
         })
+    }
+}
+
+fn type_mismatch(key: &str, value: &Value, kind: &Type) -> EvaluationError {
+    error(
+        EvaluationErrorCode::TypeMismatch,
+        format!("flag {key:?} is {value}, and the code asks for a {kind}"),
+    )
+}
+
+impl Resolution {
+    /// This resolution as code asking for a `kind` flag gets it: a variant
+    /// of another type is its TYPE_MISMATCH error (and the code's default).
+    pub(crate) fn typed_as(self, key: &str, kind: &Type) -> Self {
+        let Some(value) = &self.value else {
+            return self;
+        };
+        let fits = match kind {
+            Type::Bool => value.is_boolean(),
+            Type::Int => whole(value).is_some(),
+            Type::Float => value.is_number(),
+            Type::String => value.is_string(),
+            Type::Array => value.is_array(),
+            Type::Struct => to_struct(value).is_some(),
+        };
+        if fits {
+            return self;
+        }
+        Self::failed(type_mismatch(key, value, kind), self.source)
     }
 }
 
@@ -207,7 +232,7 @@ impl FeatureProvider for FileProvider {
         flag_key: &str,
         evaluation_context: &EvaluationContext,
     ) -> Result<ResolutionDetails<bool>, EvaluationError> {
-        self.typed(flag_key, evaluation_context, "boolean", Value::as_bool)
+        self.typed(flag_key, evaluation_context, &Type::Bool, Value::as_bool)
     }
 
     async fn resolve_int_value(
@@ -216,7 +241,7 @@ impl FeatureProvider for FileProvider {
         evaluation_context: &EvaluationContext,
     ) -> Result<ResolutionDetails<i64>, EvaluationError> {
         // A whole number written as 1000.0 is an integer too.
-        self.typed(flag_key, evaluation_context, "integer", whole)
+        self.typed(flag_key, evaluation_context, &Type::Int, whole)
     }
 
     async fn resolve_float_value(
@@ -224,7 +249,7 @@ impl FeatureProvider for FileProvider {
         flag_key: &str,
         evaluation_context: &EvaluationContext,
     ) -> Result<ResolutionDetails<f64>, EvaluationError> {
-        self.typed(flag_key, evaluation_context, "number", Value::as_f64)
+        self.typed(flag_key, evaluation_context, &Type::Float, Value::as_f64)
     }
 
     async fn resolve_string_value(
@@ -232,7 +257,7 @@ impl FeatureProvider for FileProvider {
         flag_key: &str,
         evaluation_context: &EvaluationContext,
     ) -> Result<ResolutionDetails<String>, EvaluationError> {
-        self.typed(flag_key, evaluation_context, "string", |v| {
+        self.typed(flag_key, evaluation_context, &Type::String, |v| {
             v.as_str().map(str::to_string)
         })
     }
@@ -242,6 +267,6 @@ impl FeatureProvider for FileProvider {
         flag_key: &str,
         evaluation_context: &EvaluationContext,
     ) -> Result<ResolutionDetails<StructValue>, EvaluationError> {
-        self.typed(flag_key, evaluation_context, "object", to_struct)
+        self.typed(flag_key, evaluation_context, &Type::Struct, to_struct)
     }
 }
