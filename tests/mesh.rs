@@ -72,7 +72,7 @@ async fn a_replica_failing_everything_is_ejected_and_almost_every_call_succeeds(
         number(failing, "attempts") * 20 < total,
         "it took little of the load: {listing}"
     );
-    let counters = catalog_counters(&mesh).await;
+    let counters = mesh.catalog_counters().await;
     assert!(counters.ejections >= 1, "{counters:?}");
 }
 
@@ -99,7 +99,7 @@ async fn all_replicas_failing_make_calls_fail_fast_within_the_retry_budget() {
         "fail fast: {:?}",
         outcomes.iter().map(|o| o.latency).max()
     );
-    let counters = catalog_counters(&mesh).await;
+    let counters = mesh.catalog_counters().await;
     let allowed = counters.calls as f64 * 0.2 + 10.0 * (elapsed.as_secs_f64() + 10.0);
     assert!(
         (counters.retries as f64) <= allowed,
@@ -174,22 +174,4 @@ async fn a_deadline_given_at_the_edge_is_honoured_across_every_hop() {
     })
     .await
     .unwrap();
-}
-
-/// orders' client counters for its catalog upstream, from MeshAdmin.
-async fn catalog_counters(mesh: &Mesh) -> shop_proto::shop::mesh::v1::ClientCounters {
-    let stats = mesh
-        .admin("orders")
-        .await
-        .get_stats(GetStatsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    stats
-        .upstreams
-        .into_iter()
-        .find(|u| u.upstream == "catalog")
-        .expect("catalog upstream stats")
-        .counters
-        .unwrap_or_default()
 }

@@ -5,8 +5,8 @@
 use shop_proto::shop::catalog::v1::CreateProductRequest;
 use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
 use shop_proto::shop::common::v1::Money;
-use shop_proto::shop::mesh::v1::GetPolicyRequest;
 use shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
+use shop_proto::shop::mesh::v1::{ClientCounters, GetPolicyRequest, GetStatsRequest};
 use shop_proto::shop::orders::v1::order_service_client::OrderServiceClient;
 use shop_proto::shop::orders::v1::{NewOrderLine, PlaceOrderRequest};
 use shop_testkit::eventually;
@@ -95,6 +95,24 @@ impl Mesh {
 
     pub async fn admin(&self, instance: &str) -> MeshAdminServiceClient<Channel> {
         MeshAdminServiceClient::new(self.stack.service(instance).channel().await.unwrap())
+    }
+
+    /// orders' client counters for its catalog upstream, from MeshAdmin.
+    pub async fn catalog_counters(&self) -> ClientCounters {
+        let stats = self
+            .admin("orders")
+            .await
+            .get_stats(GetStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        stats
+            .upstreams
+            .into_iter()
+            .find(|u| u.upstream == "catalog")
+            .expect("catalog upstream stats")
+            .counters
+            .unwrap_or_default()
     }
 
     pub fn request(&self) -> PlaceOrderRequest {
