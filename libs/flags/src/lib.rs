@@ -269,7 +269,10 @@ mod tests {
         let e = r.error.unwrap();
         assert_eq!(e.code, open_feature::EvaluationErrorCode::TypeMismatch);
         assert!(
-            e.message.as_deref().unwrap().contains("asks for a bool"),
+            e.message
+                .as_deref()
+                .unwrap()
+                .contains("(variant \"none\"), and the code asks for it as bool"),
             "{e:?}"
         );
         assert_eq!(

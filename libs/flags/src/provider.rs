@@ -142,7 +142,9 @@ impl FileProvider {
         }
         let value = match &r.value {
             None => T::default(),
-            Some(v) => convert(v).ok_or_else(|| type_mismatch(key, v, kind))?,
+            Some(v) => {
+                convert(v).ok_or_else(|| type_mismatch(key, r.variant.as_deref(), v, kind))?
+            }
         };
         Ok(ResolutionDetails {
             value,
@@ -153,10 +155,13 @@ impl FileProvider {
     }
 }
 
-fn type_mismatch(key: &str, value: &Value, kind: &Type) -> EvaluationError {
+fn type_mismatch(key: &str, variant: Option<&str>, value: &Value, kind: &Type) -> EvaluationError {
+    let variant = variant
+        .map(|v| format!(" (variant {v:?})"))
+        .unwrap_or_default();
     error(
         EvaluationErrorCode::TypeMismatch,
-        format!("flag {key:?} is {value}, and the code asks for a {kind}"),
+        format!("flag {key:?} is {value}{variant}, and the code asks for it as {kind}"),
     )
 }
 
@@ -178,7 +183,10 @@ impl Resolution {
         if fits {
             return self;
         }
-        Self::failed(type_mismatch(key, value, kind), self.source)
+        Self::failed(
+            type_mismatch(key, self.variant.as_deref(), value, kind),
+            self.source,
+        )
     }
 }
 

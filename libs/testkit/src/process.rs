@@ -164,8 +164,16 @@ impl ServiceProcess {
 
     /// A channel to it presenting the identity in `dir` (another workload's,
     /// as `Identities::dir_in` names it, or one a test minted): how a test
-    /// calls as someone other than the operator. Fails if the handshake does.
+    /// calls as someone other than the operator. An error if the service
+    /// serves plaintext (no identity could be presented) or the connection
+    /// fails; a server that refuses the certificate after the TLS 1.3
+    /// handshake fails the first call instead.
     pub async fn channel_as(&self, dir: &Path) -> anyhow::Result<tonic::transport::Channel> {
+        anyhow::ensure!(
+            self.is_tls(),
+            "{} serves plaintext: no identity can be presented",
+            self.name
+        );
         self.open(Some(crate::identities::client_tls(dir)?)).await
     }
 
