@@ -77,14 +77,19 @@ async fn a_frozen_replica_is_ejected_by_keepalive_and_costs_callers_nothing_afte
     assert!(after.len() > 50, "steady load after: {}", after.len());
     let errors: Vec<_> = after.iter().filter(|o| o.code != Code::Ok).collect();
     assert!(errors.is_empty(), "errors after the ejection: {errors:?}");
-    let settled = window(freeze_at + Duration::from_secs(2), Duration::from_secs(13));
+    // Settled: from the ejection (and at least 2 s after the freeze). A
+    // call the frozen replica held would wait for the keepalive to fail
+    // (1 s for the PONG); the bound is half of that over the p99 before the
+    // freeze, far from both outcomes, so a loaded machine does not decide
+    // it (speed itself is `just bench`'s).
+    let settled = window(
+        ejected_at.max(freeze_at + Duration::from_secs(2)),
+        Duration::from_secs(13),
+    );
     let (p99_before, p99_settled) = (p99(&before), p99(&settled));
-    eprintln!("p99 before the freeze {p99_before:?}, from 2 s after it {p99_settled:?}");
+    eprintln!("p99 before the freeze {p99_before:?}, settled after it {p99_settled:?}");
     assert!(
-        p99_settled
-            <= p99_before
-                .mul_f64(1.5)
-                .max(p99_before + Duration::from_millis(20)),
+        p99_settled < p99_before + Duration::from_millis(500),
         "p99 {p99_settled:?} against {p99_before:?} before the freeze"
     );
 }

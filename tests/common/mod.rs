@@ -398,6 +398,22 @@ impl Saga {
         .map_err(|e| e.to_string())
     }
 
+    /// Waits (at most `within`) until the outboxes of orders, inventory and
+    /// payments are published, every row exactly once. The relay marks a row
+    /// published only after the stream's ack, so this lags what the
+    /// invariants see.
+    pub async fn all_published_once(&self, within: Duration) {
+        for (service, stream) in [
+            ("orders", "ORDERS"),
+            ("inventory", "INVENTORY"),
+            ("payments", "PAYMENTS"),
+        ] {
+            eventually(within, || self.published_once(service, stream))
+                .await
+                .unwrap();
+        }
+    }
+
     /// Rows in the outbox of `service` and messages in its stream: equal
     /// when every event was published exactly once.
     pub async fn published_once(&self, service: &str, stream: &str) -> Result<(), String> {
