@@ -195,6 +195,14 @@ mod tests {
         std::fs::rename(&tmp, path).unwrap();
     }
 
+    /// A file of one enabled flag `key` whose only variant `a` is `value`.
+    fn one_flag(key: &str, value: serde_json::Value) -> String {
+        serde_json::json!({"flags": {key: {
+            "state": "ENABLED", "variants": {"a": value}, "defaultVariant": "a"
+        }}})
+        .to_string()
+    }
+
     async fn flags(dir: &Path, text: &str) -> Flags {
         let path = dir.join("flags.json");
         write(&path, text);
@@ -357,10 +365,7 @@ mod tests {
         assert!(refused.error.contains("flag \"k\""), "{}", refused.error);
         assert!(snapshot.sources[0].loaded_at.is_none());
         // Fixed: applied.
-        write(
-            &bad,
-            r#"{"flags": {"k": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}"#,
-        );
+        write(&bad, &one_flag("k", serde_json::json!(1)));
         assert_eq!(f.reload(), 1);
         assert_eq!(f.int("k", 7, &user("u")).await, 1);
 
@@ -373,28 +378,16 @@ mod tests {
             dir.path().join("three.json"),
         );
         write(&one, FILE);
-        write(
-            &two,
-            r#"{"flags": {"other": {"state": "ENABLED", "variants": {"a": true}, "defaultVariant": "a"}}}"#,
-        );
-        write(
-            &three,
-            r#"{"flags": {"third": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}"#,
-        );
+        write(&two, &one_flag("other", serde_json::json!(true)));
+        write(&three, &one_flag("third", serde_json::json!(1)));
         let f = Flags::load(&FlagSettings {
             files: vec![one, two.clone(), three.clone()],
             ..FlagSettings::default()
         })
         .await
         .unwrap();
-        write(
-            &two,
-            r#"{"flags": {"kill": {"state": "ENABLED", "variants": {"a": false}, "defaultVariant": "a"}}}"#,
-        );
-        write(
-            &three,
-            r#"{"flags": {"third": {"state": "ENABLED", "variants": {"a": 3}, "defaultVariant": "a"}}}"#,
-        );
+        write(&two, &one_flag("kill", serde_json::json!(false)));
+        write(&three, &one_flag("third", serde_json::json!(3)));
         assert_eq!(f.reload(), 1, "three applied, two refused");
         assert!(f.bool("kill", false, &user("u")).await, "one's kill stays");
         assert!(
