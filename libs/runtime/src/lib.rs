@@ -64,6 +64,9 @@ where
             return ExitCode::FAILURE;
         }
     };
+    // Listening from here on: a stop asked for while the service starts is
+    // a drain, not the signal's default kill.
+    let shutdown = shutdown::signal();
     let app = match build(settings).await {
         Ok(app) => match &file {
             Some(file) => app.watch_config(config::ConfigSource {
@@ -79,7 +82,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match app.run_until(shutdown::signal()).await {
+    match app.run_until(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "server failed");
