@@ -149,6 +149,18 @@ pub struct ServerSettings {
     /// (flagd definitions), reloaded live; see `shop_flags`.
     #[serde(default)]
     pub flags: shop_flags::FlagSettings,
+    /// `[server.connections]`: what one client, and all of them, may hold
+    /// of the port (see [`crate::listener::ConnectionLimits`]).
+    #[serde(default)]
+    pub connections: crate::listener::ConnectionLimits,
+    /// Whether the port serves reflection (v1 and v1alpha). On by default;
+    /// the gateway's public port turns it off unless configured.
+    #[serde(default = "default_reflection")]
+    pub reflection: bool,
+}
+
+fn default_reflection() -> bool {
+    true
 }
 
 fn default_grace() -> Duration {

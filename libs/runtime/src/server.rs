@@ -52,6 +52,8 @@ pub struct Application {
     identity: Option<(Identity, Duration)>,
     health_listener: Option<TcpListener>,
     flags: shop_flags::Flags,
+    connections: crate::listener::ConnectionLimits,
+    reflection: bool,
 }
 
 /// Work a service runs beside its server (an outbox relay, a consumer):
@@ -80,6 +82,8 @@ impl Application {
     /// configured, writes the bound address to `settings.addr_file`.
     pub async fn bind(name: &'static str, settings: &ServerSettings) -> anyhow::Result<Self> {
         settings.mesh.validate()?;
+        settings.connections.validate()?;
+        raise_open_files_limit();
         let identity = match &settings.tls {
             Some(tls) => {
                 let identity = Identity::load(&tls.dir, tls.client_certificates)
@@ -132,6 +136,8 @@ impl Application {
             identity,
             health_listener,
             flags,
+            connections: settings.connections.clone(),
+            reflection: settings.reflection,
         })
     }
 
@@ -214,12 +220,18 @@ impl Application {
             identity,
             health_listener,
             flags,
+            connections,
+            reflection,
         } = self;
 
         mesh.admin().register_service(FLAGS_ADMIN);
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = reflection(&service_names).build_v1()?;
-        let reflection_v1alpha = reflection(&service_names).build_v1alpha()?;
+        let mut routes = routes;
+        if reflection {
+            routes = routes
+                .add_service(reflection_service(&service_names).build_v1()?)
+                .add_service(reflection_service(&service_names).build_v1alpha()?);
+        }
         let routes = routes
             .add_service(
                 shop_proto::shop::mesh::v1::mesh_admin_service_server::MeshAdminServiceServer::from_arc(
@@ -227,9 +239,7 @@ impl Application {
                 ),
             )
             .add_service(flags.admin())
-            .add_service(health_service.clone())
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+            .add_service(health_service.clone());
 
         let health = Health {
             reporter,
@@ -280,8 +290,20 @@ impl Application {
         }
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let incoming = crate::listener::incoming(listener, identity.map(|(identity, _)| identity));
+        let incoming = crate::listener::incoming(
+            listener,
+            identity.map(|(identity, _)| identity),
+            connections.clone(),
+        );
         let server = tonic::transport::Server::builder()
+            // HTTP/2 limits: a client opening more streams than this gets
+            // them refused, and header lists beyond the limit are refused,
+            // so one connection cannot take the whole process.
+            .max_concurrent_streams(connections.max_concurrent_streams)
+            .http2_max_header_list_size(connections.max_header_list_size)
+            .http2_max_pending_accept_reset_streams(Some(
+                connections.max_pending_accept_reset_streams,
+            ))
             // A span per call, a child of the caller's (its `traceparent`,
             // sent by the mesh client) when there is one, naming the caller.
             .trace_fn(|req| {
@@ -350,6 +372,22 @@ impl Application {
     }
 }
 
+/// Raises the soft limit on open files to the hard one: every connection
+/// is a file, and the connection limits, not the default soft limit of
+/// 1024, should be what refuses clients.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "could not raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read the open files limit"),
+    }
+}
+
 /// Binds `addr` and, when asked, writes the bound address to `file` (write
 /// then rename, so a reader never sees half an address); `key` names the
 /// setting in errors.
@@ -374,7 +412,9 @@ async fn bind_writing(
 /// health and reflection itself. Descriptors of every contract are
 /// registered, so message types of other packages (and `google.rpc` error
 /// details, which grpcurl then decodes) resolve.
-fn reflection(service_names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+fn reflection_service(
+    service_names: &[&'static str],
+) -> tonic_reflection::server::Builder<'static> {
     let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(shop_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -389,6 +389,12 @@ fn service_env(
                     "SHOP_GATEWAY__AUTH__KEYS_REFRESH".to_string(),
                     "200ms".to_string(),
                 ),
+                // A developer's stack: the public port serves reflection,
+                // so grpcurl reads the contract from it (off by default).
+                (
+                    "SHOP_GATEWAY__SERVER__REFLECTION".to_string(),
+                    "true".to_string(),
+                ),
             ];
             env.extend(endpoints(
                 "gateway",

@@ -86,7 +86,11 @@ async fn main() -> anyhow::Result<()> {
         .layer(layer)
         .add_service(health)
         .add_service(admin)
-        .serve_with_incoming(shop_runtime::listener::incoming(meshed_tls, Some(identity)));
+        .serve_with_incoming(shop_runtime::listener::incoming(
+            meshed_tls,
+            Some(identity),
+            shop_runtime::listener::ConnectionLimits::default(),
+        ));
     tokio::try_join!(a, b, c, d)?;
     Ok(())
 }
