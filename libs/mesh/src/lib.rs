@@ -36,6 +36,7 @@ pub mod deadline;
 pub mod discovery;
 pub mod fault;
 pub mod infrastructure;
+pub mod message_size;
 pub mod metrics;
 pub mod outlier;
 pub mod policy;

@@ -695,11 +695,25 @@ pub struct ServerPolicy {
     /// enforced on mTLS connections.
     #[serde(default)]
     pub authorization: crate::authz::AuthorizationPolicy,
+    /// The largest request message per method
+    /// ([`crate::message_size::RequestLimits`]).
+    #[serde(default)]
+    pub request_limits: crate::message_size::RequestLimits,
 }
 
 impl ServerPolicy {
     /// Refuses values that parse but make no sense, naming the key.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        let limits = &self.request_limits;
+        if let Some((key, _)) = std::iter::once(("max_bytes", &limits.max_bytes))
+            .chain(limits.methods.iter().map(|(m, b)| (m.as_str(), b)))
+            .find(|(_, bytes)| **bytes == 0)
+        {
+            return Err(PolicyError {
+                key: format!("server.mesh.request_limits.{key}"),
+                message: "must be positive".into(),
+            });
+        }
         crate::authz::validate(&self.authorization)
     }
 }
@@ -719,6 +733,7 @@ impl Default for ServerPolicy {
             fault: FaultPolicy::default(),
             methods: BTreeMap::new(),
             authorization: BTreeMap::new(),
+            request_limits: Default::default(),
         }
     }
 }

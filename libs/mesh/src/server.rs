@@ -21,6 +21,9 @@
 //!    before any work is done for it (queueing would only add latency the
 //!    caller's deadline pays for); the permit is held until the inner
 //!    future completes or is dropped;
+//!    Below it each request message is held to its method's size limit
+//!    ([`crate::message_size`]): one too large fails the call with
+//!    RESOURCE_EXHAUSTED as it arrives, before it is buffered;
 //! 5. fault injection ([`crate::fault`]) with the server policy, inside the
 //!    limit so an injected delay occupies a slot as a slow handler would;
 //! 6. the service (tonic's `Routes`), its response body boxed into
@@ -53,6 +56,7 @@
 use crate::authz::{Authorizer, Decision};
 use crate::context::with_incoming_deadline;
 use crate::fault::{Fault, FaultLayer, ServerFaults};
+use crate::message_size::LimitedBody;
 use crate::metrics::ServerMetrics;
 use crate::policy::ServerPolicy;
 use crate::stats::{self, MeshStats};
@@ -249,7 +253,9 @@ impl<S> ServerService<S> {
 
 impl<S, B> Service<http::Request<B>> for ServerService<S>
 where
-    S: Service<http::Request<B>, Response = crate::Response>,
+    S: Service<crate::Request, Response = crate::Response>,
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<crate::BoxError>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -308,6 +314,12 @@ where
                 }
             }
         };
+
+        // Each request message is checked against the method's limit as it
+        // arrives: one too large fails the call before it is buffered.
+        let limit = self.current.request_limits.for_path(request.uri().path());
+        let path = request.uri().path().to_string();
+        let request = request.map(|body| crate::Body::new(LimitedBody::new(body, limit, &path)));
 
         // tonic runs the handler when the future is polled, so it is the
         // polling that must happen inside the deadline's scope.

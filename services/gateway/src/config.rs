@@ -22,13 +22,20 @@ shop_runtime::service_config! {
     defaults = r#"
         [server]
         listen = "127.0.0.1:7100"
+        # The public port does not describe itself unless configured
+        # (`server.reflection = true`, as the local stack does).
+        reflection = false
         # End users: anyone may call the public API (tokens authenticate
-        # them, not certificates) and read its contract by reflection;
-        # MeshAdmin stays operator-only.
+        # them, not certificates) and, where it is on, read its contract by
+        # reflection; MeshAdmin stays operator-only.
         [server.mesh.authorization]
         "shop.gateway.v1.ShopGatewayService" = ["public"]
         "grpc.reflection.v1.ServerReflection" = ["public"]
         "grpc.reflection.v1alpha.ServerReflection" = ["public"]
+        # Anonymous calls carry an email and a password: a few hundred bytes.
+        [server.mesh.request_limits.methods]
+        LogIn = 4096
+        SignUp = 4096
 
         [limits.login]
         per_email = { burst = 5, refill = "12s" }
@@ -121,6 +128,16 @@ pub struct LimitSettings {
     pub login: CallLimits,
     /// `[limits.signup]`
     pub signup: CallLimits,
+    /// Buckets one table (emails, or addresses, of one call) holds at most;
+    /// beyond, idle buckets are dropped and, if none is idle, new callers
+    /// are refused until some are (memory stays bounded under a flood of
+    /// made-up emails or addresses).
+    #[serde(default = "default_max_tracked")]
+    pub max_tracked: usize,
+}
+
+fn default_max_tracked() -> usize {
+    50_000
 }
 
 /// The buckets of one call: both must have a token.
@@ -129,8 +146,8 @@ pub struct LimitSettings {
 pub struct CallLimits {
     /// One bucket per email address (normalised: trimmed, lower case).
     pub per_email: Bucket,
-    /// One bucket per peer IP address (the TCP peer; forwarded-for
-    /// headers are not trusted).
+    /// One bucket per peer address (the TCP peer's IPv4 address or IPv6
+    /// /64; forwarded-for headers are not trusted), checked first.
     pub per_peer: Bucket,
 }
 
@@ -199,6 +216,10 @@ impl Config {
             d.part_share > 0.0 && d.part_share < 1.0,
             "details.part_share must be between 0 and 1 (exclusive), got {}",
             d.part_share
+        );
+        anyhow::ensure!(
+            self.limits.max_tracked >= 1,
+            "limits.max_tracked must be at least 1"
         );
         for (name, limits) in [
             ("login", &self.limits.login),
