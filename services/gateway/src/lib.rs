@@ -56,8 +56,17 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         orders: OrderServiceClient::new(mesh.upstream("orders", &u.orders)?),
         payments: PaymentServiceClient::new(mesh.upstream("payments", &u.payments)?),
     };
-    let login = Arc::new(limits::Limiter::new("log-in", &config.limits.login));
-    let signup = Arc::new(limits::Limiter::new("sign-up", &config.limits.signup));
+    let max_tracked = config.limits.max_tracked;
+    let login = Arc::new(limits::Limiter::new(
+        "log-in",
+        &config.limits.login,
+        max_tracked,
+    ));
+    let signup = Arc::new(limits::Limiter::new(
+        "sign-up",
+        &config.limits.signup,
+        max_tracked,
+    ));
     let api = api::GatewayApi {
         auth: auth::Authenticator::new(verifier, up.users.clone(), auth.subject_cache_ttl),
         up,

@@ -5,6 +5,11 @@
 //! the caller set none), so a slow service costs its part and not the
 //! answer: a part that fails or runs out of time is reported as a
 //! [`MissingPart`] with its reason, and the answer goes out without it.
+//!
+//! A missing part names the part and a reason code (UNAVAILABLE or
+//! DEADLINE_EXCEEDED) in words of our own: the upstream's text (which may
+//! hold addresses, identities and method names) goes to the log and the
+//! call's trace only, never to the caller, who may be anonymous.
 
 use shop_proto::shop::gateway::v1::{MissingPart, Part};
 use std::future::Future;
@@ -42,13 +47,17 @@ pub(crate) async fn fetch<T>(
     budget: Duration,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, MissingPart> {
-    let missing = |code: Code, message: String| {
+    let missing = |code: Code, cause: &str| {
         tracing::warn!(
             part = part.as_str_name(),
             ?code,
-            message,
+            cause,
             "answering without a part"
         );
+        let message = match code {
+            Code::DeadlineExceeded => format!("{} did not answer in time", part_source(part)),
+            _ => format!("{} is unavailable", part_source(part)),
+        };
         MissingPart {
             part: part as i32,
             code: code as i32,
@@ -65,12 +74,12 @@ pub(crate) async fn fetch<T>(
             };
             Err(missing(
                 code,
-                format!("{}: {}", part_source(part), status.message()),
+                &format!("{:?}: {}", status.code(), status.message()),
             ))
         }
         Err(_) => Err(missing(
             Code::DeadlineExceeded,
-            format!("{} did not answer within {budget:?}", part_source(part)),
+            &format!("no answer within {budget:?}"),
         )),
     }
 }
@@ -117,17 +126,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_part_is_missing_as_unavailable() {
-        let down = async { Err::<i32, _>(Status::unavailable("connection refused")) };
+        let down = async {
+            Err::<i32, _>(Status::unavailable(
+                "10.244.1.7:7000 (spiffe://shop.local/ns/shop/sa/inventory): connection refused",
+            ))
+        };
         let missing = fetch(Part::Stock, Duration::from_secs(1), down)
             .await
             .unwrap_err();
         assert_eq!(missing.part(), Part::Stock);
         assert_eq!(missing.code, Code::Unavailable as i32);
-        assert!(
-            missing.message.starts_with("inventory: "),
-            "{}",
-            missing.message
-        );
+        // Nothing of the upstream's own text reaches the caller.
+        assert_eq!(missing.message, "inventory is unavailable");
     }
 
     #[tokio::test(start_paused = true)]

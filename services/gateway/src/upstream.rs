@@ -32,18 +32,27 @@ pub(crate) struct Upstreams {
 /// upstream's own failure (`INTERNAL`, `UNKNOWN`...) or a refusal of the
 /// gateway itself (`PERMISSION_DENIED`, `UNAUTHENTICATED` from anything but
 /// log-in) is logged here and answered as the gateway's internal error:
-/// it is not the caller's mistake and says nothing useful to them.
+/// it is not the caller's mistake and says nothing useful to them. An
+/// upstream that cannot be reached or answers too late is named, and the
+/// mesh's own text (endpoint addresses, identities) goes to the log only.
 pub(crate) fn relay(upstream: &'static str, status: Status) -> Status {
     match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => {
+            tracing::warn!(upstream, code = ?status.code(), message = status.message(), "upstream did not answer");
+            let message = if status.code() == Code::Unavailable {
+                format!("{upstream} is unavailable; retry later")
+            } else {
+                format!("{upstream} did not answer in time")
+            };
+            Status::with_details(status.code(), message, status.details().to_vec().into())
+        }
         Code::InvalidArgument
         | Code::NotFound
         | Code::AlreadyExists
         | Code::FailedPrecondition
         | Code::OutOfRange
         | Code::ResourceExhausted
-        | Code::Aborted
-        | Code::DeadlineExceeded
-        | Code::Unavailable => Status::with_details(
+        | Code::Aborted => Status::with_details(
             status.code(),
             status.message(),
             status.details().to_vec().into(),
@@ -96,5 +105,25 @@ mod tests {
             relay("catalog", Status::cancelled("reset")).code(),
             Code::Unavailable
         );
+    }
+
+    #[test]
+    fn an_unreachable_upstream_is_named_without_the_meshs_own_text() {
+        let down = relay(
+            "inventory",
+            Status::unavailable(
+                "no endpoint: 10.244.1.7:7000 ejected (spiffe://shop.local/ns/shop/sa/inventory)",
+            ),
+        );
+        assert_eq!(down.code(), Code::Unavailable);
+        assert_eq!(down.message(), "inventory is unavailable; retry later");
+        let late = relay(
+            "orders",
+            Status::deadline_exceeded(
+                "deadline passed calling /shop.orders.v1.OrderService/GetOrder",
+            ),
+        );
+        assert_eq!(late.code(), Code::DeadlineExceeded);
+        assert_eq!(late.message(), "orders did not answer in time");
     }
 }
