@@ -35,6 +35,16 @@ pub enum ServiceError {
     /// later may succeed.
     #[error("dependency unavailable: {0}")]
     Unavailable(#[source] anyhow::Error),
+    /// The service is at a limit it keeps to stay healthy (hashes queued,
+    /// connections busy): refused before any work, to be retried after
+    /// `retry_after`.
+    #[error("overloaded: {message}")]
+    Overloaded {
+        /// What is at its limit, for the caller.
+        message: String,
+        /// When a retry has a chance.
+        retry_after: std::time::Duration,
+    },
     /// A bug or an unexpected failure on our side.
     #[error("internal error: {0:#}")]
     Internal(#[source] anyhow::Error),
@@ -102,12 +112,31 @@ impl From<ServiceError> for Status {
                 tracing::warn!(error = format!("{cause:#}"), "dependency unavailable");
                 Status::unavailable("a dependency of this service is unavailable; retry later")
             }
+            ServiceError::Overloaded {
+                message,
+                retry_after,
+            } => overloaded(&message, retry_after),
             ServiceError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");
                 Status::internal("internal error")
             }
         }
     }
+}
+
+/// `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` and the mesh's
+/// `grpc-retry-pushback-ms`, so both people and mesh clients know when to
+/// come back.
+pub fn overloaded(message: &str, retry_after: std::time::Duration) -> Status {
+    let mut status = Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("{message}; retry later"),
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    );
+    if let Ok(ms) = retry_after.as_millis().to_string().parse() {
+        status.metadata_mut().insert("grpc-retry-pushback-ms", ms);
+    }
+    status
 }
 
 /// Per-field problems with a request, gathered before anything is written.
@@ -189,6 +218,24 @@ mod tests {
             .collect();
         assert_eq!(fields, ["email", "password"]);
         assert!(status.message().contains("email: must contain one @"));
+    }
+
+    #[test]
+    fn overload_is_resource_exhausted_with_retry_info_and_pushback() {
+        let status: Status = ServiceError::Overloaded {
+            message: "too many password checks at once".into(),
+            retry_after: std::time::Duration::from_millis(250),
+        }
+        .into();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            status.metadata().get("grpc-retry-pushback-ms").unwrap(),
+            "250"
+        );
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl UserService for UsersApi {
             .passwords
             .hash(req.password)
             .await
-            .map_err(ServiceError::Internal)?;
+            .map_err(ServiceError::from)?;
         // The account and its UserRegistered event commit together.
         let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
         let row = store::insert(
@@ -147,12 +147,7 @@ impl UserService for UsersApi {
         v.into_result()?;
         let id = id.expect("checked above");
         let hash = match req.password {
-            Some(p) => Some(
-                self.passwords
-                    .hash(p)
-                    .await
-                    .map_err(ServiceError::Internal)?,
-            ),
+            Some(p) => Some(self.passwords.hash(p).await.map_err(ServiceError::from)?),
             None => None,
         };
         let row = store::update(
@@ -203,7 +198,7 @@ impl UserService for UsersApi {
             .passwords
             .verify(req.password, user.as_ref().map(|u| u.password_hash.clone()))
             .await
-            .map_err(ServiceError::Internal)?;
+            .map_err(ServiceError::from)?;
         let Some(user) = user.filter(|_| matches) else {
             return Err(ServiceError::Unauthenticated(BAD_CREDENTIALS.into()).into());
         };

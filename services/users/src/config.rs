@@ -53,6 +53,11 @@ pub struct AuthSettings {
     /// Defaults to the number of CPUs.
     #[serde(default)]
     pub hash_concurrency: Option<usize>,
+    /// Hashes queued beyond those running; more are refused at once with
+    /// RESOURCE_EXHAUSTED and a retry time. Defaults to eight per running
+    /// hash (a queue of a few hundred milliseconds).
+    #[serde(default)]
+    pub hash_queue: Option<usize>,
 }
 
 impl AuthSettings {
@@ -71,6 +76,11 @@ impl AuthSettings {
         self.hash_concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
             .max(1)
+    }
+
+    /// How many hashes may wait for a permit.
+    pub fn hash_waiting(&self) -> usize {
+        self.hash_queue.unwrap_or(8 * self.hash_permits())
     }
 }
 

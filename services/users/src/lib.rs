@@ -46,7 +46,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         auth.token_ttl,
     )
     .with_context(|| format!("auth.signing_key_file {}", auth.signing_key_file.display()))?;
-    let passwords = password::Passwords::new(auth.hash_permits());
+    let passwords = password::Passwords::new(auth.hash_permits(), auth.hash_waiting());
     let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
     let events = shop_events::Events::connect("users", &config.events).await?;
     let api = api::UsersApi::new(pool.clone(), tokens, passwords, events.clone());

@@ -6,7 +6,10 @@
 //! on the blocking pool; the rest wait for a permit. Waiting is where a
 //! burst queues, and a caller that gives up there (its deadline passed and
 //! the server dropped its call, or it disconnected) leaves the queue: its
-//! hash is never started.
+//! hash is never started. The queue is bounded too (`max_waiting`): beyond
+//! it a call is refused at once with [`Busy`] (RESOURCE_EXHAUSTED with a
+//! retry time), so a burst from a few addresses cannot make every other
+//! user's log-in wait out its deadline.
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -14,10 +17,39 @@ use std::sync::{Arc, LazyLock};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-/// Hashes and verifies passwords, at most `permits` at a time.
+/// Hashes and verifies passwords, at most `permits` at a time and
+/// `max_waiting` more queued.
 #[derive(Clone, Debug)]
 pub(crate) struct Passwords {
     permits: Arc<Semaphore>,
+    /// Running plus waiting: one token per admitted call.
+    admitted: Arc<Semaphore>,
+}
+
+/// Why a password could not be checked or hashed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PasswordError {
+    /// The queue is full: come back later.
+    #[error("too many password checks at once")]
+    Busy,
+    /// Hashing failed (a bug, or a stored hash that is not one).
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// How long a refused caller is told to wait: about one hash.
+const BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl From<PasswordError> for shop_runtime::ServiceError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy => shop_runtime::ServiceError::Overloaded {
+                message: e.to_string(),
+                retry_after: BUSY_RETRY_AFTER,
+            },
+            PasswordError::Failed(cause) => shop_runtime::ServiceError::Internal(cause),
+        }
+    }
 }
 
 /// A hash of a password nobody has, checked when the email is unknown so
@@ -31,15 +63,17 @@ static DECOY_HASH: LazyLock<String> = LazyLock::new(|| {
 });
 
 impl Passwords {
-    pub(crate) fn new(permits: usize) -> Self {
+    pub(crate) fn new(permits: usize, max_waiting: usize) -> Self {
+        let permits = permits.max(1);
         Self {
-            permits: Arc::new(Semaphore::new(permits.max(1))),
+            permits: Arc::new(Semaphore::new(permits)),
+            admitted: Arc::new(Semaphore::new(permits + max_waiting)),
         }
     }
 
     /// Hashes `password` with argon2id (default parameters: 19 MiB, 2
     /// passes) into a PHC string.
-    pub(crate) async fn hash(&self, password: String) -> anyhow::Result<String> {
+    pub(crate) async fn hash(&self, password: String) -> Result<String, PasswordError> {
         self.run(move || {
             let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
             Argon2::default()
@@ -48,6 +82,7 @@ impl Passwords {
                 .map_err(|e| anyhow::anyhow!("argon2: {e}"))
         })
         .await?
+        .map_err(PasswordError::Failed)
     }
 
     /// Whether `password` matches `hash` (a PHC string); `None` checks the
@@ -56,7 +91,7 @@ impl Passwords {
         &self,
         password: String,
         hash: Option<String>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, PasswordError> {
         self.run(move || {
             let decoy = hash.is_none();
             let hash = hash.unwrap_or_else(|| DECOY_HASH.clone());
@@ -68,21 +103,33 @@ impl Passwords {
             Ok(matches && !decoy)
         })
         .await?
+        .map_err(PasswordError::Failed)
     }
 
-    /// Runs `work` on the blocking pool once a permit is free. The permit
-    /// goes with the work, so it is released when the work ends even if
-    /// the caller has gone by then.
+    /// Runs `work` on the blocking pool once a permit is free, or refuses
+    /// it at once when the queue is full. The permits go with the work, so
+    /// they are released when the work ends even if the caller has gone.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> anyhow::Result<T> {
-        let permit = self.permits.clone().acquire_owned().await?;
-        Ok(tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+    ) -> Result<T, PasswordError> {
+        let admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PasswordError::Busy)?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| PasswordError::Failed(e.into()))?;
+        tokio::task::spawn_blocking(move || {
+            let _permits = (permit, admitted);
             work()
         })
-        .await?)
+        .await
+        .map_err(|e| PasswordError::Failed(e.into()))
     }
 }
 
@@ -94,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_only_their_password() {
-        let passwords = Passwords::new(2);
+        let passwords = Passwords::new(2, 16);
         let hash = passwords.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
         assert!(
@@ -114,7 +161,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_more_than_the_permits_run_at_once() {
-        let passwords = Passwords::new(2);
+        let passwords = Passwords::new(2, 16);
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let calls = (0..16).map(|_| {
@@ -133,8 +180,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn beyond_the_queue_calls_are_refused_at_once() {
+        let passwords = Passwords::new(1, 2);
+        let held = passwords.permits.clone().acquire_owned().await.unwrap();
+        // One running (held above stands for it) and two waiting...
+        let running = passwords.run(|| ());
+        let waiting: Vec<_> = (0..2).map(|_| passwords.run(|| ())).collect();
+        let mut queued = Box::pin(futures::future::join(
+            running,
+            futures::future::join_all(waiting),
+        ));
+        assert!(futures::poll!(queued.as_mut()).is_pending());
+        // ...and the next is refused without waiting.
+        let refused = passwords.run(|| ()).await.unwrap_err();
+        assert!(matches!(refused, PasswordError::Busy));
+        let status = tonic::Status::from(shop_runtime::ServiceError::from(refused));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        drop(held);
+        let (first, rest) = queued.await;
+        first.unwrap();
+        assert!(rest.into_iter().all(|r| r.is_ok()));
+    }
+
+    #[tokio::test]
     async fn work_whose_caller_has_gone_is_not_started() {
-        let passwords = Passwords::new(1);
+        let passwords = Passwords::new(1, 4);
         let held = passwords.permits.clone().acquire_owned().await.unwrap();
         let started = Arc::new(AtomicUsize::new(0));
         let seen = started.clone();
