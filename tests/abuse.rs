@@ -1,0 +1,301 @@
+//! The gateway under abuse, one attack per test, against the real gateway
+//! process (TLS on its public port) with users behind it:
+//!
+//! - a flood of sockets that never start or never finish their TLS
+//!   handshake does not keep a fresh client out;
+//! - log-ins with megabyte emails are refused before they cost memory;
+//! - a client opening far more streams than the cap on one connection has
+//!   them refused, and the gateway's memory stays bounded.
+
+mod common;
+
+use common::gateway::end_user;
+use futures::StreamExt as _;
+use shop_proto::shop::gateway::v1::LogInRequest;
+use shop_proto::shop::gateway::v1::shop_gateway_service_client::ShopGatewayServiceClient;
+use shop_testkit::process::ServiceProcess;
+use shop_testkit::stack::Stack;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The gateway and what it calls; sign-ups from 127.0.0.1 are not limited
+/// (the tests make their users).
+async fn gateway_stack() -> Stack {
+    raise_open_files_limit();
+    common::gateway::Shop::start(BTreeMap::new()).await.stack
+}
+
+/// The test holds over a thousand sockets at once.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+}
+
+/// The resident memory of `process`, in bytes.
+fn rss(process: &ServiceProcess) -> u64 {
+    let pid = process.pid().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib * 1024
+}
+
+/// How long a new client takes to connect (TLS) and get a health answer.
+async fn fresh_client_served(gateway: &ServiceProcess) -> Duration {
+    let started = Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(8), async {
+        let channel = gateway.public_channel().await?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await?;
+        anyhow::Ok(())
+    })
+    .await;
+    match answered {
+        Ok(Ok(())) => started.elapsed(),
+        Ok(Err(error)) => panic!("a fresh client failed: {error:#}"),
+        Err(_) => panic!("a fresh client was not served within 8 s"),
+    }
+}
+
+/// The first bytes of a TLS ClientHello announcing 508 bytes, then
+/// nothing: a client that stalls mid-handshake.
+const PARTIAL_CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
+
+#[tokio::test]
+async fn silent_and_stalled_handshakes_do_not_keep_a_fresh_client_out() {
+    let stack = gateway_stack().await;
+    let gateway = stack.service("gateway");
+    let addr = gateway.addr();
+
+    // 1,000 sockets that never say a word and 200 that stop in the middle
+    // of their ClientHello, all from this host (the fresh client's own
+    // address, so no per-address limit can tell them apart).
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    for _ in 0..200 {
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        socket.write_all(PARTIAL_CLIENT_HELLO).await.unwrap();
+        held.push(socket);
+    }
+    // And the attack goes on while fresh clients come: a silent socket
+    // every 5 ms for 3 s.
+    let attacker = tokio::spawn(async move {
+        let mut more = Vec::new();
+        for _ in 0..600 {
+            if let Ok(socket) = TcpStream::connect(addr).await {
+                more.push(socket);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        more
+    });
+
+    for attempt in 0..3 {
+        let took = fresh_client_served(gateway).await;
+        println!("fresh client {attempt} during the attack: served in {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "fresh client {attempt} took {took:?} during the attack"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let more = attacker.await.unwrap();
+    let took = fresh_client_served(gateway).await;
+    println!(
+        "fresh client after {} attacking sockets: served in {took:?}",
+        held.len() + more.len()
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    drop(held);
+    drop(more);
+}
+
+#[tokio::test]
+async fn log_ins_with_megabyte_emails_are_refused_in_bounded_memory() {
+    let stack = gateway_stack().await;
+    let gateway = stack.service("gateway");
+    let channel = gateway.public_channel().await.unwrap();
+    let client = ShopGatewayServiceClient::new(channel.clone());
+    let ada = end_user(client.clone(), "ada").await;
+    let before = rss(gateway);
+
+    let email = format!("{}@example.com", "a".repeat(1 << 20));
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut peak = before;
+    let mut answers = futures::stream::iter(0..10_000)
+        .map(|_| {
+            let mut client = client.clone();
+            let email = email.clone();
+            async move {
+                client
+                    .log_in(LogInRequest {
+                        email,
+                        password: "correct horse battery".into(),
+                    })
+                    .await
+            }
+        })
+        .buffer_unordered(32);
+    let mut seen = 0;
+    while let Some(answer) = answers.next().await {
+        let status = answer.expect_err("a megabyte email is never let in");
+        assert!(
+            matches!(
+                status.code(),
+                Code::InvalidArgument | Code::ResourceExhausted
+            ),
+            "{status:?}"
+        );
+        *codes.entry(format!("{:?}", status.code())).or_default() += 1;
+        seen += 1;
+        if seen % 500 == 0 {
+            peak = peak.max(rss(gateway));
+        }
+    }
+    peak = peak.max(rss(gateway));
+    println!(
+        "10,000 log-ins with 1 MiB emails: {codes:?}; gateway RSS {} MB before, {} MB at most during",
+        before / 1_000_000,
+        peak / 1_000_000
+    );
+    assert!(
+        peak <= before + 32 * 1024 * 1024,
+        "the gateway grew from {before} to {peak} bytes"
+    );
+
+    // The refusals cost no one else a log-in, from this same address.
+    drop(answers);
+    let mut client = client;
+    client
+        .log_in(LogInRequest {
+            email: ada.email.clone(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .expect("a genuine log-in still gets in");
+}
+
+/// Postgres's own words for statements run in the wrong transaction state:
+/// what a connection returned to the pool inside a transaction produces.
+const WRONG_TRANSACTION_STATE: &[&str] = &[
+    "there is already a transaction in progress",
+    "there is no transaction in progress",
+];
+
+#[tokio::test]
+async fn calls_cancelled_inside_their_transactions_leave_no_connection_in_one() {
+    let mut saga = common::Saga::start(BTreeMap::new()).await;
+    let product = saga.product(500, 10_000).await;
+    let orders = saga.orders().await;
+
+    // 1,200 orders placed with deadlines of 0 to 150 ms, half of them also
+    // dropped by the client at a random moment: cancelled before, inside
+    // and after BEGIN, at every statement of the transaction, and at its
+    // COMMIT, while the others go on.
+    let requests: Vec<_> = (0..1200)
+        .map(|_| saga.order_request(&[(&product, 1)], "tok_approve"))
+        .collect();
+    let outcomes: Vec<Option<Code>> = futures::stream::iter(requests.into_iter().enumerate())
+        .map(|(i, request)| {
+            let mut orders = orders.clone();
+            async move {
+                let deadline = Duration::from_micros(rand::random_range(0..150_000));
+                let mut request = tonic::Request::new(request);
+                request.set_timeout(deadline.max(Duration::from_micros(1)));
+                let call = orders.place_order(request);
+                let answer = if i % 2 == 0 {
+                    let drop_after = Duration::from_micros(rand::random_range(0..150_000));
+                    tokio::time::timeout(drop_after, call).await.ok()
+                } else {
+                    Some(call.await)
+                };
+                answer.map(|a| {
+                    a.err().map_or(Code::Ok, |s| {
+                        // The client's own transport, still sending the
+                        // request when the server answered at the deadline
+                        // and reset the stream, reports the reset as
+                        // UNKNOWN "transport error": not an answer of the
+                        // server's.
+                        if s.code() == Code::Unknown && s.message() == "transport error" {
+                            Code::Cancelled
+                        } else {
+                            s.code()
+                        }
+                    })
+                })
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    for outcome in &outcomes {
+        *tally
+            .entry(outcome.map_or("dropped by the client".into(), |c| format!("{c:?}")))
+            .or_default() += 1;
+    }
+    println!("1,200 cancelled-prone PlaceOrder calls: {tally:?}");
+    // RESOURCE_EXHAUSTED: the client reset so many streams that the server
+    // closed the connection ("rapid reset" protection), failing the calls
+    // still on it.
+    for code in outcomes.iter().flatten() {
+        assert!(
+            matches!(
+                code,
+                Code::Ok | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted
+            ),
+            "{code:?}"
+        );
+    }
+
+    // Every connection of orders' pools is idle outside a transaction.
+    let admin = sqlx::PgPool::connect(&saga.stack.postgres.url("shop_orders"))
+        .await
+        .unwrap();
+    shop_testkit::eventually(Duration::from_secs(10), || async {
+        let stuck: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = 'shop_orders' AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&admin)
+        .await
+        .map_err(|e| e.to_string())?;
+        if stuck == 0 {
+            Ok(())
+        } else {
+            Err(format!("{stuck} connections idle in transaction"))
+        }
+    })
+    .await
+    .unwrap();
+
+    // The saga ends every order that was stored with money and stock
+    // conserved.
+    let stored: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT order_id FROM orders")
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+    println!("{} orders stored", stored.len());
+    assert!(!stored.is_empty(), "some calls got through");
+    saga.placed = stored.iter().map(|id| id.to_string()).collect();
+    saga.check_invariants(Duration::from_secs(120)).await;
+
+    let log = std::fs::read_to_string(saga.stack.postgres.log_path()).unwrap();
+    for notice in WRONG_TRANSACTION_STATE {
+        assert!(!log.contains(notice), "Postgres logged \"{notice}\"");
+    }
+}
