@@ -147,7 +147,7 @@ pub struct CallLimits {
     /// One bucket per email address (normalised: trimmed, lower case).
     pub per_email: Bucket,
     /// One bucket per peer address (the TCP peer's IPv4 address or IPv6
-    /// /64; forwarded-for headers are not trusted), checked first.
+    /// /64; forwarded-for headers are not trusted), checked after the email.
     pub per_peer: Bucket,
 }
 
