@@ -66,7 +66,7 @@ pub(crate) async fn record(
     .bind(letter.compensation)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
+    shop_runtime::db::commit(tx).await?;
     Ok(Some(id))
 }
 

@@ -103,7 +103,7 @@ impl<'a> Apply<'a> {
     pub(crate) async fn commit(mut self) -> anyhow::Result<()> {
         self.tx().await?;
         let tx = self.tx.take().expect("opened by tx()");
-        tx.commit().await?;
+        shop_runtime::db::commit(tx).await?;
         Ok(())
     }
 }

@@ -174,7 +174,7 @@ impl Relay {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        shop_runtime::db::commit(tx).await?;
         match failure {
             Some(e) => Err(e),
             None => Ok(published.len()),

@@ -194,10 +194,16 @@ fn default_reload_interval() -> Duration {
 pub struct DatabaseSettings {
     /// `postgres://user:pass@host:port/db`; never logged.
     pub url: SecretString,
-    /// Upper bound on pooled connections.
+    /// Connections for the calls the service serves.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    /// How long a call waits for a connection before failing `UNAVAILABLE`.
+    /// Connections for the outbox relay, event consumers and sweepers, a
+    /// separate pool: a backlog of events never takes the API's.
+    #[serde(default = "default_background_connections")]
+    pub background_connections: u32,
+    /// How long a call waits for a connection: then `RESOURCE_EXHAUSTED`
+    /// while the database answers its probe, `UNAVAILABLE` when it does
+    /// not. A call's own deadline ends the wait sooner.
     #[serde(with = "humantime_serde", default = "default_acquire_timeout")]
     pub acquire_timeout: Duration,
     /// How long start-up keeps trying to reach the database.
@@ -210,6 +216,9 @@ pub struct DatabaseSettings {
 
 fn default_max_connections() -> u32 {
     10
+}
+fn default_background_connections() -> u32 {
+    6
 }
 fn default_acquire_timeout() -> Duration {
     Duration::from_secs(2)

@@ -64,8 +64,21 @@ impl ServiceError {
     }
 }
 
+/// When a call refused for want of a database connection may come back.
+const POOL_BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl From<sqlx::Error> for ServiceError {
     fn from(e: sqlx::Error) -> Self {
+        // Every connection busy while the database answers its probe: the
+        // service is overloaded, not its database down.
+        if matches!(e, sqlx::Error::PoolTimedOut)
+            && crate::db::reachability::current() == Some(true)
+        {
+            return ServiceError::Overloaded {
+                message: "every database connection of this service is busy".into(),
+                retry_after: POOL_BUSY_RETRY_AFTER,
+            };
+        }
         if is_unavailable(&e) {
             ServiceError::Unavailable(e.into())
         } else {
@@ -244,6 +257,22 @@ mod tests {
             ServiceError::Internal(anyhow::anyhow!("password hash column is null")).into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("password"));
+    }
+
+    #[tokio::test]
+    async fn a_busy_pool_is_overload_while_the_database_answers_and_unavailable_when_not() {
+        use crate::db::reachability::{Reachability, ReachabilityLayer};
+        use tower::{Layer as _, ServiceExt as _};
+        let reachability = Reachability::default();
+        let call = ReachabilityLayer(reachability.clone()).layer(tower::service_fn(|()| async {
+            Ok::<_, ()>(Status::from(ServiceError::from(sqlx::Error::PoolTimedOut)))
+        }));
+        let status = call.clone().oneshot(()).await.unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.metadata().get("grpc-retry-pushback-ms").is_some());
+        reachability.set(false);
+        let status = call.oneshot(()).await.unwrap();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 
     #[test]

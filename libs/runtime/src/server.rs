@@ -22,7 +22,6 @@ use crate::mesh::MeshRuntime;
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use shop_identity::Identity;
-use sqlx::PgPool;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,7 +44,7 @@ pub struct Application {
     local_addr: SocketAddr,
     routes: Routes,
     service_names: Vec<&'static str>,
-    database: Option<(PgPool, Duration)>,
+    database: Option<crate::db::Database>,
     tasks: Vec<(&'static str, BackgroundTask)>,
     grace: Duration,
     mesh: Arc<MeshRuntime>,
@@ -187,9 +186,11 @@ impl Application {
         self
     }
 
-    /// Ties health to `pool`: probed every `probe_interval`.
-    pub fn with_database(mut self, pool: PgPool, probe_interval: Duration) -> Self {
-        self.database = Some((pool, probe_interval));
+    /// Ties health to `database`, probed every `database.probe_interval`,
+    /// and tells each call what the last probe found (a busy pool is then
+    /// overload, not an outage).
+    pub fn with_database(mut self, database: crate::db::Database) -> Self {
+        self.database = Some(database);
         self
     }
 
@@ -253,8 +254,12 @@ impl Application {
             .reporter
             .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
+        let reachability = database
+            .as_ref()
+            .map(crate::db::Database::reachability)
+            .unwrap_or_default();
         let probe = match database {
-            Some((pool, interval)) => tokio::spawn(probe_loop(health.clone(), pool, interval)),
+            Some(database) => tokio::spawn(probe_loop(health.clone(), database)),
             None => {
                 health.set(ServingStatus::Serving).await;
                 tokio::spawn(std::future::pending())
@@ -327,7 +332,12 @@ impl Application {
             // The mesh's server side: deadline from grpc-timeout, concurrency
             // limit with shedding, fault injection (health and reflection
             // are never shed or faulted).
-            .layer(mesh.server_layer())
+            // Each call also learns whether the database answers.
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(mesh.server_layer())
+                    .layer(crate::db::reachability::ReachabilityLayer(reachability)),
+            )
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
@@ -454,13 +464,13 @@ impl Health {
     }
 }
 
-async fn probe_loop(health: Health, pool: PgPool, interval: Duration) {
+async fn probe_loop(health: Health, database: crate::db::Database) {
     let mut current = None;
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(database.probe_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let up = crate::db::is_reachable(&pool, interval.max(Duration::from_secs(1))).await;
+        let up = database.probe().await;
         if current != Some(up) {
             if up {
                 tracing::info!("database answers: SERVING");

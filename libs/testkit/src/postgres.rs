@@ -332,7 +332,9 @@ impl Postgres {
             // Without fsync: durable against a killed process (the OS keeps
             // the writes); tests do not simulate power loss.
             .args(["-c", if self.fsync { "fsync=on" } else { "fsync=off" }])
-            .args(["-c", "max_connections=200"])
+            .args(["-c", "max_connections=400"])
+            // Warnings name the statement that caused them.
+            .args(["-c", "log_min_error_statement=warning"])
             .args(self.profiling_args())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -79,7 +79,7 @@ impl AnalyticsService for AnalyticsApi {
         let outcomes = store::outcomes(&mut tx).await?;
         let revenue = store::revenue(&mut tx).await?;
         let units = store::units_sold(&mut tx).await?;
-        tx.commit()
+        shop_runtime::db::commit(tx)
             .await
             .map_err(shop_runtime::ServiceError::from)?;
         Ok(Response::new(GetSalesReportResponse {
@@ -107,7 +107,7 @@ impl AnalyticsService for AnalyticsApi {
         let outcomes = store::outcomes(&mut tx).await?;
         let counts = store::saga_counts(&mut tx).await?;
         let durations = store::saga_durations(&mut tx).await?;
-        tx.commit()
+        shop_runtime::db::commit(tx)
             .await
             .map_err(shop_runtime::ServiceError::from)?;
         Ok(Response::new(GetSagaOutcomesResponse {

@@ -38,15 +38,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 /// Connects to the database and NATS, applies migrations and binds the
 /// server; one consumer per stream (every subject of it) starts with it.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
-    let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
     let events = Events::connect("analytics", &config.events).await?;
     let projector = Arc::new(Projector);
-    let api = api::AnalyticsApi::new(pool.clone());
+    let api = api::AnalyticsApi::new(database.api.clone());
     let mut app = Application::bind("analytics", &config.server)
         .await?
         .add_service(AnalyticsServiceServer::new(api))
-        .add_service(events.admin(pool.clone()).into_server())
-        .with_database(pool.clone(), config.database.probe_interval);
+        .add_service(events.admin(database.api.clone()).into_server())
+        .with_database(database.clone());
     for (task, name, stream) in [
         ("consumer-orders", "analytics-orders", ORDERS),
         ("consumer-inventory", "analytics-inventory", INVENTORY),
@@ -56,7 +56,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         app = app.with_task(
             task,
             events.consumer(
-                pool.clone(),
+                database.background.clone(),
                 ConsumerSpec::new(name, stream).every_event(projector.clone()),
             ),
         );

@@ -22,10 +22,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 
 /// Connects to the database, applies migrations and binds the server.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
-    let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
-    let api = api::CatalogApi::new(pool.clone());
+    let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    let api = api::CatalogApi::new(database.api.clone());
     Ok(Application::bind("catalog", &config.server)
         .await?
         .add_service(CatalogServiceServer::new(api))
-        .with_database(pool, config.database.probe_interval))
+        .with_database(database))
 }

@@ -87,7 +87,7 @@ pub(crate) async fn insert(pool: &PgPool, p: NewProduct<'_>) -> Result<ProductRo
     .fetch_one(&mut *tx)
     .await
     .map_err(sku_taken)?;
-    tx.commit().await?;
+    shop_runtime::db::commit(tx).await?;
     Ok(row)
 }
 
@@ -143,7 +143,7 @@ pub(crate) async fn update(
     .bind(changes.price.map(|p| p.1))
     .fetch_optional(&mut *tx)
     .await?;
-    tx.commit().await?;
+    shop_runtime::db::commit(tx).await?;
     Ok(row)
 }
 

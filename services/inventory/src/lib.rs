@@ -39,17 +39,17 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 /// binds the server, with the outbox relay and the orders consumer beside
 /// it.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
-    let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
     let events = Events::connect("inventory", &config.events).await?;
-    let api = api::InventoryApi::new(pool.clone());
+    let api = api::InventoryApi::new(database.api.clone());
     Ok(Application::bind("inventory", &config.server)
         .await?
         .add_service(InventoryServiceServer::new(api))
-        .add_service(events.admin(pool.clone()).into_server())
-        .with_database(pool.clone(), config.database.probe_interval)
-        .with_task("relay", events.relay(pool.clone()))
+        .add_service(events.admin(database.api.clone()).into_server())
+        .with_database(database.clone())
+        .with_task("relay", events.relay(database.background.clone()))
         .with_task(
             "consumer-orders",
-            events.consumer(pool, saga::consumer_spec()),
+            events.consumer(database.background, saga::consumer_spec()),
         ))
 }

@@ -206,7 +206,7 @@ pub(crate) async fn adjust(pool: &PgPool, call: &Adjustment<'_>) -> Result<Stock
             .ok_or_else(|| ServiceError::Internal(anyhow::anyhow!("adjustment vanished")))?;
         return first.replay(call);
     }
-    tx.commit().await?;
+    shop_runtime::db::commit(tx).await?;
     Ok(row)
 }
 
@@ -250,7 +250,7 @@ pub(crate) async fn get_reservation(
         return Ok(None);
     };
     let lines = lines_of(&mut tx, order_id).await?;
-    tx.commit().await?;
+    shop_runtime::db::commit(tx).await?;
     let status = ReservationStatus::parse(&row.status).ok_or_else(|| {
         ServiceError::Internal(anyhow::anyhow!("unknown reservation status {}", row.status))
     })?;

@@ -37,19 +37,19 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 /// Connects to the database and NATS, applies migrations and binds the
 /// server; the consumers start with it.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
-    let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
     let events = Events::connect("notifications", &config.events).await?;
     let notifier = Arc::new(Notifier);
-    let api = api::NotificationsApi::new(pool.clone());
+    let api = api::NotificationsApi::new(database.api.clone());
     Ok(Application::bind("notifications", &config.server)
         .await?
         .add_service(NotificationServiceServer::new(api))
-        .add_service(events.admin(pool.clone()).into_server())
-        .with_database(pool.clone(), config.database.probe_interval)
+        .add_service(events.admin(database.api.clone()).into_server())
+        .with_database(database.clone())
         .with_task(
             "consumer-orders",
             events.consumer(
-                pool.clone(),
+                database.background.clone(),
                 ConsumerSpec::new("notifications-orders", ORDERS)
                     .on::<OrderConfirmed>(notifier.clone())
                     .on::<OrderCancelled>(notifier.clone()),
@@ -58,7 +58,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         .with_task(
             "consumer-users",
             events.consumer(
-                pool,
+                database.background,
                 ConsumerSpec::new("notifications-users", USERS).on::<UserRegistered>(notifier),
             ),
         ))

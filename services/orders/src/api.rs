@@ -280,7 +280,9 @@ impl OrderService for OrdersApi {
         // The answer is the order as this transaction placed it: read after the
         // commit, the saga may already have moved it on.
         let order = load_in(&mut tx, order_id).await?;
-        tx.commit().await.map_err(ServiceError::from)?;
+        shop_runtime::db::commit(tx)
+            .await
+            .map_err(ServiceError::from)?;
         self.events.wake_relay();
         tracing::info!(order_id = %order_id, total, currency = %currency, "order placed");
         Ok(Response::new(PlaceOrderResponse { order: Some(order) }))
@@ -380,7 +382,9 @@ impl OrderService for OrdersApi {
                 Err(e) => ServiceError::Internal(e),
             })?;
         }
-        tx.commit().await.map_err(ServiceError::from)?;
+        shop_runtime::db::commit(tx)
+            .await
+            .map_err(ServiceError::from)?;
         self.events.wake_relay();
         let order = self.load(id).await?;
         Ok(Response::new(CancelOrderResponse { order: Some(order) }))

@@ -36,7 +36,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 
 /// Connects to the database, NATS and the catalog, and binds the server.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
-    let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    let background = database.background.clone();
     let events = Events::connect("orders", &config.events).await?;
     let app = Application::bind("orders", &config.server).await?;
     let catalog = catalog::Catalog::new(app.mesh().upstream("catalog", &config.upstreams.catalog)?);
@@ -44,26 +45,26 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         timeout: config.saga.timeout,
     });
     let api = api::OrdersApi::new(
-        pool.clone(),
+        database.api.clone(),
         catalog,
         events.clone(),
         config.saga.timeout,
         app.flags(),
     );
     let sweeper = saga::Sweeper {
-        pool: pool.clone(),
+        pool: background.clone(),
         events: events.clone(),
         interval: config.saga.sweep_interval,
     };
     Ok(app
         .add_service(OrderServiceServer::new(api))
-        .add_service(events.admin(pool.clone()).into_server())
-        .with_database(pool.clone(), config.database.probe_interval)
-        .with_task("relay", events.relay(pool.clone()))
+        .add_service(events.admin(database.api.clone()).into_server())
+        .with_database(database)
+        .with_task("relay", events.relay(background.clone()))
         .with_task(
             "consumer-inventory",
             events.consumer(
-                pool.clone(),
+                background.clone(),
                 ConsumerSpec::new("orders-inventory", INVENTORY)
                     .on::<StockReserved>(handler.clone())
                     .on::<StockRejected>(handler.clone()),
@@ -72,7 +73,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         .with_task(
             "consumer-payments",
             events.consumer(
-                pool.clone(),
+                background,
                 ConsumerSpec::new("orders-payments", PAYMENTS)
                     .on::<PaymentCaptured>(handler.clone())
                     .on::<PaymentDeclined>(handler.clone())

@@ -304,7 +304,7 @@ impl Sweeper {
             )
             .await?;
         }
-        tx.commit().await?;
+        shop_runtime::db::commit(tx).await?;
         Ok(overdue.len())
     }
 }

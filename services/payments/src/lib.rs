@@ -32,10 +32,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 /// Connects to the database (applying migrations) and to JetStream, and
 /// binds the server with the outbox relay and both consumers beside it.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
-    let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
     let events = Events::connect("payments", &config.events).await?;
     let processor = processor::Processor {
-        pool: pool.clone(),
+        pool: database.background.clone(),
         slow_delay: config.processor.slow_delay,
         max_attempts: config.events.consumer.max_deliver,
     };
@@ -45,19 +45,22 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     Ok(Application::bind("payments", &config.server)
         .await?
         .add_service(PaymentServiceServer::new(api::PaymentsApi::new(
-            pool.clone(),
+            database.api.clone(),
         )))
-        .add_service(events.admin(pool.clone()).into_server())
-        .with_database(pool.clone(), config.database.probe_interval)
-        .with_task("relay", events.relay(pool.clone()))
+        .add_service(events.admin(database.api.clone()).into_server())
+        .with_database(database.clone())
+        .with_task("relay", events.relay(database.background.clone()))
         .with_task(
             "consumer-inventory",
-            events.consumer(pool.clone(), consumers::charges_spec(charges)),
+            events.consumer(
+                database.background.clone(),
+                consumers::charges_spec(charges),
+            ),
         )
         .with_task(
             "consumer-orders",
             events.consumer(
-                pool,
+                database.background,
                 consumers::refunds_spec(consumers::Refunds { processor }),
             ),
         ))

@@ -97,7 +97,9 @@ impl UserService for UsersApi {
         shop_events::outbox::enqueue(&mut tx, "users", &event.user_id, &event, None)
             .await
             .map_err(ServiceError::from)?;
-        tx.commit().await.map_err(ServiceError::from)?;
+        shop_runtime::db::commit(tx)
+            .await
+            .map_err(ServiceError::from)?;
         self.events.wake_relay();
         tracing::info!(user_id = %row.user_id, "user created");
         Ok(Response::new(CreateUserResponse {

@@ -47,12 +47,12 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     )
     .with_context(|| format!("auth.signing_key_file {}", auth.signing_key_file.display()))?;
     let passwords = password::Passwords::new(auth.hash_permits(), auth.hash_waiting());
-    let pool = db::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
     let events = shop_events::Events::connect("users", &config.events).await?;
-    let api = api::UsersApi::new(pool.clone(), tokens, passwords, events.clone());
+    let api = api::UsersApi::new(database.api.clone(), tokens, passwords, events.clone());
     Ok(Application::bind("users", &config.server)
         .await?
         .add_service(UserServiceServer::new(api))
-        .with_database(pool.clone(), config.database.probe_interval)
-        .with_task("relay", events.relay(pool)))
+        .with_database(database.clone())
+        .with_task("relay", events.relay(database.background)))
 }
