@@ -44,6 +44,8 @@ async fn every_saga_path_ends_terminal_with_stock_and_money_accounted_for() {
     let declined = saga.place(&[(&book, 1)], "tok_decline").await;
     // A processor failing transiently: retried until it captures.
     let transient = saga.place(&[(&mug, 1)], "tok_fail_transient").await;
+    // Half the total captured: never confirmed, the capture refunded.
+    let partial = saga.place(&[(&book, 1)], "tok_approve_partial").await;
 
     let order = saga.terminal(&confirmed, SETTLE).await;
     assert_eq!(order.status(), OrderStatus::Confirmed);
@@ -71,6 +73,20 @@ async fn every_saga_path_ends_terminal_with_stock_and_money_accounted_for() {
     assert_eq!(
         order.cancellation_reason(),
         CancellationReason::PaymentDeclined
+    );
+
+    let order = saga.terminal(&partial, SETTLE).await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(
+        order.cancellation_reason(),
+        CancellationReason::PaymentMismatch
+    );
+    assert!(
+        order
+            .cancellation_detail
+            .contains("captured 1250 EUR, the order totals 2500 EUR"),
+        "{:?}",
+        order.cancellation_detail
     );
 
     let order = saga.terminal(&transient, SETTLE).await;

@@ -118,6 +118,7 @@ fn reason_text(reason: CancellationReason) -> &'static str {
         CancellationReason::OutOfStock => "some items are out of stock",
         CancellationReason::PaymentDeclined => "the payment was declined",
         CancellationReason::SagaTimeout => "we could not complete it in time",
+        CancellationReason::PaymentMismatch => "the payment did not match the order's total",
         CancellationReason::Unspecified => "of a problem on our side",
     }
 }

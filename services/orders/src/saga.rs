@@ -60,6 +60,7 @@ fn reason_text(reason: CancellationReason) -> &'static str {
         CancellationReason::OutOfStock => "out of stock",
         CancellationReason::PaymentDeclined => "payment declined",
         CancellationReason::SagaTimeout => "the saga made no progress in time",
+        CancellationReason::PaymentMismatch => "the payment did not match the order's total",
         CancellationReason::Unspecified => "cancelled",
     }
 }
@@ -108,6 +109,20 @@ pub(crate) async fn cancel(
     .await?;
     tracing::info!(order_id = %order.order_id, reason = reason.as_str_name(), "order cancelled");
     Ok(())
+}
+
+/// How `captured` differs from `order`'s total, if it does.
+fn capture_mismatch(captured: &PaymentCaptured, order: &OrderRow) -> Option<String> {
+    let (amount, currency) = captured
+        .amount
+        .as_ref()
+        .map_or((0, ""), |m| (m.amount_minor, m.currency_code.as_str()));
+    (amount != order.total_minor || currency != order.currency).then(|| {
+        format!(
+            "captured {amount} {currency}, the order totals {} {}",
+            order.total_minor, order.currency
+        )
+    })
 }
 
 /// Handles inventory's and payments' events for the saga.
@@ -215,6 +230,26 @@ impl Handler for SagaHandler {
             }
             (SagaStepType::CapturePayment, SagaStepStatus::Succeeded) => {
                 let captured = event.decode::<PaymentCaptured>()?;
+                if let Some(mismatch) = capture_mismatch(&captured, &order) {
+                    // Never confirmed on money that is not the order's:
+                    // cancelled, and payments refunds what it captured.
+                    tracing::error!(
+                        order_id = %order_id,
+                        payment_id = %captured.payment_id,
+                        %mismatch,
+                        "capture does not match the order; cancelling"
+                    );
+                    cancel(
+                        tx,
+                        &order,
+                        CancellationReason::PaymentMismatch,
+                        &mismatch,
+                        cause,
+                        at,
+                    )
+                    .await?;
+                    return Ok(());
+                }
                 let payment_id = Uuid::parse_str(&captured.payment_id)
                     .map_err(|_| anyhow::anyhow!("payment id {:?}", captured.payment_id))?;
                 store::set_confirmed(tx, order_id, payment_id).await?;

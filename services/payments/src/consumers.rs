@@ -100,13 +100,15 @@ impl Handler for Charges {
             tracing::error!(%order_id, "fail point: aborting after the processor answered");
             std::process::abort()
         });
-        let (status, decline) = match answer {
+        let (status, amount_minor, decline) = match answer {
             // Nothing written: the delivery is nak'ed and JetStream delivers
             // the event again after a backoff.
             Answer::Charge(Charge::RetryLater(why)) => anyhow::bail!("{why}"),
-            Answer::Charge(Charge::Captured) => ("captured", None),
+            // What the processor captured, which orders reconciles with the
+            // order's total (an issuer may approve less).
+            Answer::Charge(Charge::Captured { amount_minor }) => ("captured", amount_minor, None),
             Answer::Charge(Charge::Declined { reason, detail }) => {
-                ("declined", Some((reason, detail)))
+                ("declined", request.amount_minor, Some((reason, detail)))
             }
             Answer::Voided => {
                 apply.tx().await?;
@@ -127,7 +129,7 @@ impl Handler for Charges {
                 payment_id: Uuid::now_v7(),
                 order_id,
                 user_id: request.user_id,
-                amount_minor: request.amount_minor,
+                amount_minor,
                 currency: &request.currency,
                 token: &reserved.payment_token,
                 status,
@@ -244,6 +246,7 @@ fn refund_reason(cancelled: &OrderCancelled) -> String {
         Ok(CancellationReason::OutOfStock) => "out of stock",
         Ok(CancellationReason::PaymentDeclined) => "payment declined",
         Ok(CancellationReason::SagaTimeout) => "saga timeout",
+        Ok(CancellationReason::PaymentMismatch) => "payment did not match the order",
         Ok(CancellationReason::Unspecified) | Err(_) => "unspecified reason",
     };
     if cancelled.detail.is_empty() {

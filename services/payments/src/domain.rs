@@ -21,6 +21,10 @@ pub(crate) enum TestToken {
     FailTransient,
     /// `tok_approve_slow`: captured after the configured `slow_delay`.
     ApproveSlow,
+    /// `tok_approve_partial`: the issuer approves half the amount (rounded
+    /// down, at least one minor unit), as issuers do for a prepaid card
+    /// short of funds: a capture that does not match the order's total.
+    ApprovePartial,
     /// Any other token: declined ([`DeclineReason::InvalidToken`]).
     Unknown,
 }
@@ -36,6 +40,7 @@ impl TestToken {
             "tok_decline" => Self::Decline,
             "tok_fail_transient" => Self::FailTransient,
             "tok_approve_slow" => Self::ApproveSlow,
+            "tok_approve_partial" => Self::ApprovePartial,
             _ => Self::Unknown,
         }
     }
@@ -77,8 +82,9 @@ impl DeclineReason {
 /// What the processor answered to one charge attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Charge {
-    /// The amount was captured.
-    Captured,
+    /// This amount was captured (what was asked, unless the issuer
+    /// approved less).
+    Captured { amount_minor: i64 },
     /// Refused for good; nothing was captured.
     Declined {
         reason: DeclineReason,
@@ -89,15 +95,24 @@ pub(crate) enum Charge {
     RetryLater(String),
 }
 
-/// The processor's answer to `token` on attempt number `attempt` (1-based,
-/// the event's delivery count) when at most `max_attempts` are allowed.
+/// The processor's answer to a charge of `amount_minor` to `token` on
+/// attempt number `attempt` (1-based, the event's delivery count) when at
+/// most `max_attempts` are allowed.
 ///
 /// A transient failure on the last allowed attempt becomes a decline
 /// ([`DeclineReason::ProcessorUnavailable`]), so the order is cancelled
 /// instead of the event being dead-lettered with the saga left hanging.
-pub(crate) fn answer(token: TestToken, attempt: i64, max_attempts: i64) -> Charge {
+pub(crate) fn answer(
+    token: TestToken,
+    amount_minor: i64,
+    attempt: i64,
+    max_attempts: i64,
+) -> Charge {
     match token {
-        TestToken::Approve | TestToken::ApproveSlow => Charge::Captured,
+        TestToken::Approve | TestToken::ApproveSlow => Charge::Captured { amount_minor },
+        TestToken::ApprovePartial => Charge::Captured {
+            amount_minor: (amount_minor / 2).max(1),
+        },
         TestToken::Decline => Charge::Declined {
             reason: DeclineReason::CardDeclined,
             detail: "the card issuer declined the charge".into(),
@@ -118,7 +133,7 @@ pub(crate) fn answer(token: TestToken, attempt: i64, max_attempts: i64) -> Charg
                 ))
             }
         }
-        TestToken::FailTransient => Charge::Captured,
+        TestToken::FailTransient => Charge::Captured { amount_minor },
     }
 }
 
@@ -185,15 +200,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_partial_approval_captures_half_and_never_nothing() {
+        let partial = TestToken::parse("tok_approve_partial");
+        assert_eq!(
+            answer(partial, 1001, 1, 5),
+            Charge::Captured { amount_minor: 500 }
+        );
+        assert_eq!(
+            answer(partial, 1, 1, 5),
+            Charge::Captured { amount_minor: 1 }
+        );
+    }
+
+    #[test]
     fn test_tokens_decide_the_outcome() {
         let approve = TestToken::parse("tok_approve");
-        assert_eq!(answer(approve, 1, 5), Charge::Captured);
         assert_eq!(
-            answer(TestToken::parse("tok_approve_slow"), 1, 5),
-            Charge::Captured
+            answer(approve, 100, 1, 5),
+            Charge::Captured { amount_minor: 100 }
+        );
+        assert_eq!(
+            answer(TestToken::parse("tok_approve_slow"), 100, 1, 5),
+            Charge::Captured { amount_minor: 100 }
         );
         assert!(matches!(
-            answer(TestToken::parse("tok_decline"), 1, 5),
+            answer(TestToken::parse("tok_decline"), 100, 1, 5),
             Charge::Declined {
                 reason: DeclineReason::CardDeclined,
                 ..
@@ -202,7 +233,7 @@ mod tests {
         for other in ["", "tok_APPROVE", "4242424242424242", "tok_approve "] {
             assert!(
                 matches!(
-                    answer(TestToken::parse(other), 1, 5),
+                    answer(TestToken::parse(other), 100, 1, 5),
                     Charge::Declined {
                         reason: DeclineReason::InvalidToken,
                         ..
@@ -216,23 +247,23 @@ mod tests {
     #[test]
     fn transient_failures_last_two_deliveries_then_capture() {
         let t = TestToken::parse("tok_fail_transient");
-        assert!(matches!(answer(t, 1, 5), Charge::RetryLater(_)));
-        assert!(matches!(answer(t, 2, 5), Charge::RetryLater(_)));
-        assert_eq!(answer(t, 3, 5), Charge::Captured);
-        assert_eq!(answer(t, 4, 5), Charge::Captured);
+        assert!(matches!(answer(t, 100, 1, 5), Charge::RetryLater(_)));
+        assert!(matches!(answer(t, 100, 2, 5), Charge::RetryLater(_)));
+        assert_eq!(answer(t, 100, 3, 5), Charge::Captured { amount_minor: 100 });
+        assert_eq!(answer(t, 100, 4, 5), Charge::Captured { amount_minor: 100 });
     }
 
     #[test]
     fn a_transient_failure_on_the_last_allowed_attempt_is_a_decline() {
         let t = TestToken::parse("tok_fail_transient");
         assert!(matches!(
-            answer(t, 2, 2),
+            answer(t, 100, 2, 2),
             Charge::Declined {
                 reason: DeclineReason::ProcessorUnavailable,
                 ..
             }
         ));
-        assert_eq!(answer(t, 3, 3), Charge::Captured);
+        assert_eq!(answer(t, 100, 3, 3), Charge::Captured { amount_minor: 100 });
     }
 
     #[test]

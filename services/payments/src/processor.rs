@@ -58,6 +58,7 @@ pub(crate) enum Cancelled {
 #[derive(sqlx::FromRow)]
 struct Entry {
     outcome: String,
+    amount_minor: i64,
     decline_reason: Option<String>,
     detail: String,
 }
@@ -65,7 +66,9 @@ struct Entry {
 impl Entry {
     fn answer(self) -> anyhow::Result<Answer> {
         Ok(match self.outcome.as_str() {
-            "captured" => Answer::Charge(Charge::Captured),
+            "captured" => Answer::Charge(Charge::Captured {
+                amount_minor: self.amount_minor,
+            }),
             "voided" => Answer::Voided,
             "declined" => Answer::Charge(Charge::Declined {
                 reason: self
@@ -92,12 +95,16 @@ impl Processor {
         if token == TestToken::ApproveSlow {
             tokio::time::sleep(self.slow_delay).await;
         }
-        let (outcome, reason, detail) =
-            match domain::answer(token, request.attempt, self.max_attempts) {
-                Charge::RetryLater(why) => return Ok(Answer::Charge(Charge::RetryLater(why))),
-                Charge::Captured => ("captured", None, String::new()),
-                Charge::Declined { reason, detail } => ("declined", Some(reason.as_str()), detail),
-            };
+        let (outcome, captured, reason, detail) = match domain::answer(
+            token,
+            request.amount_minor,
+            request.attempt,
+            self.max_attempts,
+        ) {
+            Charge::RetryLater(why) => return Ok(Answer::Charge(Charge::RetryLater(why))),
+            Charge::Captured { amount_minor } => ("captured", amount_minor, None, String::new()),
+            Charge::Declined { reason, detail } => ("declined", 0, Some(reason.as_str()), detail),
+        };
         // Two requests under one key racing: the first insert wins, and
         // both answer what it stored.
         sqlx::query(
@@ -110,11 +117,7 @@ impl Processor {
         .bind(request.key)
         .bind(outcome)
         .bind(request.token)
-        .bind(if outcome == "captured" {
-            request.amount_minor
-        } else {
-            0
-        })
+        .bind(captured)
         .bind(request.currency)
         .bind(reason)
         .bind(&detail)
@@ -127,7 +130,7 @@ impl Processor {
     async fn repeat(&self, key: Uuid) -> anyhow::Result<Option<Answer>> {
         let entry: Option<Entry> = sqlx::query_as(
             "UPDATE processor_ledger SET requests = requests + 1 WHERE idempotency_key = $1
-             RETURNING outcome, decline_reason, detail",
+             RETURNING outcome, amount_minor, decline_reason, detail",
         )
         .bind(key)
         .fetch_optional(&self.pool)
@@ -137,7 +140,8 @@ impl Processor {
 
     async fn stored(&self, key: Uuid) -> anyhow::Result<Answer> {
         let entry: Entry = sqlx::query_as(
-            "SELECT outcome, decline_reason, detail FROM processor_ledger WHERE idempotency_key = $1",
+            "SELECT outcome, amount_minor, decline_reason, detail
+             FROM processor_ledger WHERE idempotency_key = $1",
         )
         .bind(key)
         .fetch_one(&self.pool)
