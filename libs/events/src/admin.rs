@@ -58,17 +58,19 @@ impl EventsAdmin {
             anyhow::Ok(stream.consumer_info(&c.durable).await?)
         }
         .await;
-        let (pending, ack_pending, redelivered) = match info {
+        let (pending, ack_pending, redelivered, server_subjects, server_ack_wait) = match info {
             Ok(i) => (
                 i.num_pending,
                 i.num_ack_pending as u64,
                 i.num_redelivered as u64,
+                crate::consumer::filters(&i.config),
+                prost_types::Duration::try_from(i.config.ack_wait).ok(),
             ),
             // Not created yet (the consumer is still connecting) or NATS
             // unreachable: what this process knows is still worth showing.
             Err(e) => {
                 tracing::debug!(consumer = %c.durable, error = %e, "no consumer info");
-                (0, 0, 0)
+                (0, 0, 0, Vec::new(), None)
             }
         };
         Ok(ConsumerState {
@@ -95,6 +97,8 @@ impl EventsAdmin {
                 .collect(),
             max_deliver: c.settings.max_deliver,
             redeliveries_received: s.redeliveries,
+            server_subjects,
+            server_ack_wait,
         })
     }
 }

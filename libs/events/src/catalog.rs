@@ -65,6 +65,13 @@ pub const READS: &[(&str, &[StreamDef])] = &[
     ("analytics", STREAMS),
 ];
 
+/// The name of `service`'s durable consumer of `stream`
+/// (`payments-orders`): the only consumer of that stream its NATS
+/// permissions let it create, pull from and ack ([`crate::permissions`]).
+pub fn consumer_name(service: &str, stream: &StreamDef) -> String {
+    format!("{service}-{}", stream.name.to_lowercase())
+}
+
 /// The streams `service` reads (none for a service that consumes nothing).
 pub fn reads(service: &str) -> &'static [StreamDef] {
     READS

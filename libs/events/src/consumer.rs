@@ -222,14 +222,47 @@ impl Consumer {
         }
     }
 
+    /// The durable consumer, created, or updated when the server holds it
+    /// with other subjects or another ack wait than this code's (a release
+    /// that handles a new event type): never reused silently as it was. A
+    /// change the server cannot make in place is an error, logged on every
+    /// retry, for an operator to settle.
+    async fn create_or_update(
+        &self,
+        stream: &jetstream::stream::Stream,
+    ) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+        let wanted = self.config();
+        if let Ok(held) = stream.consumer_info(&self.durable).await {
+            let held_filters = filters(&held.config);
+            let mut wanted_filters = wanted.filter_subjects.clone();
+            wanted_filters.sort();
+            if held_filters != wanted_filters || held.config.ack_wait != wanted.ack_wait {
+                tracing::warn!(
+                    consumer = %self.durable,
+                    held_subjects = ?held_filters,
+                    subjects = ?wanted_filters,
+                    held_ack_wait = ?held.config.ack_wait,
+                    ack_wait = ?wanted.ack_wait,
+                    "the server holds this consumer with other settings; updating it"
+                );
+            }
+        }
+        stream.create_consumer(wanted).await.map_err(|e| {
+            tracing::error!(
+                consumer = %self.durable,
+                error = %e,
+                "could not create or update the durable consumer (a setting the server cannot change in place needs the consumer deleted by an operator)"
+            );
+            anyhow::Error::from(e)
+        })
+    }
+
     /// Reads messages until shutdown (`Ok`) or a stream error (`Err`: the
     /// caller re-creates the consumer and tries again). Either way, the
     /// messages already held are finished first.
     async fn consume(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let stream = self.js.get_stream(self.spec.stream.name).await?;
-        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(&self.durable, self.config())
-            .await?;
+        let consumer = self.create_or_update(&stream).await?;
         let bound = self.settings.max_in_flight.max(1);
         let mut messages = consumer
             .stream()
@@ -521,4 +554,15 @@ fn lane_of(message: &jetstream::Message, decoded: &Result<Received, String>) -> 
             message.info().map_or(0, |i| i.stream_sequence)
         ),
     }
+}
+
+/// The filter subjects of a consumer's configuration, sorted (one filter
+/// or several).
+pub(crate) fn filters(config: &jetstream::consumer::Config) -> Vec<String> {
+    let mut filters = config.filter_subjects.clone();
+    if !config.filter_subject.is_empty() {
+        filters.push(config.filter_subject.clone());
+    }
+    filters.sort();
+    filters
 }

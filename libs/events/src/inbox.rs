@@ -16,6 +16,7 @@
 //!   racing replays apply it once.
 
 use crate::envelope::Received;
+use futures::FutureExt as _;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -125,7 +126,20 @@ pub(crate) async fn apply(
     event: &Received,
 ) -> Outcome {
     let mut unit = Apply::new(pool, mark);
-    let result = match handler.handle(&mut unit, event).await {
+    // A handler that panics fails this attempt like one that returns an
+    // error (its transaction rolled back, the attempt counted, dead-lettered
+    // after `max_deliver`), instead of killing the task and leaving the
+    // message to be redelivered forever.
+    let handled = std::panic::AssertUnwindSafe(handler.handle(&mut unit, event))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(anyhow::anyhow!(
+                "the handler panicked: {}",
+                panic_message(&*panic)
+            ))
+        });
+    let result = match handled {
         Ok(()) => unit.commit().await,
         Err(e) => Err(e),
     };
@@ -134,6 +148,15 @@ pub(crate) async fn apply(
         Err(e) if e.chain().any(|c| c.is::<AlreadyApplied>()) => Outcome::Duplicate,
         Err(e) => classify(e),
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Applies `event` through `handler` once, as consumer `consumer` does:

@@ -162,12 +162,20 @@ impl Events {
         spec: ConsumerSpec,
     ) -> impl FnOnce(tokio_util::sync::CancellationToken) -> futures::future::BoxFuture<'static, ()>
     + use<> {
-        if catalog::is_service(self.service) && !catalog::reads(self.service).contains(&spec.stream)
-        {
-            panic!(
-                "consumer {} of {} reads stream {}, which catalog::READS does not grant it",
-                spec.name, self.service, spec.stream.name
-            );
+        if catalog::is_service(self.service) {
+            if !catalog::reads(self.service).contains(&spec.stream) {
+                panic!(
+                    "consumer {} of {} reads stream {}, which catalog::READS does not grant it",
+                    spec.name, self.service, spec.stream.name
+                );
+            }
+            let granted = catalog::consumer_name(self.service, &spec.stream);
+            if spec.name != granted {
+                panic!(
+                    "consumer {} of {} on {}: its NATS permissions grant {granted} only",
+                    spec.name, self.service, spec.stream.name
+                );
+            }
         }
         let durable = match &self.settings.consumer.durable_prefix {
             Some(prefix) => format!("{prefix}-{}", spec.name),

@@ -3,13 +3,20 @@
 //!
 //! A service may publish only its own stream's subjects; it may create its
 //! own stream and the streams it reads if they do not exist yet, and read
-//! their settings, but never change an existing one; it may create, read and pull from consumers only
-//! on the streams it reads ([`crate::catalog::READS`]), and ack only their
-//! messages; it receives replies only on its own inbox prefix, so it cannot
-//! listen in on another service's deliveries. Anything else is refused by
-//! the server.
+//! their settings, but never change an existing one; on each stream it
+//! reads ([`crate::catalog::READS`]) it may create, update, read, pull from
+//! and ack one consumer, its own by name
+//! ([`crate::catalog::consumer_name`]): notifications, a reader of ORDERS,
+//! cannot pull or ack payments' consumer of ORDERS and swallow an
+//! OrderCancelled. It receives replies only on its own inbox prefix, so it
+//! cannot listen in on another service's deliveries. Anything else is
+//! refused by the server.
+//!
+//! A consumer renamed by `events.consumer.durable_prefix` (a projection
+//! rebuilt beside the live one) is not covered: NATS wildcards match whole
+//! tokens, so its names must be granted to the service by the operator.
 
-use crate::catalog::{owned_by, reads};
+use crate::catalog::{consumer_name, owned_by, reads};
 
 /// The subjects a NATS user may publish to and subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,12 +49,15 @@ pub fn for_service(service: &str) -> Permissions {
             publish.push(format!("$JS.API.STREAM.INFO.{name}"));
             publish.push(format!("$JS.API.STREAM.CREATE.{name}"));
         }
+        let consumer = consumer_name(service, stream);
         publish.extend([
-            format!("$JS.API.CONSUMER.CREATE.{name}.>"),
-            format!("$JS.API.CONSUMER.DURABLE.CREATE.{name}.>"),
-            format!("$JS.API.CONSUMER.INFO.{name}.>"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{name}.>"),
-            format!("$JS.ACK.{name}.>"),
+            // Created or updated, with or without a filter subject token.
+            format!("$JS.API.CONSUMER.CREATE.{name}.{consumer}"),
+            format!("$JS.API.CONSUMER.CREATE.{name}.{consumer}.>"),
+            format!("$JS.API.CONSUMER.DURABLE.CREATE.{name}.{consumer}"),
+            format!("$JS.API.CONSUMER.INFO.{name}.{consumer}"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{name}.{consumer}"),
+            format!("$JS.ACK.{name}.{consumer}.>"),
         ]);
     }
     Permissions {
@@ -68,8 +78,14 @@ mod tests {
         assert!(!p.publish.iter().any(|s| s.contains(".PAYMENTS")));
         assert!(
             p.publish
-                .contains(&"$JS.API.CONSUMER.MSG.NEXT.ORDERS.>".to_string())
+                .contains(&"$JS.API.CONSUMER.MSG.NEXT.ORDERS.inventory-orders".to_string())
         );
+        assert!(
+            p.publish
+                .contains(&"$JS.ACK.ORDERS.inventory-orders.>".to_string())
+        );
+        // Nothing that would reach another service's consumer.
+        assert!(!p.publish.iter().any(|s| s.ends_with("ORDERS.>")));
         assert!(
             !p.publish
                 .contains(&"$JS.API.STREAM.UPDATE.ORDERS".to_string())

@@ -55,6 +55,9 @@ impl Handler for Recorder {
         if placed.order_id == "poison" && !self.healed.load(Ordering::SeqCst) {
             anyhow::bail!("this event always fails");
         }
+        if placed.order_id == "panics" {
+            panic!("a bug in the handler");
+        }
         if placed.order_id == "slow" {
             self.gate.acquire().await?.forget();
         }
@@ -313,6 +316,42 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_and_others_flow_past_
     // Give JetStream a chance to (wrongly) redeliver, then count attempts.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let attempts = f.recorder.attempts.lock().unwrap()["poison"];
+    assert_eq!(attempts as i64, MAX_DELIVER, "exactly max_deliver attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_a_failed_delivery_and_dead_lettered_after_max_deliver() {
+    let f = fixture().await;
+
+    f.place("panics").await;
+    f.place("o-after").await;
+
+    eventually(Duration::from_secs(20), || async {
+        let letters = f.dead_letters().await;
+        if letters == 1 { Ok(()) } else { Err(letters) }
+    })
+    .await
+    .unwrap();
+    let (delivery_count, error): (i64, String) =
+        sqlx::query_as("SELECT delivery_count, last_error FROM dead_letters")
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(delivery_count, MAX_DELIVER);
+    assert!(error.contains("panicked: a bug in the handler"), "{error}");
+    // Nothing the panicking attempts wrote stayed; the consumer went on.
+    eventually(Duration::from_secs(10), || async {
+        let applied = f.applied().await;
+        if applied == ["o-after"] {
+            Ok(())
+        } else {
+            Err(format!("{applied:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let attempts = f.recorder.attempts.lock().unwrap()["panics"];
     assert_eq!(attempts as i64, MAX_DELIVER, "exactly max_deliver attempts");
 }
 

@@ -45,6 +45,7 @@ fn settings(nats: &Nats, user: &str, tls: &Path) -> EventsSettings {
 /// A raw connection with `user`'s credentials that records the errors the
 /// server sends it.
 async fn raw(nats: &Nats, user: &str, tls: &Path) -> (async_nats::Client, Arc<Mutex<Vec<String>>>) {
+    let inbox = shop_events::permissions::inbox_prefix(user);
     let (user, password) = nats.credentials(user).unwrap();
     let errors = Arc::new(Mutex::new(Vec::new()));
     let seen = errors.clone();
@@ -52,7 +53,7 @@ async fn raw(nats: &Nats, user: &str, tls: &Path) -> (async_nats::Client, Arc<Mu
         .require_tls(true)
         .add_root_certificates(tls.join("ca.crt"))
         .add_client_certificate(tls.join("tls.crt"), tls.join("tls.key"))
-        .custom_inbox_prefix("_INBOX_inventory")
+        .custom_inbox_prefix(inbox)
         .event_callback(move |event| {
             let seen = seen.clone();
             async move {
@@ -182,4 +183,87 @@ async fn the_server_speaks_tls_only() {
         !answer.starts_with("PONG"),
         "a plaintext client was let in: {answer:?}"
     );
+}
+
+#[tokio::test]
+async fn notifications_credentials_cannot_pull_or_ack_payments_consumer() {
+    use async_nats::jetstream::consumer::pull;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, tls) = pki(dir.path());
+    let nats = Nats::start_secure(&["orders", "payments", "notifications"], &server)
+        .await
+        .unwrap();
+    let admin = Events::connect("test", &settings(&nats, ADMIN, &tls))
+        .await
+        .unwrap();
+    // payments' consumer of ORDERS, made with payments' own credentials,
+    // with an OrderCancelled waiting in it: a refund to make.
+    let (payments, _) = raw(&nats, "payments", &tls).await;
+    let payments_js = async_nats::jetstream::new(payments);
+    let orders_stream = {
+        let _orders = Events::connect("orders", &settings(&nats, "orders", &tls))
+            .await
+            .unwrap();
+        payments_js.get_stream(catalog::ORDERS.name).await.unwrap()
+    };
+    let theirs = catalog::consumer_name("payments", &catalog::ORDERS);
+    orders_stream
+        .create_consumer(pull::Config {
+            durable_name: Some(theirs.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("payments creates its own consumer");
+    admin
+        .publish_now(
+            "order-1",
+            &shop_proto::shop::events::v1::OrderCancelled {
+                order_id: "order-1".into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+
+    // notifications reads ORDERS too, and sets up its own consumer...
+    let (client, errors) = raw(&nats, "notifications", &tls).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(catalog::ORDERS.name).await.unwrap();
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(catalog::consumer_name("notifications", &catalog::ORDERS)),
+            ..Default::default()
+        })
+        .await
+        .expect("notifications creates its own consumer");
+
+    // ...but every step towards payments' is refused by the server: read
+    // it, re-create it with another filter, pull its next message, ack one
+    // of its deliveries.
+    for subject in [
+        format!("$JS.API.CONSUMER.INFO.ORDERS.{theirs}"),
+        format!("$JS.API.CONSUMER.CREATE.ORDERS.{theirs}"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.{theirs}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.ORDERS.{theirs}"),
+        format!("$JS.ACK.ORDERS.{theirs}.1.1.1.1700000000000000000.0"),
+    ] {
+        client.publish(subject.clone(), "{}".into()).await.unwrap();
+        client.flush().await.unwrap();
+        server_said(
+            &errors,
+            &format!("Permissions Violation for Publish to \"{subject}\""),
+        )
+        .await;
+    }
+    // The OrderCancelled is still waiting for payments, undelivered.
+    let info = payments_js
+        .get_stream(catalog::ORDERS.name)
+        .await
+        .unwrap()
+        .consumer_info(&theirs)
+        .await
+        .unwrap();
+    assert_eq!(info.num_pending, 1, "{info:?}");
+    assert_eq!(info.delivered.stream_sequence, 0, "{info:?}");
 }
