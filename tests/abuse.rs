@@ -6,7 +6,9 @@
 //! - calls cancelled at every point of their transactions leave no pooled
 //!   connection inside one, and nothing stored is lost;
 //! - PlaceOrder is served while orders' consumers work through a backlog:
-//!   API calls and consumers draw from separate pools.
+//!   API calls and consumers draw from separate pools;
+//! - a workload flooding a service past its identity's rate is refused with
+//!   a pushback while another identity is served.
 
 mod common;
 
@@ -481,4 +483,89 @@ async fn outbox_rows(saga: &common::Saga, service: &str) -> Result<i64, String> 
         .fetch_one(&mut conn)
         .await
         .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_workload_over_its_rate_is_refused_while_another_identity_passes() {
+    use shop_proto::shop::catalog::v1::GetProductRequest;
+    use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
+    // Each caller identity may make 20 calls at once, then 2 a second.
+    let prefix = "SHOP_CATALOG__SERVER__MESH__RATE_LIMIT__IDENTITY";
+    let stack = Stack::start_with(shop_testkit::stack::StackOptions {
+        services: vec!["catalog".into()],
+        service_env: BTreeMap::from([(
+            "catalog".to_string(),
+            vec![
+                (format!("{prefix}__REQUESTS_PER_SECOND"), "2".to_string()),
+                (format!("{prefix}__BURST"), "20".to_string()),
+            ],
+        )]),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let catalog = stack.service("catalog");
+    let client = |name: &str| {
+        let dir = stack.identities().mint(name).unwrap();
+        async move { CatalogServiceClient::new(catalog.channel_as(&dir).await.unwrap()) }
+    };
+    let read = GetProductRequest {
+        product_id: uuid::Uuid::new_v4().to_string(),
+    };
+
+    // A compromised orders floods the catalog: past its burst, refused at
+    // once with a pushback.
+    let orders = client("orders").await;
+    let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    let mut pushback = None;
+    for _ in 0..100 {
+        let code = match orders.clone().get_product(read.clone()).await {
+            Ok(_) => Code::Ok,
+            Err(status) => {
+                if status.code() == Code::ResourceExhausted {
+                    pushback = status
+                        .metadata()
+                        .get("grpc-retry-pushback-ms")
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                }
+                status.code()
+            }
+        };
+        *tally.entry(format!("{code:?}")).or_default() += 1;
+    }
+    println!("100 calls as orders: {tally:?}, pushback {pushback:?} ms");
+    // NOT_FOUND is the catalog's answer: the call was served.
+    let served = tally.get("NotFound").copied().unwrap_or(0);
+    assert!((20..=30).contains(&served), "{tally:?}");
+    assert_eq!(
+        served + tally.get("ResourceExhausted").copied().unwrap_or(0),
+        100
+    );
+    assert!(
+        pushback.is_some_and(|ms| (1..=500).contains(&ms)),
+        "{pushback:?}"
+    );
+
+    // The gateway, another identity, is served all the while.
+    let gateway = client("gateway").await;
+    for _ in 0..10 {
+        let answer = gateway.clone().get_product(read.clone()).await.unwrap_err();
+        assert_eq!(answer.code(), Code::NotFound, "{answer:?}");
+    }
+    // And the refusals are counted where an operator looks.
+    let stats = shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient::new(
+        catalog
+            .channel_as(&stack.identities().mint("operator").unwrap())
+            .await
+            .unwrap(),
+    )
+    .get_stats(shop_proto::shop::mesh::v1::GetStatsRequest::default())
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        stats.server.unwrap().rate_limited as usize,
+        100 - served,
+        "refusals counted"
+    );
 }

@@ -356,6 +356,7 @@ impl pb::mesh_admin_service_server::MeshAdminService for MeshAdmin {
             requests: count(&s.requests),
             in_flight: s.in_flight.load(Ordering::Relaxed),
             shed: count(&s.shed),
+            rate_limited: count(&s.rate_limited),
             deadline_exceeded: count(&s.deadline_exceeded),
             unauthenticated: count(&s.unauthenticated),
             permission_denied: count(&s.permission_denied),

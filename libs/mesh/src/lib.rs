@@ -40,6 +40,7 @@ pub mod message_size;
 pub mod metrics;
 pub mod outlier;
 pub mod policy;
+pub mod rate_limit;
 pub mod retry;
 pub mod server;
 pub mod span;

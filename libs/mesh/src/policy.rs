@@ -699,6 +699,10 @@ pub struct ServerPolicy {
     /// ([`crate::message_size::RequestLimits`]).
     #[serde(default)]
     pub request_limits: crate::message_size::RequestLimits,
+    /// Calls per second in all and per caller identity
+    /// ([`crate::rate_limit`]); nothing is limited by default.
+    #[serde(default)]
+    pub rate_limit: crate::rate_limit::RateLimitPolicy,
 }
 
 impl ServerPolicy {
@@ -712,6 +716,12 @@ impl ServerPolicy {
             return Err(PolicyError {
                 key: format!("server.mesh.request_limits.{key}"),
                 message: "must be positive".into(),
+            });
+        }
+        if let Some(key) = self.rate_limit.invalid_key() {
+            return Err(PolicyError {
+                key: format!("server.mesh.rate_limit.{key}"),
+                message: "rates and bursts must be positive".into(),
             });
         }
         crate::authz::validate(&self.authorization)
@@ -734,6 +744,7 @@ impl Default for ServerPolicy {
             methods: BTreeMap::new(),
             authorization: BTreeMap::new(),
             request_limits: Default::default(),
+            rate_limit: Default::default(),
         }
     }
 }
@@ -850,6 +861,31 @@ impl EffectiveCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_example_is_a_valid_policy() {
+        #[derive(Deserialize)]
+        struct Example {
+            upstreams: BTreeMap<String, UpstreamPolicy>,
+            server: Server,
+        }
+        #[derive(Deserialize)]
+        struct Server {
+            mesh: ServerPolicy,
+        }
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("[upstreams.catalog]                      # orders.toml")
+            .expect("the README's policy example");
+        let block = &readme[start..];
+        let block = &block[..block.find("```").expect("the end of the block")];
+        let example: Example = toml::from_str(block).unwrap();
+        for (name, upstream) in &example.upstreams {
+            upstream.validate(name).unwrap();
+        }
+        example.server.mesh.validate().unwrap();
+        assert!(example.server.mesh.rate_limit.identity.is_some());
+    }
 
     fn policy() -> UpstreamPolicy {
         UpstreamPolicy {

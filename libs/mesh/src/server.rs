@@ -16,6 +16,9 @@
 //!    callers the policy allows for the method; a refusal is answered at
 //!    once (UNAUTHENTICATED or PERMISSION_DENIED), counted per method and
 //!    caller, and logged; it takes no slot of the limit below;
+//!    then the rate limits ([`crate::rate_limit`]): a caller over its
+//!    identity's rate, or every caller over the total, is refused at once
+//!    with RESOURCE_EXHAUSTED and a pushback saying when a token is due;
 //! 4. concurrency limit: beyond `max_concurrency` calls at once a request
 //!    is shed at once with RESOURCE_EXHAUSTED and `grpc-retry-pushback-ms`,
 //!    before any work is done for it (queueing would only add latency the
@@ -59,6 +62,7 @@ use crate::fault::{Fault, FaultLayer, ServerFaults};
 use crate::message_size::LimitedBody;
 use crate::metrics::ServerMetrics;
 use crate::policy::ServerPolicy;
+use crate::rate_limit::{RateLimitPolicy, RateLimits};
 use crate::stats::{self, MeshStats};
 use crate::status::{self, GRPC_TIMEOUT, PUSHBACK};
 use bytes::Bytes;
@@ -81,6 +85,7 @@ pub struct ServerLayer {
     stats: Arc<MeshStats>,
     metrics: Arc<ServerMetrics>,
     limiter: Arc<Mutex<Limiter>>,
+    rates: Arc<Mutex<Rates>>,
     faults: FaultLayer<ServerFaults>,
 }
 
@@ -105,6 +110,9 @@ pub struct ServerService<S> {
     /// `current.authorization`, compiled.
     authorizer: Arc<Authorizer>,
     limiter: Arc<Mutex<Limiter>>,
+    /// The buckets of `current.rate_limit`, shared by every connection.
+    rate_limits: Arc<RateLimits>,
+    rates: Arc<Mutex<Rates>>,
 }
 
 /// The whole server stack around `S`.
@@ -124,6 +132,31 @@ struct Limiter {
     semaphore: Arc<Semaphore>,
 }
 
+/// The buckets of the rate limits, shared by every clone of the service
+/// and rebuilt (full) when `rate_limit` changes.
+#[derive(Debug)]
+struct Rates {
+    policy: RateLimitPolicy,
+    limits: Arc<RateLimits>,
+}
+
+impl Rates {
+    fn new(policy: &RateLimitPolicy) -> Self {
+        Self {
+            policy: policy.clone(),
+            limits: Arc::new(RateLimits::new(policy)),
+        }
+    }
+
+    /// The buckets of `policy`, rebuilt if it changed.
+    fn limits_for(&mut self, policy: &RateLimitPolicy) -> Arc<RateLimits> {
+        if *policy != self.policy {
+            *self = Rates::new(policy);
+        }
+        self.limits.clone()
+    }
+}
+
 /// Keeps `in_flight` up to date, however the request ends (answered,
 /// timed out, or dropped because the client went away).
 struct InFlight(Arc<MeshStats>);
@@ -134,9 +167,11 @@ impl ServerLayer {
     /// The stack for `policy`, reporting into `stats.server`.
     pub fn new(policy: watch::Receiver<Arc<ServerPolicy>>, stats: Arc<MeshStats>) -> Self {
         let max = policy.borrow().max_concurrency;
+        let rates = Rates::new(&policy.borrow().rate_limit);
         Self {
             faults: FaultLayer::server(policy.clone(), stats.clone()),
             limiter: Arc::new(Mutex::new(Limiter::new(max))),
+            rates: Arc::new(Mutex::new(rates)),
             metrics: Arc::new(ServerMetrics::new()),
             policy,
             stats,
@@ -161,6 +196,11 @@ impl<S> Layer<S> for ServerLayer {
             .lock()
             .expect("not poisoned")
             .semaphore_for(current.max_concurrency);
+        let rate_limits = self
+            .rates
+            .lock()
+            .expect("not poisoned")
+            .limits_for(&current.rate_limit);
         ServerService {
             inner: self.faults.layer(IntoBody { inner }),
             stats: self.stats.clone(),
@@ -170,6 +210,8 @@ impl<S> Layer<S> for ServerLayer {
             current,
             semaphore,
             limiter: self.limiter.clone(),
+            rate_limits,
+            rates: self.rates.clone(),
         }
     }
 }
@@ -234,6 +276,26 @@ impl<S> ServerService<S> {
             .lock()
             .expect("not poisoned")
             .semaphore_for(self.current.max_concurrency);
+        self.rate_limits = self
+            .rates
+            .lock()
+            .expect("not poisoned")
+            .limits_for(&self.current.rate_limit);
+    }
+
+    /// The trailers-only answer to a call over a rate limit, counted.
+    fn rate_limited(&self, retry_after: std::time::Duration) -> crate::Response {
+        stats::incr(&self.stats.server.rate_limited);
+        let mut response = status::response(tonic::Status::resource_exhausted(
+            "caller over its rate limit; retry after the pushback",
+        ));
+        // At least a millisecond: a pushback of 0 would mean "now".
+        let ms = retry_after.as_millis().max(1);
+        response.headers_mut().insert(
+            PUSHBACK,
+            http::HeaderValue::from_str(&ms.to_string()).expect("digits"),
+        );
+        response
     }
 
     /// The trailers-only answer to a shed request, counted.
@@ -302,7 +364,16 @@ where
             return Box::pin(async move { call.answer(Ok(response)) });
         }
 
-        let permit = if crate::infrastructure::is_infrastructure(request.uri().path()) {
+        let infrastructure = crate::infrastructure::is_infrastructure(request.uri().path());
+        if !infrastructure {
+            let caller = peer.and_then(|p| p.identity.as_ref()).map(|id| id.as_str());
+            if let Err(retry_after) = self.rate_limits.check(caller) {
+                drop(in_flight);
+                let response = self.rate_limited(retry_after);
+                return Box::pin(async move { call.answer(Ok(response)) });
+            }
+        }
+        let permit = if infrastructure {
             None
         } else {
             match self.semaphore.clone().try_acquire_owned() {

@@ -137,6 +137,8 @@ pub struct ServerCounters {
     pub in_flight: AtomicI64,
     /// Requests shed by the concurrency limit.
     pub shed: AtomicU64,
+    /// Requests refused by a rate limit ([`crate::rate_limit`]).
+    pub rate_limited: AtomicU64,
     /// Requests whose deadline passed before they were answered.
     pub deadline_exceeded: AtomicU64,
     /// Requests delayed by fault injection.
