@@ -8,7 +8,10 @@
 //! - PlaceOrder is served while orders' consumers work through a backlog:
 //!   API calls and consumers draw from separate pools;
 //! - a workload flooding a service past its identity's rate is refused with
-//!   a pushback while another identity is served.
+//!   a pushback while another identity is served;
+//! - a client opening 100,000 Health/Watch streams at once on a connection,
+//!   ignoring the stream cap, has them refused, and the gateway's memory
+//!   stays flat.
 
 mod common;
 
@@ -157,20 +160,37 @@ async fn log_ins_with_megabyte_emails_are_refused_in_bounded_memory() {
     let mut seen = 0;
     while let Some(answer) = answers.next().await {
         let status = answer.expect_err("a megabyte email is never let in");
-        assert!(
-            matches!(
-                status.code(),
-                Code::InvalidArgument | Code::ResourceExhausted
-            ),
-            "{status:?}"
-        );
-        *codes.entry(format!("{:?}", status.code())).or_default() += 1;
+        // Each refusal resets a stream the client is still sending on;
+        // after `max_local_error_reset_streams` of them the gateway closes
+        // the connection (GOAWAY ENHANCE_YOUR_CALM) and the calls still on
+        // it fail in the client's transport, not with an answer.
+        let in_transport =
+            std::error::Error::source(&status).is_some_and(|e| e.is::<tonic::transport::Error>());
+        if in_transport {
+            *codes
+                .entry("connection closed by the gateway".into())
+                .or_default() += 1;
+        } else {
+            assert!(
+                matches!(
+                    status.code(),
+                    Code::InvalidArgument | Code::ResourceExhausted
+                ),
+                "{status:?}"
+            );
+            *codes.entry(format!("{:?}", status.code())).or_default() += 1;
+        }
         seen += 1;
         if seen % 500 == 0 {
             peak = peak.max(rss(gateway));
         }
     }
     peak = peak.max(rss(gateway));
+    let closed = codes
+        .get("connection closed by the gateway")
+        .copied()
+        .unwrap_or(0);
+    assert!(closed < 1_000, "{codes:?}");
     println!(
         "10,000 log-ins with 1 MiB emails: {codes:?}; gateway RSS {} MB before, {} MB at most during",
         before / 1_000_000,
@@ -567,5 +587,87 @@ async fn a_workload_over_its_rate_is_refused_while_another_identity_passes() {
         stats.server.unwrap().rate_limited as usize,
         100 - served,
         "refusals counted"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_health_watch_streams_is_refused_beyond_the_stream_cap() {
+    let stack = gateway_stack().await;
+    let gateway = stack.service("gateway");
+    let before = rss(gateway);
+    let mut peak = before;
+
+    // 100,000 Watch streams, as many as the gateway lets on a connection,
+    // opened without waiting for anything; when it closes a connection,
+    // the attacker opens another and goes on.
+    const STREAMS: u32 = 100_000;
+    let (mut attempted, mut connections, mut served, mut refused) = (0, 0, 0, 0);
+    let mut resets: BTreeMap<u32, u32> = BTreeMap::new();
+    while attempted < STREAMS {
+        let answers = common::raw_h2::flood(
+            gateway.addr(),
+            stack.identities().ca_pem(),
+            "/grpc.health.v1.Health/Watch",
+            STREAMS - attempted,
+        )
+        .await;
+        peak = peak.max(rss(gateway));
+        connections += 1;
+        if connections <= 3 {
+            println!(
+                "connection {connections} (RSS {} MB): {} written, {} served, resets {:?}, goaway {:?}",
+                rss(gateway) / 1_000_000,
+                answers.written,
+                answers.served.len(),
+                answers.reset,
+                answers.goaway
+            );
+        }
+        assert!(
+            answers.written > 0,
+            "the gateway took no stream: {answers:?}"
+        );
+        assert!(
+            answers.served.len() <= 256,
+            "{} streams served at once on one connection",
+            answers.served.len()
+        );
+        // Every other stream is refused: reset, or above the last stream
+        // id of the GOAWAY that closed the connection (never processed).
+        if answers.unprocessed() > 0 {
+            let (last, _) = answers.goaway.expect("unanswered streams without a GOAWAY");
+            assert!(answers.served.iter().all(|id| *id <= last), "{answers:?}");
+            // The streams it processed are no more than the cap (stream ids
+            // are odd: the 256th is 511).
+            assert!(last < 2 * 256, "{answers:?}");
+        }
+        for (code, n) in &answers.reset {
+            *resets.entry(*code).or_default() += n;
+        }
+        served += answers.served.len() as u32;
+        refused += answers.written - answers.served.len() as u32;
+        attempted += answers.written;
+        assert!(
+            connections <= 2_000,
+            "{connections} connections and counting"
+        );
+    }
+    println!(
+        "{attempted} Watch streams on {connections} connection(s): {served} served, {refused} refused \
+         (resets by code {resets:?}); gateway RSS {} MB before, {} MB at most",
+        before / 1_000_000,
+        peak / 1_000_000
+    );
+    assert!(refused >= STREAMS - 256 * connections, "{refused} refused");
+    assert!(
+        peak <= before + 32 * 1024 * 1024,
+        "the gateway grew from {before} to {peak} bytes"
+    );
+    let took = fresh_client_served(gateway).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let after = rss(gateway);
+    println!(
+        "gateway RSS {} MB once the attack stopped",
+        after / 1_000_000
     );
 }

@@ -5,6 +5,7 @@
 
 pub mod gateway;
 pub mod mesh;
+pub mod raw_h2;
 
 use shop_proto::shop::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use shop_proto::shop::catalog::v1::CreateProductRequest;

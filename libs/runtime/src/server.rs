@@ -309,6 +309,8 @@ impl Application {
             .http2_max_pending_accept_reset_streams(Some(
                 connections.max_pending_accept_reset_streams,
             ))
+            // tonic passes no bound here unless told, which lifts h2's own.
+            .http2_max_local_error_reset_streams(Some(connections.max_local_error_reset_streams))
             // A span per call, a child of the caller's (its `traceparent`,
             // sent by the mesh client) when there is one, naming the caller.
             .trace_fn(|req| {

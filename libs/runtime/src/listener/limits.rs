@@ -42,6 +42,12 @@ pub struct ConnectionLimits {
     /// them, before the connection is closed ("rapid reset").
     #[serde(default = "d_max_pending_accept_reset_streams")]
     pub max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset for a client's protocol errors (frames
+    /// on a stream it refused or closed, say) before it closes the
+    /// connection with ENHANCE_YOUR_CALM: each reset is queued, so without
+    /// a bound one connection ignoring REFUSED_STREAM costs tens of MB.
+    #[serde(default = "d_max_local_error_reset_streams")]
+    pub max_local_error_reset_streams: usize,
 }
 
 fn d_handshake_timeout() -> Duration {
@@ -62,6 +68,9 @@ fn d_max_concurrent_streams() -> u32 {
 fn d_max_header_list_size() -> u32 {
     16 * 1024
 }
+fn d_max_local_error_reset_streams() -> usize {
+    1024
+}
 fn d_max_pending_accept_reset_streams() -> usize {
     20
 }
@@ -76,6 +85,7 @@ impl Default for ConnectionLimits {
             max_concurrent_streams: d_max_concurrent_streams(),
             max_header_list_size: d_max_header_list_size(),
             max_pending_accept_reset_streams: d_max_pending_accept_reset_streams(),
+            max_local_error_reset_streams: d_max_local_error_reset_streams(),
         }
     }
 }
