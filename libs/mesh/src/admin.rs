@@ -357,6 +357,7 @@ impl pb::mesh_admin_service_server::MeshAdminService for MeshAdmin {
             in_flight: s.in_flight.load(Ordering::Relaxed),
             shed: count(&s.shed),
             rate_limited: count(&s.rate_limited),
+            concurrency_limit: count(&s.concurrency_limit),
             deadline_exceeded: count(&s.deadline_exceeded),
             unauthenticated: count(&s.unauthenticated),
             permission_denied: count(&s.permission_denied),
@@ -414,6 +415,9 @@ impl MeshAdmin {
             counters: Some(client_counters(&stats.counters)),
             last_resolve_time: None,
             discovery_error: String::new(),
+            throttle_probability: f64::from_bits(
+                stats.throttle_probability.load(Ordering::Relaxed),
+            ),
         }
     }
 }
@@ -645,6 +649,7 @@ fn client_counters(c: &stats::ClientCounters) -> pb::ClientCounters {
         failures: count(&c.failures),
         faults_delayed: count(&c.faults_delayed),
         faults_aborted: count(&c.faults_aborted),
+        throttled: count(&c.throttled),
     }
 }
 
@@ -759,6 +764,7 @@ mod tests {
     fn catalog_policy() -> UpstreamPolicy {
         UpstreamPolicy {
             keepalive: crate::policy::KeepalivePolicy::default(),
+            throttle: Default::default(),
             identity: None,
             endpoints: vec!["http://10.0.0.1:7000".into(), "http://10.0.0.2:7000".into()],
             dns: None,

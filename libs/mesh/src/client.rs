@@ -11,14 +11,17 @@
 //! 3. **[`retry`](crate::retry)** — only methods the contract marks safe,
 //!    within the budget, never past the deadline, each attempt bounded by
 //!    the per-try timeout; bodies buffered for replay;
-//! 4. **[`split`](crate::split)** — weighted subsets, chosen per attempt;
-//! 5. **[`balance`](crate::balance)** — p2c over peak-EWMA across the
+//! 4. **[`throttle`](crate::throttle)** — per attempt: while the upstream
+//!    refuses calls for want of capacity, the client refuses a share of
+//!    attempts itself, unsent (Google SRE's adaptive throttling);
+//! 5. **[`split`](crate::split)** — weighted subsets, chosen per attempt;
+//! 6. **[`balance`](crate::balance)** — p2c over peak-EWMA across the
 //!    subset's endpoints, failing fast when none is ready;
-//! 6. **[`outlier`](crate::outlier)** — per endpoint, inside the balancer,
+//! 7. **[`outlier`](crate::outlier)** — per endpoint, inside the balancer,
 //!    so an ejected endpoint is simply not ready;
-//! 7. **[`fault`](crate::fault)** — per endpoint, innermost, so injected
+//! 8. **[`fault`](crate::fault)** — per endpoint, innermost, so injected
 //!    failures look like an endpoint's own (and are ejected like them);
-//! 8. the [`connection`](crate::connection): one HTTP/2 connection per
+//! 9. the [`connection`](crate::connection): one HTTP/2 connection per
 //!    endpoint (the `h2` crate's client, driven from the caller's task: no
 //!    channel and no task per call), opened on first use and again after
 //!    it is lost.
@@ -135,7 +138,11 @@ impl MeshChannel {
                 policy.clone(),
                 upstream_stats.clone(),
             ))
-            .layer(crate::retry::RetryLayer::new(policy, upstream_stats))
+            .layer(crate::retry::RetryLayer::new(
+                policy.clone(),
+                upstream_stats.clone(),
+            ))
+            .layer(crate::throttle::ThrottleLayer::new(policy, upstream_stats))
             .service(pool);
         Ok(Self {
             inner: BoxCloneSyncService::new(stack),

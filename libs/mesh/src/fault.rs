@@ -609,6 +609,7 @@ mod tests {
     fn toml_like_policy() -> UpstreamPolicy {
         UpstreamPolicy {
             keepalive: crate::policy::KeepalivePolicy::default(),
+            throttle: Default::default(),
             identity: None,
             endpoints: vec!["http://127.0.0.1:7102".into()],
             dns: None,

@@ -26,6 +26,7 @@
 //! - [`status`]: reading and writing gRPC statuses, `grpc-timeout` and
 //!   `grpc-retry-pushback-ms` on `http` messages.
 
+pub mod adaptive;
 pub mod admin;
 pub mod authz;
 pub mod balance;
@@ -47,6 +48,7 @@ pub mod span;
 pub mod split;
 pub mod stats;
 pub mod status;
+pub mod throttle;
 pub mod transport;
 
 /// The body every layer carries: tonic's.

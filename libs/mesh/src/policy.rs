@@ -73,6 +73,9 @@ pub struct UpstreamPolicy {
     /// HTTP/2 PINGs that find a peer gone silent (half-open).
     #[serde(default)]
     pub keepalive: KeepalivePolicy,
+    /// Client-side adaptive throttling ([`crate::throttle`]).
+    #[serde(default)]
+    pub throttle: crate::throttle::ThrottlePolicy,
     /// The identity the upstream's endpoints must present over mTLS: a
     /// workload name of this service's trust domain and namespace, or a
     /// full SPIFFE ID; the upstream's name when unset.
@@ -522,6 +525,9 @@ impl UpstreamPolicy {
         if !self.endpoints.is_empty() && self.dns.is_some() {
             return err("dns", "give endpoints or dns, not both");
         }
+        if let Some(problem) = self.throttle.problem() {
+            return err("throttle", problem);
+        }
         for e in &self.endpoints {
             if e.parse::<http::Uri>()
                 .map(|u| u.host().is_none())
@@ -703,6 +709,10 @@ pub struct ServerPolicy {
     /// ([`crate::rate_limit`]); nothing is limited by default.
     #[serde(default)]
     pub rate_limit: crate::rate_limit::RateLimitPolicy,
+    /// A concurrency limit that follows latency, under `max_concurrency`
+    /// ([`crate::adaptive`]); off by default.
+    #[serde(default)]
+    pub adaptive_concurrency: crate::adaptive::AdaptivePolicy,
 }
 
 impl ServerPolicy {
@@ -716,6 +726,12 @@ impl ServerPolicy {
             return Err(PolicyError {
                 key: format!("server.mesh.request_limits.{key}"),
                 message: "must be positive".into(),
+            });
+        }
+        if let Some((key, message)) = self.adaptive_concurrency.problem() {
+            return Err(PolicyError {
+                key: format!("server.mesh.adaptive_concurrency.{key}"),
+                message: message.into(),
             });
         }
         if let Some(key) = self.rate_limit.invalid_key() {
@@ -745,6 +761,7 @@ impl Default for ServerPolicy {
             authorization: BTreeMap::new(),
             request_limits: Default::default(),
             rate_limit: Default::default(),
+            adaptive_concurrency: Default::default(),
         }
     }
 }
@@ -890,6 +907,7 @@ mod tests {
     fn policy() -> UpstreamPolicy {
         UpstreamPolicy {
             keepalive: KeepalivePolicy::default(),
+            throttle: Default::default(),
             identity: None,
             endpoints: vec!["http://127.0.0.1:7102".into()],
             dns: None,

@@ -19,8 +19,10 @@
 //!    then the rate limits ([`crate::rate_limit`]): a caller over its
 //!    identity's rate, or every caller over the total, is refused at once
 //!    with RESOURCE_EXHAUSTED and a pushback saying when a token is due;
-//! 4. concurrency limit: beyond `max_concurrency` calls at once a request
-//!    is shed at once with RESOURCE_EXHAUSTED and `grpc-retry-pushback-ms`,
+//! 4. concurrency limit: beyond `max_concurrency` calls at once (or, with
+//!    `adaptive_concurrency` enabled, beyond the limit latency allows, see
+//!    [`crate::adaptive`]) a request is shed at once with
+//!    RESOURCE_EXHAUSTED and `grpc-retry-pushback-ms`,
 //!    before any work is done for it (queueing would only add latency the
 //!    caller's deadline pays for); the permit is held until the inner
 //!    future completes or is dropped;
@@ -56,6 +58,7 @@
 //! A `max_concurrency` of 0 sheds every request that is not
 //! infrastructure.
 
+use crate::adaptive::{AdaptiveLimiter, AdaptivePolicy};
 use crate::authz::{Authorizer, Decision};
 use crate::context::with_incoming_deadline;
 use crate::fault::{Fault, FaultLayer, ServerFaults};
@@ -86,6 +89,7 @@ pub struct ServerLayer {
     metrics: Arc<ServerMetrics>,
     limiter: Arc<Mutex<Limiter>>,
     rates: Arc<Mutex<Rates>>,
+    adaptive: Arc<Mutex<Adaptive>>,
     faults: FaultLayer<ServerFaults>,
 }
 
@@ -113,6 +117,9 @@ pub struct ServerService<S> {
     /// The buckets of `current.rate_limit`, shared by every connection.
     rate_limits: Arc<RateLimits>,
     rates: Arc<Mutex<Rates>>,
+    /// The adaptive limit of `current`, if enabled, shared likewise.
+    limiter_now: Option<Arc<AdaptiveLimiter>>,
+    adaptive: Arc<Mutex<Adaptive>>,
 }
 
 /// The whole server stack around `S`.
@@ -157,6 +164,32 @@ impl Rates {
     }
 }
 
+/// The adaptive limiter, shared by every clone of the service and rebuilt
+/// (at its initial limit) when its policy or the ceiling changes.
+#[derive(Debug)]
+struct Adaptive {
+    key: (AdaptivePolicy, usize),
+    limiter: Option<Arc<AdaptiveLimiter>>,
+}
+
+impl Adaptive {
+    fn new(policy: &ServerPolicy) -> Self {
+        let key = (policy.adaptive_concurrency.clone(), policy.max_concurrency);
+        let limiter = key
+            .0
+            .enabled
+            .then(|| Arc::new(AdaptiveLimiter::new(&key.0, key.1)));
+        Self { key, limiter }
+    }
+
+    fn limiter_for(&mut self, policy: &ServerPolicy) -> Option<Arc<AdaptiveLimiter>> {
+        if (&policy.adaptive_concurrency, policy.max_concurrency) != (&self.key.0, self.key.1) {
+            *self = Adaptive::new(policy);
+        }
+        self.limiter.clone()
+    }
+}
+
 /// Keeps `in_flight` up to date, however the request ends (answered,
 /// timed out, or dropped because the client went away).
 struct InFlight(Arc<MeshStats>);
@@ -168,7 +201,9 @@ impl ServerLayer {
     pub fn new(policy: watch::Receiver<Arc<ServerPolicy>>, stats: Arc<MeshStats>) -> Self {
         let max = policy.borrow().max_concurrency;
         let rates = Rates::new(&policy.borrow().rate_limit);
+        let adaptive = Adaptive::new(&policy.borrow());
         Self {
+            adaptive: Arc::new(Mutex::new(adaptive)),
             faults: FaultLayer::server(policy.clone(), stats.clone()),
             limiter: Arc::new(Mutex::new(Limiter::new(max))),
             rates: Arc::new(Mutex::new(rates)),
@@ -201,6 +236,11 @@ impl<S> Layer<S> for ServerLayer {
             .lock()
             .expect("not poisoned")
             .limits_for(&current.rate_limit);
+        let limiter_now = self
+            .adaptive
+            .lock()
+            .expect("not poisoned")
+            .limiter_for(&current);
         ServerService {
             inner: self.faults.layer(IntoBody { inner }),
             stats: self.stats.clone(),
@@ -212,6 +252,8 @@ impl<S> Layer<S> for ServerLayer {
             limiter: self.limiter.clone(),
             rate_limits,
             rates: self.rates.clone(),
+            limiter_now,
+            adaptive: self.adaptive.clone(),
         }
     }
 }
@@ -281,6 +323,11 @@ impl<S> ServerService<S> {
             .lock()
             .expect("not poisoned")
             .limits_for(&self.current.rate_limit);
+        self.limiter_now = self
+            .adaptive
+            .lock()
+            .expect("not poisoned")
+            .limiter_for(&self.current);
     }
 
     /// The trailers-only answer to a call over a rate limit, counted.
@@ -385,6 +432,29 @@ where
                 }
             }
         };
+        // Under the ceiling, the limit latency allows.
+        let mut adaptive = None;
+        if !infrastructure {
+            let limit = self
+                .limiter_now
+                .as_ref()
+                .map_or(self.current.max_concurrency, |l| l.limit());
+            self.stats
+                .server
+                .concurrency_limit
+                .store(limit as u64, Ordering::Relaxed);
+            if let Some(limiter) = &self.limiter_now {
+                match limiter.try_acquire() {
+                    Some(slot) => adaptive = Some(slot),
+                    None => {
+                        drop(in_flight);
+                        drop(permit);
+                        let response = self.shed();
+                        return Box::pin(async move { call.answer(Ok(response)) });
+                    }
+                }
+            }
+        }
 
         // Each request message is checked against the method's limit as it
         // arrives: one too large fails the call before it is buffered.
@@ -399,8 +469,13 @@ where
         Box::pin(async move {
             let _in_flight = in_flight;
             let _permit = permit;
+            let mut adaptive = adaptive;
             let Some(deadline) = deadline else {
-                return call.answer(future.await);
+                let answer = future.await;
+                if let Some(slot) = adaptive.as_mut() {
+                    slot.answered();
+                }
+                return call.answer(answer);
             };
             // A caller whose own timer fires first resets the stream and
             // this future is dropped unanswered: its deadline still passed.
@@ -418,6 +493,9 @@ where
                 }
             };
             watch.stats = None;
+            if let Some(slot) = adaptive.as_mut() {
+                slot.answered();
+            }
             call.answer(answer)
         })
     }
@@ -603,6 +681,65 @@ mod tests {
         assert_eq!(header_code(&third.await.unwrap().unwrap()), None);
         assert_eq!(stats::read(&stats.server.shed), 1);
         drop(second);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_adaptive_concurrency_queueing_lowers_the_limit_and_the_excess_is_shed() {
+        use std::sync::atomic::AtomicU64;
+        let stats = Arc::new(MeshStats::default());
+        let (_tx, policy) = watch::channel(Arc::new(ServerPolicy {
+            max_concurrency: 256,
+            adaptive_concurrency: crate::adaptive::AdaptivePolicy {
+                enabled: true,
+                min_limit: 4,
+                initial_limit: 32,
+                ..Default::default()
+            },
+            ..ServerPolicy::default()
+        }));
+        // A handler whose latency the test sets, in ms.
+        let latency = Arc::new(AtomicU64::new(10));
+        let set = latency.clone();
+        let svc = ServerLayer::new(policy, stats.clone()).layer(tower::service_fn(
+            move |_req: crate::Request| {
+                let ms = latency.load(Ordering::Relaxed);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok::<_, crate::BoxError>(http::Response::new(crate::Body::empty()))
+                }
+            },
+        ));
+        // `waves` rounds of `calls` calls at once; how many were shed.
+        let run = |waves: usize, calls: usize| {
+            let svc = svc.clone();
+            async move {
+                let mut shed = 0;
+                for _ in 0..waves {
+                    let answers = futures::future::join_all(
+                        (0..calls).map(|_| svc.clone().oneshot(request(PATH, None))),
+                    )
+                    .await;
+                    shed += answers
+                        .into_iter()
+                        .filter(|a| {
+                            header_code(a.as_ref().unwrap()) == Some(tonic::Code::ResourceExhausted)
+                        })
+                        .count();
+                }
+                shed
+            }
+        };
+        // Steady: 16 at once, 10 ms each, for 5 s: nothing shed.
+        assert_eq!(run(500, 16).await, 0);
+        assert!(stats::read(&stats.server.concurrency_limit) >= 32);
+        // Calls queue somewhere below: 8 times slower. The limit falls and
+        // what exceeds it is shed at once.
+        set.store(80, Ordering::Relaxed);
+        let shed = run(80, 32).await;
+        let limit = stats::read(&stats.server.concurrency_limit);
+        assert!(limit < 16, "the limit is still {limit}");
+        assert!(shed > 0);
+        assert_eq!(stats::read(&stats.server.shed) as usize, shed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -52,6 +52,9 @@ pub struct UpstreamStats {
     pub counters: ClientCounters,
     /// Retries the budget would allow right now (a gauge).
     pub budget_available: AtomicI64,
+    /// The throttle's refusal probability as of the last attempt, as `f64`
+    /// bits (a gauge).
+    pub throttle_probability: AtomicU64,
     /// The OpenTelemetry instruments of this upstream's calls.
     pub metrics: Arc<crate::metrics::ClientMetrics>,
     endpoints: RwLock<BTreeMap<String, Arc<EndpointStats>>>,
@@ -63,6 +66,7 @@ impl UpstreamStats {
             name: name.to_string(),
             counters: ClientCounters::default(),
             budget_available: AtomicI64::new(0),
+            throttle_probability: AtomicU64::new(0),
             metrics: Arc::new(crate::metrics::ClientMetrics::new(name)),
             endpoints: RwLock::new(BTreeMap::new()),
         }
@@ -123,6 +127,8 @@ pub struct ClientCounters {
     pub faults_delayed: AtomicU64,
     /// Calls aborted by fault injection.
     pub faults_aborted: AtomicU64,
+    /// Attempts refused by the client's own throttle ([`crate::throttle`]).
+    pub throttled: AtomicU64,
 }
 
 /// Different (method, caller, code) refusals counted apart.
@@ -139,6 +145,9 @@ pub struct ServerCounters {
     pub shed: AtomicU64,
     /// Requests refused by a rate limit ([`crate::rate_limit`]).
     pub rate_limited: AtomicU64,
+    /// The concurrency limit in force as of the last request (adaptive or
+    /// `max_concurrency`; a gauge).
+    pub concurrency_limit: AtomicU64,
     /// Requests whose deadline passed before they were answered.
     pub deadline_exceeded: AtomicU64,
     /// Requests delayed by fault injection.
