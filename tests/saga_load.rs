@@ -301,6 +301,7 @@ async fn a_poison_event_is_dead_lettered_after_max_deliver_while_orders_keep_flo
                 }],
                 total: None,
                 payment_token: "tok_approve".into(),
+                sealed_payment_token: Vec::new(),
             },
             None,
         )

@@ -34,6 +34,7 @@ pub mod inbox;
 pub mod outbox;
 pub mod permissions;
 pub mod retention;
+pub mod sealed;
 pub mod settings;
 mod stats;
 

@@ -13,7 +13,9 @@
 //! - `<service>-database`: `password` and `url` for each service with a
 //!   database, and `postgres-admin`: the superuser's `password`;
 //! - `users-signing-key` (`<kid>.pem`) and `gateway-public-keys`
-//!   (`<kid>.pem`): the token key pair.
+//!   (`<kid>.pem`): the token key pair;
+//! - `payment-token-keys` (`<kid>.key`): the key orders seals payment
+//!   tokens with and payments opens them with.
 
 use crate::identities::{NAMESPACE, TRUST_DOMAIN};
 use crate::stack::{NO_EVENTS, SERVICES, STATELESS};
@@ -72,6 +74,7 @@ impl Secrets {
         let key = format!("{KID}.pem");
         secrets.write("users-signing-key", &key, &pair.private_pem)?;
         secrets.write("gateway-public-keys", &key, &pair.public_pem)?;
+        shop_events::sealed::SealingKeys::generate(&secrets.dir("payment-token-keys"), KID)?;
         Ok(secrets)
     }
 

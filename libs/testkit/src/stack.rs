@@ -70,6 +70,9 @@ pub struct TokenKeys {
     pub signing_key_file: PathBuf,
     /// The directory of `<kid>.pem` public keys the gateway trusts.
     pub public_keys_dir: PathBuf,
+    /// The directory of `<kid>.key` keys orders seals payment tokens with
+    /// and payments opens them with (`k1`).
+    pub payment_token_keys_dir: PathBuf,
 }
 
 impl TokenKeys {
@@ -83,10 +86,13 @@ impl TokenKeys {
         let signing_key_file = signing.join(format!("{kid}.pem"));
         std::fs::write(&signing_key_file, &pair.private_pem)?;
         std::fs::write(public.join(format!("{kid}.pem")), &pair.public_pem)?;
+        let payment_token_keys_dir = dir.join("keys/payment-tokens");
+        shop_events::sealed::SealingKeys::generate(&payment_token_keys_dir, "k1")?;
         Ok(Self {
             kid,
             signing_key_file,
             public_keys_dir: public,
+            payment_token_keys_dir,
         })
     }
 
@@ -377,7 +383,18 @@ fn service_env(
             "SHOP_USERS__AUTH__SIGNING_KEY_FILE".to_string(),
             keys.signing_key_file.display().to_string(),
         )],
-        "orders" => endpoints("orders", &["catalog"], started),
+        "orders" => {
+            let mut env = endpoints("orders", &["catalog"], started);
+            env.push((
+                "SHOP_ORDERS__PAYMENT_TOKENS__KEYS_DIR".to_string(),
+                keys.payment_token_keys_dir.display().to_string(),
+            ));
+            env
+        }
+        "payments" => vec![(
+            "SHOP_PAYMENTS__PAYMENT_TOKENS__KEYS_DIR".to_string(),
+            keys.payment_token_keys_dir.display().to_string(),
+        )],
         "gateway" => {
             let mut env = vec![
                 (

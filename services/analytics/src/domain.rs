@@ -375,6 +375,7 @@ mod tests {
             }],
             total: eur(100),
             payment_token: String::new(),
+            sealed_payment_token: Vec::new(),
         };
         assert!(Fact::order_placed(&good).is_ok());
         let mut e = good.clone();

@@ -220,6 +220,7 @@ impl Order {
             lines: self.lines.clone(),
             total: self.total(),
             payment_token: "tok_approve".into(),
+            sealed_payment_token: Vec::new(),
         }
     }
 
@@ -230,6 +231,7 @@ impl Order {
             lines: self.stock_lines(),
             total: self.total(),
             payment_token: "tok_approve".into(),
+            sealed_payment_token: Vec::new(),
         }
     }
 

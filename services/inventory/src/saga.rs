@@ -151,7 +151,10 @@ async fn placed(
         user_id: user_id.to_string(),
         lines: stock_lines(&lines),
         total: placed.total.clone(),
+        // Sealed for payments; inventory cannot read it. (A clear token
+        // only comes in events published before tokens were sealed.)
         payment_token: placed.payment_token.clone(),
+        sealed_payment_token: placed.sealed_payment_token.clone(),
     };
     outbox::enqueue(tx, PRODUCER, &aggregate, &reserved, Some(&event.envelope)).await?;
     tracing::info!(%order_id, lines = lines.len(), "stock reserved");

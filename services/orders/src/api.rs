@@ -30,6 +30,8 @@ pub(crate) struct OrdersApi {
     events: Events,
     saga_timeout: Duration,
     flags: shop_flags::Flags,
+    /// Seals payment tokens for payments' eyes only.
+    sealing: std::sync::Arc<shop_events::sealed::SealingKeys>,
 }
 
 /// The release rollout of a minimum order value: an integer flag, in minor
@@ -45,6 +47,7 @@ impl OrdersApi {
         events: Events,
         saga_timeout: Duration,
         flags: shop_flags::Flags,
+        sealing: std::sync::Arc<shop_events::sealed::SealingKeys>,
     ) -> Self {
         Self {
             pool,
@@ -52,6 +55,7 @@ impl OrdersApi {
             events,
             saga_timeout,
             flags,
+            sealing,
         }
     }
 
@@ -261,7 +265,12 @@ impl OrderService for OrdersApi {
                 amount_minor: total,
                 currency_code: currency.clone(),
             }),
-            payment_token: order.payment_token.clone(),
+            // Sealed for payments, bound to this order: inventory passes
+            // it on unread, and streams and dead letters hold ciphertext.
+            payment_token: String::new(),
+            sealed_payment_token: self
+                .sealing
+                .seal(&order.payment_token, &order_id.to_string()),
         };
         let envelope = outbox::enqueue(&mut tx, "orders", &order_id.to_string(), &event, None)
             .await

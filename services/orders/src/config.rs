@@ -15,6 +15,9 @@ shop_runtime::service_config! {
         /// `[saga]`
         #[serde(default)]
         pub saga: SagaSettings,
+        /// `[payment_tokens]`: the keys payment tokens are sealed with for
+        /// payments, so inventory, NATS and dead letters see ciphertext.
+        pub payment_tokens: shop_events::sealed::SealingSettings,
     }
     defaults = r#"
         [server]

@@ -44,12 +44,16 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     let handler = Arc::new(saga::SagaHandler {
         timeout: config.saga.timeout,
     });
+    let sealing = Arc::new(shop_events::sealed::SealingKeys::load(
+        &config.payment_tokens,
+    )?);
     let api = api::OrdersApi::new(
         database.api.clone(),
         catalog,
         events.clone(),
         config.saga.timeout,
         app.flags(),
+        sealing,
     );
     let sweeper = saga::Sweeper {
         pool: background.clone(),

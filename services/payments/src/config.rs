@@ -13,6 +13,9 @@ shop_runtime::service_config! {
         /// `[processor]`: the simulated card processor.
         #[serde(default)]
         pub processor: ProcessorSettings,
+        /// `[payment_tokens]`: the keys that open the payment tokens orders
+        /// sealed (`current` is not used here).
+        pub payment_tokens: shop_events::sealed::SealingSettings,
     }
     defaults = r#"
         [server]

@@ -61,6 +61,21 @@ pub(crate) fn decline_reason_to_proto(r: DeclineReason) -> PaymentDeclineReason 
 /// Charges an order once its stock is reserved.
 pub(crate) struct Charges {
     pub(crate) processor: Processor,
+    /// Open the payment tokens orders sealed.
+    pub(crate) tokens: std::sync::Arc<shop_events::sealed::SealingKeys>,
+}
+
+/// The payment token of `reserved`: opened from its seal, or, for an event
+/// published before tokens were sealed, as it came. `Err` when a seal does
+/// not open (forged, or for another order): nothing can be charged.
+fn payment_token(
+    tokens: &shop_events::sealed::SealingKeys,
+    reserved: &StockReserved,
+) -> Result<String, shop_events::sealed::OpenError> {
+    if reserved.sealed_payment_token.is_empty() {
+        return Ok(reserved.payment_token.clone());
+    }
+    tokens.open(&reserved.sealed_payment_token, &reserved.order_id)
 }
 
 #[async_trait::async_trait]
@@ -77,6 +92,20 @@ impl Handler for Charges {
         )
         .map_err(|e| anyhow::anyhow!("malformed StockReserved: {e}"))?;
         let order_id = request.order_id;
+        let token = match payment_token(&self.tokens, &reserved) {
+            Ok(token) => token,
+            // A key payments does not hold yet: retried (and dead-lettered
+            // if it never comes), as a transient failure.
+            Err(e @ shop_events::sealed::OpenError::UnknownKey(_)) => {
+                anyhow::bail!("opening the payment token: {e}")
+            }
+            // Forged or another order's: declined as a token the processor
+            // would not know, so the saga cancels the order.
+            Err(e) => {
+                tracing::warn!(%order_id, error = %e, "payment token does not open");
+                String::new()
+            }
+        };
 
         // The processor is another system: called before our transaction
         // opens and with no lock of ours held, so a slow card holds nothing
@@ -87,7 +116,7 @@ impl Handler for Charges {
             .processor
             .charge(ChargeRequest {
                 key: order_id,
-                token: &reserved.payment_token,
+                token: &token,
                 amount_minor: request.amount_minor,
                 currency: &request.currency,
                 attempt: event.delivered,
@@ -131,7 +160,7 @@ impl Handler for Charges {
                 user_id: request.user_id,
                 amount_minor,
                 currency: &request.currency,
-                token: &reserved.payment_token,
+                token: &token,
                 status,
                 decline_reason: decline.as_ref().map(|(r, _)| r.as_str()),
                 detail: decline.as_ref().map_or("", |(_, d)| d.as_str()),

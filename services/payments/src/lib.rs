@@ -41,6 +41,9 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     };
     let charges = consumers::Charges {
         processor: processor.clone(),
+        tokens: std::sync::Arc::new(shop_events::sealed::SealingKeys::load(
+            &config.payment_tokens,
+        )?),
     };
     Ok(Application::bind("payments", &config.server)
         .await?

@@ -54,6 +54,32 @@ async fn an_approving_token_is_captured_and_announced_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_sealed_for_another_order_is_declined_and_a_clear_one_from_before_seals_is_charged()
+{
+    let app = spawn_app().await;
+    // A seal lifted from another order's event: it does not open here.
+    let mut lifted = stock_reserved("tok_approve", 1000);
+    lifted.sealed_payment_token = stock_reserved("tok_approve", 1000).sealed_payment_token;
+    // An event published before tokens were sealed.
+    let mut legacy = stock_reserved("", 700);
+    legacy.sealed_payment_token.clear();
+    legacy.payment_token = "tok_approve".into();
+
+    app.publish(&lifted.order_id, &lifted).await;
+    app.publish(&legacy.order_id, &legacy).await;
+    let refused = app
+        .payment_in(&lifted.order_id, PaymentStatus::Declined)
+        .await;
+    assert_eq!(
+        refused.decline_reason,
+        PaymentDeclineReason::InvalidToken as i32
+    );
+    app.payment_in(&legacy.order_id, PaymentStatus::Captured)
+        .await;
+    assert_eq!(net_charged(&app).await, 700);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declining_and_unknown_tokens_are_declined_with_their_reasons() {
     let app = spawn_app().await;
     let declined = stock_reserved("tok_decline", 1000);

@@ -5,6 +5,7 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
+use shop_events::sealed::{SealingKeys, SealingSettings};
 use shop_events::settings::{ConsumerSettings, EventsSettings, RelaySettings};
 use shop_events::{DomainEvent, Events};
 use shop_proto::shop::common::v1::{CancellationReason, Money};
@@ -21,6 +22,20 @@ use uuid::Uuid;
 pub(crate) const MAX_DELIVER: i64 = 3;
 /// `[processor] slow_delay` in tests.
 pub(crate) const SLOW_DELAY: Duration = Duration::from_millis(300);
+/// The keys orders seals payment tokens with, as the test plays orders and
+/// inventory: made once, handed to every app.
+pub(crate) static TOKEN_KEYS: std::sync::LazyLock<(tempfile::TempDir, SealingKeys)> =
+    std::sync::LazyLock::new(|| {
+        let dir = tempfile::tempdir().unwrap();
+        SealingKeys::generate(dir.path(), "k1").unwrap();
+        let keys = SealingKeys::load(&SealingSettings {
+            keys_dir: dir.path().to_path_buf(),
+            current: "k1".into(),
+        })
+        .unwrap();
+        (dir, keys)
+    });
+
 /// How long the tests wait for an effect of an event.
 pub(crate) const WITHIN: Duration = Duration::from_secs(20);
 
@@ -55,9 +70,12 @@ pub(crate) async fn spawn_app() -> TestApp {
         backoff = ["20ms"]
         [processor]
         slow_delay = "{slow}ms"
+        [payment_tokens]
+        keys_dir = "{keys}"
         "#,
         nats = nats.url(),
         slow = SLOW_DELAY.as_millis(),
+        keys = TOKEN_KEYS.0.path().display(),
     ))
     .unwrap();
     let app = RunningApp::spawn(payments::build(config).await.expect("payments builds"));
@@ -97,14 +115,17 @@ pub(crate) fn eur(amount_minor: i64) -> Option<Money> {
     })
 }
 
-/// A StockReserved for a new order, to be charged with `token`.
+/// A StockReserved for a new order, to be charged with `token`, sealed as
+/// orders seals it.
 pub(crate) fn stock_reserved(token: &str, amount_minor: i64) -> StockReserved {
+    let order_id = Uuid::now_v7().to_string();
     StockReserved {
-        order_id: Uuid::now_v7().to_string(),
+        sealed_payment_token: TOKEN_KEYS.1.seal(token, &order_id),
+        order_id,
         user_id: Uuid::now_v7().to_string(),
         lines: vec![],
         total: eur(amount_minor),
-        payment_token: token.into(),
+        payment_token: String::new(),
     }
 }
 
