@@ -159,6 +159,7 @@ pub(crate) async fn ensure_streams(
     service: &str,
     settings: &EventsSettings,
 ) -> anyhow::Result<()> {
+    settings.streams.check_max_age(&settings.consumer)?;
     let streams: Vec<StreamDef> = if is_service(service) {
         owned_by(service)
             .into_iter()
@@ -175,6 +176,7 @@ pub(crate) async fn ensure_streams(
                     .await
                     .with_context(|| format!("reading stream {}", def.name))?;
                 check_compatible(def, &info.config)?;
+                check_age(def, &info.config, settings)?;
             }
             Err(_) => {
                 js.get_or_create_stream(stream_config(def, settings))
@@ -197,11 +199,34 @@ pub(crate) fn stream_config(
         subjects: vec![def.subjects.to_string()],
         storage: jetstream::stream::StorageType::File,
         duplicate_window: settings.duplicate_window,
-        max_age: settings.streams.max_age.unwrap_or_default(),
+        max_age: settings.streams.effective_max_age().unwrap_or_default(),
         max_bytes: settings.streams.max_bytes.unwrap_or(-1),
         num_replicas: settings.streams.replicas.max(1),
         ..Default::default()
     }
+}
+
+/// An existing stream's age limit (the operator's to set) must leave this
+/// service's consumers time to apply what it holds; none at all is allowed,
+/// and said.
+fn check_age(
+    def: StreamDef,
+    config: &jetstream::stream::Config,
+    settings: &EventsSettings,
+) -> anyhow::Result<()> {
+    if config.max_age.is_zero() {
+        tracing::info!(
+            stream = def.name,
+            "stream keeps its events without an age limit (events.streams.max_age applies to streams created from now on)"
+        );
+        return Ok(());
+    }
+    let held = crate::settings::StreamSettings {
+        max_age: Some(config.max_age),
+        ..settings.streams.clone()
+    };
+    held.check_max_age(&settings.consumer)
+        .with_context(|| format!("stream {} as the server holds it", def.name))
 }
 
 /// An existing stream must store `def`'s subjects; anything else about it

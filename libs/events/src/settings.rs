@@ -48,8 +48,12 @@ pub struct EventsSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSettings {
-    /// Messages older than this are dropped (none: kept until `max_bytes`).
-    #[serde(with = "humantime_serde", default)]
+    /// Messages older than this are dropped: 7 days unless set. It must
+    /// outlast any consumer's redelivery horizon many times over (checked
+    /// at start, see [`ConsumerSettings::redelivery_horizon`]): an event
+    /// dropped before it is applied is lost. `"0s"`: kept until
+    /// `max_bytes`.
+    #[serde(with = "humantime_serde", default = "default_max_age")]
     pub max_age: Option<Duration>,
     /// The stream's size limit in bytes, oldest messages dropped first
     /// (none: no limit).
@@ -65,10 +69,44 @@ fn default_replicas() -> usize {
     1
 }
 
+fn default_max_age() -> Option<Duration> {
+    Some(DEFAULT_MAX_AGE)
+}
+
+/// How long a stream keeps a message unless `max_age` says otherwise.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How many redelivery horizons a stream's `max_age` must cover at least:
+/// room for a consumer down or stuck for a while on top of its retries.
+pub const MAX_AGE_HORIZONS: u32 = 100;
+
+impl StreamSettings {
+    /// `max_age` when it limits anything (`0s` does not).
+    pub fn effective_max_age(&self) -> Option<Duration> {
+        self.max_age.filter(|age| !age.is_zero())
+    }
+
+    /// Refuses a `max_age` that could drop an event before `consumer`
+    /// settings would have given up on it, with room to spare.
+    pub fn check_max_age(&self, consumer: &ConsumerSettings) -> anyhow::Result<()> {
+        let Some(age) = self.effective_max_age() else {
+            return Ok(());
+        };
+        let needed = consumer.redelivery_horizon() * MAX_AGE_HORIZONS;
+        anyhow::ensure!(
+            age >= needed,
+            "events.streams.max_age ({age:?}) is shorter than {MAX_AGE_HORIZONS} times the consumers' redelivery horizon \
+             (events.consumer.max_deliver x (ack_wait + the longest backoff) = {:?}): events could expire before they are applied",
+            consumer.redelivery_horizon()
+        );
+        Ok(())
+    }
+}
+
 impl Default for StreamSettings {
     fn default() -> Self {
         Self {
-            max_age: None,
+            max_age: default_max_age(),
             max_bytes: None,
             replicas: default_replicas(),
         }
@@ -215,6 +253,14 @@ impl Default for ConsumerSettings {
 }
 
 impl ConsumerSettings {
+    /// The longest a message can take from its first delivery to its last
+    /// attempt: `max_deliver` times the ack wait and the longest backoff.
+    pub fn redelivery_horizon(&self) -> Duration {
+        let longest_backoff = self.backoff.iter().map(|d| **d).max().unwrap_or_default();
+        let per_attempt = self.ack_wait + longest_backoff;
+        per_attempt * u32::try_from(self.max_deliver.max(1)).unwrap_or(u32::MAX)
+    }
+
     /// The delay before redelivery after failed attempt number `attempt`
     /// (1-based).
     pub fn backoff_for(&self, attempt: i64) -> Duration {
@@ -223,5 +269,39 @@ impl ConsumerSettings {
             .get(i)
             .or(self.backoff.last())
             .map_or(Duration::from_millis(500), |d| **d)
+    }
+}
+
+#[cfg(test)]
+mod age_tests {
+    use super::*;
+
+    #[test]
+    fn a_max_age_shorter_than_the_consumers_can_take_is_refused() {
+        let consumer = ConsumerSettings {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            backoff: vec![
+                Duration::from_secs(1).into(),
+                Duration::from_secs(30).into(),
+            ],
+            ..ConsumerSettings::default()
+        };
+        assert_eq!(consumer.redelivery_horizon(), Duration::from_secs(300));
+        let streams = StreamSettings::default();
+        assert_eq!(streams.effective_max_age(), Some(DEFAULT_MAX_AGE));
+        streams.check_max_age(&consumer).unwrap();
+        let short = StreamSettings {
+            max_age: Some(Duration::from_secs(3600)),
+            ..StreamSettings::default()
+        };
+        let error = short.check_max_age(&consumer).unwrap_err().to_string();
+        assert!(error.contains("events.streams.max_age"), "{error}");
+        let unlimited = StreamSettings {
+            max_age: Some(Duration::ZERO),
+            ..StreamSettings::default()
+        };
+        assert_eq!(unlimited.effective_max_age(), None);
+        unlimited.check_max_age(&consumer).unwrap();
     }
 }
