@@ -120,10 +120,11 @@ demo:
     bash tests/readme_examples.sh
 
 # benchmarks (not tests): `just bench mesh` compares bare tonic, the full mesh and an haproxy sidecar path, each plaintext and with mTLS;
-# `just bench saga` measures the order saga on release binaries against the ceiling of its own Postgres (fsync on)
+# `just bench saga` measures the order saga on release binaries against the ceiling of its own Postgres (fsync on);
+# `just bench overload` pushes the shop through its gateway at 0.5x to 3x the capacity it measures first (release binaries)
 bench what="mesh": bootstrap
-    @case "{{what}}" in mesh|saga) ;; *) echo "unknown benchmark {{what}}; known: mesh, saga"; exit 2;; esac
-    @if [ "{{what}}" = mesh ]; then just _bench-mesh; else just _bench-saga; fi
+    @case "{{what}}" in mesh|saga|overload) ;; *) echo "unknown benchmark {{what}}; known: mesh, saga, overload"; exit 2;; esac
+    @just _bench-{{what}}
 
 _bench-mesh:
     command -v haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq haproxy)
@@ -134,6 +135,10 @@ _bench-mesh:
 _bench-saga:
     cargo build --release --workspace --bins
     SHOP_BIN_DIR={{root}}/target/release target/release/saga-bench --out target/bench/saga.txt --svg target/bench/saga.svg
+
+_bench-overload:
+    cargo build --release --workspace --bins
+    SHOP_BIN_DIR={{root}}/target/release target/release/shop-overload --out target/bench/overload.txt --svg target/bench/overload.svg
 
 # (open loop: sign-ups, log-ins, browsing, orders with every payment outcome, details) at
 # `rate` actions/s for `secs` s; per RPC availability, p50/p99 against the service catalog's

@@ -72,6 +72,15 @@ pub fn consumer_name(service: &str, stream: &StreamDef) -> String {
     format!("{service}-{}", stream.name.to_lowercase())
 }
 
+/// Services whose consumers only project events (nothing is charged,
+/// reserved or sent): a second instance may replay every stream beside the
+/// live one, with `events.consumer.durable_prefix` = [`REBUILD_PREFIX`].
+pub const REBUILDABLE: &[&str] = &["analytics"];
+
+/// The durable prefix NATS permissions grant a rebuild of a
+/// [`REBUILDABLE`] service (`rebuild-analytics-orders`...).
+pub const REBUILD_PREFIX: &str = "rebuild";
+
 /// The streams `service` reads (none for a service that consumes nothing).
 pub fn reads(service: &str) -> &'static [StreamDef] {
     READS

@@ -13,10 +13,13 @@
 //! refused by the server.
 //!
 //! A consumer renamed by `events.consumer.durable_prefix` (a projection
-//! rebuilt beside the live one) is not covered: NATS wildcards match whole
-//! tokens, so its names must be granted to the service by the operator.
+//! rebuilt beside the live one) needs its names granted: NATS wildcards
+//! match whole tokens, not the start of a name. A rebuildable service
+//! ([`crate::catalog::REBUILDABLE`]: analytics) is granted
+//! [`crate::catalog::REBUILD_PREFIX`]'s names besides its own; any other
+//! prefix must be granted by the operator.
 
-use crate::catalog::{consumer_name, owned_by, reads};
+use crate::catalog::{REBUILD_PREFIX, REBUILDABLE, consumer_name, owned_by, reads};
 
 /// The subjects a NATS user may publish to and subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,16 +52,22 @@ pub fn for_service(service: &str) -> Permissions {
             publish.push(format!("$JS.API.STREAM.INFO.{name}"));
             publish.push(format!("$JS.API.STREAM.CREATE.{name}"));
         }
-        let consumer = consumer_name(service, stream);
-        publish.extend([
-            // Created or updated, with or without a filter subject token.
-            format!("$JS.API.CONSUMER.CREATE.{name}.{consumer}"),
-            format!("$JS.API.CONSUMER.CREATE.{name}.{consumer}.>"),
-            format!("$JS.API.CONSUMER.DURABLE.CREATE.{name}.{consumer}"),
-            format!("$JS.API.CONSUMER.INFO.{name}.{consumer}"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{name}.{consumer}"),
-            format!("$JS.ACK.{name}.{consumer}.>"),
-        ]);
+        let own = consumer_name(service, stream);
+        let mut consumers = vec![own.clone()];
+        if REBUILDABLE.contains(&service) {
+            consumers.push(format!("{REBUILD_PREFIX}-{own}"));
+        }
+        for consumer in consumers {
+            publish.extend([
+                // Created or updated, with or without a filter subject token.
+                format!("$JS.API.CONSUMER.CREATE.{name}.{consumer}"),
+                format!("$JS.API.CONSUMER.CREATE.{name}.{consumer}.>"),
+                format!("$JS.API.CONSUMER.DURABLE.CREATE.{name}.{consumer}"),
+                format!("$JS.API.CONSUMER.INFO.{name}.{consumer}"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{name}.{consumer}"),
+                format!("$JS.ACK.{name}.{consumer}.>"),
+            ]);
+        }
     }
     Permissions {
         publish,
@@ -91,6 +100,17 @@ mod tests {
                 .contains(&"$JS.API.STREAM.UPDATE.ORDERS".to_string())
         );
         assert_eq!(p.subscribe, ["_INBOX_inventory.>"]);
+    }
+
+    #[test]
+    fn analytics_alone_may_rebuild_beside_its_live_consumers() {
+        let p = for_service("analytics");
+        assert!(
+            p.publish
+                .contains(&"$JS.API.CONSUMER.MSG.NEXT.ORDERS.rebuild-analytics-orders".to_string())
+        );
+        let p = for_service("payments");
+        assert!(!p.publish.iter().any(|s| s.contains("rebuild-")));
     }
 
     #[test]
