@@ -39,6 +39,9 @@ async fn place_with_retries(
                         | tonic::Code::Unknown
                         | tonic::Code::Cancelled
                         | tonic::Code::DeadlineExceeded
+                        // Every database connection busy: orders says so,
+                        // with a pushback, instead of failing UNAVAILABLE.
+                        | tonic::Code::ResourceExhausted
                 ) && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
