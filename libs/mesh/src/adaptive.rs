@@ -32,6 +32,7 @@
 //! min_limit = 16          # never below
 //! initial_limit = 64
 //! tolerance = 2.0         # latency may double before the limit falls
+//! latency_floor = "100ms" # latency under this is never queueing
 //! sample_interval = "250ms"
 //! ```
 
@@ -67,6 +68,13 @@ pub struct AdaptivePolicy {
     /// How many intervals the long-term latency averages over.
     #[serde(default = "d_long_window")]
     pub long_window: u32,
+    /// Latency that never counts as queueing: the limit only shrinks once
+    /// the short-term latency passes `tolerance` times the larger of this
+    /// and the long-term latency. A fraction of the service's latency SLO
+    /// keeps a server at its capacity from shedding for a few ms of queue
+    /// when its callers would wait hundreds (default 0: the pure gradient).
+    #[serde(with = "humantime_serde", default)]
+    pub latency_floor: Duration,
 }
 
 fn d_min_limit() -> usize {
@@ -98,6 +106,7 @@ impl Default for AdaptivePolicy {
             smoothing: d_smoothing(),
             sample_interval: d_sample_interval(),
             long_window: d_long_window(),
+            latency_floor: Duration::ZERO,
         }
     }
 }
@@ -202,7 +211,8 @@ impl Gradient {
         if (peak as f64) < self.limit / 2.0 {
             return;
         }
-        let gradient = (self.policy.tolerance * long / short).clamp(0.5, 1.0);
+        let usual = long.max(self.policy.latency_floor.as_secs_f64());
+        let gradient = (self.policy.tolerance * usual / short).clamp(0.5, 1.0);
         let estimate = self.limit * gradient + self.limit.sqrt();
         let smoothing = self.policy.smoothing;
         self.limit = (self.limit * (1.0 - smoothing) + estimate * smoothing).clamp(
@@ -328,6 +338,25 @@ mod tests {
         // Never below the floor, however bad.
         feed(&mut g, &mut now, 100, Duration::from_secs(2), 1024);
         assert_eq!(g.limit(), 16);
+    }
+
+    #[test]
+    fn latency_under_the_floor_never_shrinks_the_limit() {
+        let mut now = Instant::now();
+        let policy = AdaptivePolicy {
+            latency_floor: Duration::from_millis(100),
+            ..policy()
+        };
+        let mut g = Gradient::new(policy, 1024, now);
+        feed(&mut g, &mut now, 20, Duration::from_millis(5), 64);
+        let before = g.limit();
+        // Ten times slower, still under twice the floor: no shrinking.
+        feed(&mut g, &mut now, 20, Duration::from_millis(50), before);
+        assert!(g.limit() >= before, "{before} -> {}", g.limit());
+        // Past it: the limit falls.
+        let busy = g.limit();
+        feed(&mut g, &mut now, 20, Duration::from_millis(500), busy);
+        assert!(g.limit() < busy / 2, "{busy} -> {}", g.limit());
     }
 
     #[test]
