@@ -1,7 +1,8 @@
 //! What the benchmark binaries share: the meter provider the mesh bench
-//! records into, CPU time from `/proc` ([`procstat`]) and latency plots
-//! ([`plot`]).
+//! records into, CPU time from `/proc` ([`procstat`]), latency plots
+//! ([`plot`]) and a stocked catalog ([`catalog`]).
 
+pub mod catalog;
 pub mod plot;
 pub mod procstat;
 

@@ -26,11 +26,6 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use shop_bench::procstat;
-use shop_proto::shop::catalog::v1::CreateProductRequest;
-use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
-use shop_proto::shop::common::v1::Money;
-use shop_proto::shop::inventory::v1::SetStockRequest;
-use shop_proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
 use shop_proto::shop::orders::v1::order_service_client::OrderServiceClient;
 use shop_proto::shop::orders::v1::{
     GetOrderRequest, NewOrderLine, Order, OrderStatus, PlaceOrderRequest, SagaStepType,
@@ -143,34 +138,7 @@ impl Bench {
             ..StackOptions::default()
         })
         .await?;
-        let mut catalog = CatalogServiceClient::new(stack.service("catalog").channel().await?);
-        let mut inventory =
-            InventoryServiceClient::new(stack.service("inventory").channel().await?);
-        let mut products = Vec::with_capacity(PRODUCTS);
-        for i in 0..PRODUCTS {
-            let product = catalog
-                .create_product(CreateProductRequest {
-                    sku: format!("BENCH-{i:04}-{}", uuid::Uuid::new_v4().simple()),
-                    name: format!("Bench product {i}"),
-                    description: String::new(),
-                    category: "bench".into(),
-                    price: Some(Money {
-                        amount_minor: 1200,
-                        currency_code: "EUR".into(),
-                    }),
-                })
-                .await?
-                .into_inner()
-                .product
-                .context("no product")?;
-            inventory
-                .set_stock(SetStockRequest {
-                    product_id: product.product_id.clone(),
-                    available: 1_000_000_000,
-                })
-                .await?;
-            products.push(product.product_id);
-        }
+        let products = shop_bench::catalog::stocked_products(&stack, PRODUCTS, 1200).await?;
         let orders = OrderServiceClient::new(stack.service("orders").channel().await?);
         Ok(Self {
             stack,

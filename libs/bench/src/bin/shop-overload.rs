@@ -29,17 +29,12 @@
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use rand::Rng as _;
-use shop_proto::shop::catalog::v1::CreateProductRequest;
-use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
-use shop_proto::shop::common::v1::Money;
 use shop_proto::shop::gateway::v1 as gw;
 use shop_proto::shop::gateway::v1::shop_gateway_service_client::ShopGatewayServiceClient;
-use shop_proto::shop::inventory::v1::SetStockRequest;
-use shop_proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
 use shop_proto::shop::mesh::v1::GetStatsRequest;
 use shop_proto::shop::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
 use shop_proto::shop::orders::v1::NewOrderLine;
-use shop_testkit::stack::{Stack, StackOptions};
+use shop_testkit::stack::{SERVICES, Stack, StackOptions};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -82,17 +77,6 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// Every service, each after those it calls.
-const SERVICES: &[&str] = &[
-    "users",
-    "catalog",
-    "inventory",
-    "payments",
-    "orders",
-    "notifications",
-    "analytics",
-    "gateway",
-];
 const PRODUCTS: usize = 50;
 const SHOPPERS: usize = 8;
 const PASSWORD: &str = "correct horse battery";
@@ -403,33 +387,7 @@ async fn start() -> anyhow::Result<(Stack, Arc<Shop>)> {
         ..StackOptions::default()
     })
     .await?;
-    let mut catalog = CatalogServiceClient::new(stack.service("catalog").channel().await?);
-    let mut inventory = InventoryServiceClient::new(stack.service("inventory").channel().await?);
-    let mut products = Vec::with_capacity(PRODUCTS);
-    for i in 0..PRODUCTS {
-        let product = catalog
-            .create_product(CreateProductRequest {
-                sku: format!("LOAD-{i:03}-{}", uuid::Uuid::new_v4().simple()),
-                name: format!("Overload product {i}"),
-                description: String::new(),
-                category: "bench".into(),
-                price: Some(Money {
-                    amount_minor: 1500,
-                    currency_code: "EUR".into(),
-                }),
-            })
-            .await?
-            .into_inner()
-            .product
-            .context("no product")?;
-        inventory
-            .set_stock(SetStockRequest {
-                product_id: product.product_id.clone(),
-                available: 1_000_000_000,
-            })
-            .await?;
-        products.push(product.product_id);
-    }
+    let products = shop_bench::catalog::stocked_products(&stack, PRODUCTS, 1500).await?;
     let mut gateway =
         ShopGatewayServiceClient::new(stack.service("gateway").public_channel().await?);
     let mut shoppers = Vec::with_capacity(SHOPPERS);
