@@ -58,24 +58,27 @@
 //! A `max_concurrency` of 0 sheds every request that is not
 //! infrastructure.
 
-use crate::adaptive::{AdaptiveLimiter, AdaptivePolicy};
+use crate::adaptive::AdaptiveLimiter;
 use crate::authz::{Authorizer, Decision};
 use crate::context::with_incoming_deadline;
 use crate::fault::{Fault, FaultLayer, ServerFaults};
 use crate::message_size::LimitedBody;
 use crate::metrics::ServerMetrics;
 use crate::policy::ServerPolicy;
-use crate::rate_limit::{RateLimitPolicy, RateLimits};
+use crate::rate_limit::RateLimits;
 use crate::stats::{self, MeshStats};
 use crate::status::{self, GRPC_TIMEOUT, PUSHBACK};
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use shared::{Adaptive, Limiter, Rates};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tower::{Layer, Service};
+
+mod shared;
 
 /// Builds the server stack around a service (tonic's `Routes`).
 ///
@@ -129,65 +132,6 @@ pub type ServerStack<S> = ServerService<Fault<IntoBody<S>, ServerFaults>>;
 #[derive(Debug, Clone)]
 pub struct IntoBody<S> {
     inner: S,
-}
-
-/// The semaphore of the concurrency limit, shared by every clone of the
-/// service and rebuilt when `max_concurrency` changes.
-#[derive(Debug)]
-struct Limiter {
-    max: usize,
-    semaphore: Arc<Semaphore>,
-}
-
-/// The buckets of the rate limits, shared by every clone of the service
-/// and rebuilt (full) when `rate_limit` changes.
-#[derive(Debug)]
-struct Rates {
-    policy: RateLimitPolicy,
-    limits: Arc<RateLimits>,
-}
-
-impl Rates {
-    fn new(policy: &RateLimitPolicy) -> Self {
-        Self {
-            policy: policy.clone(),
-            limits: Arc::new(RateLimits::new(policy)),
-        }
-    }
-
-    /// The buckets of `policy`, rebuilt if it changed.
-    fn limits_for(&mut self, policy: &RateLimitPolicy) -> Arc<RateLimits> {
-        if *policy != self.policy {
-            *self = Rates::new(policy);
-        }
-        self.limits.clone()
-    }
-}
-
-/// The adaptive limiter, shared by every clone of the service and rebuilt
-/// (at its initial limit) when its policy or the ceiling changes.
-#[derive(Debug)]
-struct Adaptive {
-    key: (AdaptivePolicy, usize),
-    limiter: Option<Arc<AdaptiveLimiter>>,
-}
-
-impl Adaptive {
-    fn new(policy: &ServerPolicy) -> Self {
-        let key = (policy.adaptive_concurrency.clone(), policy.max_concurrency);
-        let limiter = key
-            .0
-            .enabled
-            .then(|| Arc::new(AdaptiveLimiter::new(&key.0, key.1)));
-        Self { key, limiter }
-    }
-
-    fn limiter_for(&mut self, policy: &ServerPolicy) -> Option<Arc<AdaptiveLimiter>> {
-        if (&policy.adaptive_concurrency, policy.max_concurrency) != (&self.key.0, self.key.1) {
-            *self = Adaptive::new(policy);
-        }
-        self.limiter.clone()
-    }
 }
 
 /// Keeps `in_flight` up to date, however the request ends (answered,
@@ -263,26 +207,6 @@ impl std::fmt::Debug for ServerLayer {
         f.debug_struct("ServerLayer")
             .field("policy", &*self.policy.borrow())
             .finish_non_exhaustive()
-    }
-}
-
-// === impl Limiter ===
-
-impl Limiter {
-    fn new(max: usize) -> Self {
-        let max = max.min(Semaphore::MAX_PERMITS);
-        Self {
-            max,
-            semaphore: Arc::new(Semaphore::new(max)),
-        }
-    }
-
-    /// The semaphore for `max` permits, rebuilt if `max` changed.
-    fn semaphore_for(&mut self, max: usize) -> Arc<Semaphore> {
-        if max.min(Semaphore::MAX_PERMITS) != self.max {
-            *self = Limiter::new(max);
-        }
-        self.semaphore.clone()
     }
 }
 
