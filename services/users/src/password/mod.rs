@@ -10,10 +10,15 @@
 //! it a call is refused at once with [`Busy`] (RESOURCE_EXHAUSTED with a
 //! retry time), so a burst from a few addresses cannot make every other
 //! user's log-in wait out its deadline.
+//!
+//! The hashes' working memory is kept between them ([`phc::Memory`]): one
+//! set of blocks per permit, allocated once, so a burst costs no more
+//! memory than `permits` hashes, however many threads ran them.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use std::sync::{Arc, LazyLock};
+mod phc;
+
+use phc::Memory;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -24,6 +29,11 @@ pub(crate) struct Passwords {
     permits: Arc<Semaphore>,
     /// Running plus waiting: one token per admitted call.
     admitted: Arc<Semaphore>,
+    /// argon2's working memory, one set of blocks per permit at most.
+    memory: Arc<Memory>,
+    /// A hash of a password nobody has, checked when the email is unknown
+    /// so that an unknown email costs as much time as a wrong password.
+    decoy: Arc<OnceLock<String>>,
 }
 
 /// Why a password could not be checked or hashed.
@@ -52,37 +62,24 @@ impl From<PasswordError> for shop_runtime::ServiceError {
     }
 }
 
-/// A hash of a password nobody has, checked when the email is unknown so
-/// that an unknown email costs as much time as a wrong password.
-static DECOY_HASH: LazyLock<String> = LazyLock::new(|| {
-    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    Argon2::default()
-        .hash_password(Uuid::new_v4().as_bytes(), &salt)
-        .expect("hashing a fixed-size input cannot fail")
-        .to_string()
-});
-
 impl Passwords {
     pub(crate) fn new(permits: usize, max_waiting: usize) -> Self {
         let permits = permits.max(1);
         Self {
             permits: Arc::new(Semaphore::new(permits)),
             admitted: Arc::new(Semaphore::new(permits + max_waiting)),
+            memory: Arc::default(),
+            decoy: Arc::default(),
         }
     }
 
     /// Hashes `password` with argon2id (default parameters: 19 MiB, 2
     /// passes) into a PHC string.
     pub(crate) async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        self.run(move || {
-            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-            Argon2::default()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| anyhow::anyhow!("argon2: {e}"))
-        })
-        .await?
-        .map_err(PasswordError::Failed)
+        let memory = self.memory.clone();
+        self.run(move || memory.hash(password.as_bytes()))
+            .await?
+            .map_err(PasswordError::Failed)
     }
 
     /// Whether `password` matches `hash` (a PHC string); `None` checks the
@@ -92,15 +89,17 @@ impl Passwords {
         password: String,
         hash: Option<String>,
     ) -> Result<bool, PasswordError> {
+        let (memory, decoy) = (self.memory.clone(), self.decoy.clone());
         self.run(move || {
-            let decoy = hash.is_none();
-            let hash = hash.unwrap_or_else(|| DECOY_HASH.clone());
-            let parsed =
-                PasswordHash::new(&hash).map_err(|e| anyhow::anyhow!("stored hash: {e}"))?;
-            let matches = Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok();
-            Ok(matches && !decoy)
+            let Some(hash) = hash else {
+                let decoy = decoy.get_or_init(|| {
+                    memory
+                        .hash(Uuid::new_v4().as_bytes())
+                        .expect("hashing a fixed-size input cannot fail")
+                });
+                return memory.verify(password.as_bytes(), decoy).map(|_| false);
+            };
+            memory.verify(password.as_bytes(), &hash)
         })
         .await?
         .map_err(PasswordError::Failed)

@@ -5,9 +5,15 @@
 //! Every key is checked before it reaches a table: an email longer than
 //! [`MAX_EMAIL_BYTES`] is INVALID_ARGUMENT before any bucket exists, and
 //! addresses are keyed as the listener counts connections (IPv4, or the
-//! /64 of IPv6). The email's bucket is checked first, so hammering one
-//! account empties only that account's bucket: other people behind the
-//! same address (a NAT, an office) keep logging in. Many emails from one
+//! /64 of IPv6).
+//!
+//! The address is checked first: an address whose bucket is empty is
+//! refused before its email gets a bucket, so one address spraying
+//! emails cannot fill the email table. That first check only looks
+//! ([`store::Probe::look`]); the address pays its token last, once the
+//! email's bucket has let the call through. So hammering one account
+//! empties only that account's bucket, and other people behind the same
+//! address (a NAT, an office) keep logging in, while many emails from one
 //! address empty the address's bucket. A refused call gets
 //! `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` saying when a token
 //! is back.
@@ -18,10 +24,11 @@
 //! while are also dropped by [`Limiter::forget_idle`] (run periodically),
 //! so memory follows the number of recent callers.
 
+mod store;
+
 use crate::config::{Bucket, CallLimits};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use shop_runtime::listener::PeerKey;
 use std::hash::Hash;
@@ -29,6 +36,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use store::{LookingStore, Probe};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
@@ -36,7 +44,7 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 /// angle brackets).
 pub(crate) const MAX_EMAIL_BYTES: usize = 254;
 
-type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Keyed<K, C> = RateLimiter<Probe<K>, LookingStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// The limits of one call (LogIn or SignUp).
 pub(crate) struct Limiter<C: Clock = DefaultClock> {
@@ -131,23 +139,24 @@ impl<C: Clock + Clone> Limiter<C> {
         }
     }
 
-    /// Checks `email`'s length, then takes a token for `email`
-    /// (normalised here: trimmed, lower case) and for `peer`, or says why
-    /// not.
+    /// Checks `email`'s length, then that `peer` has a token left, then
+    /// takes a token for `email` (normalised here: trimmed, lower case)
+    /// and one for `peer`, or says why not.
     pub(crate) fn check(&self, email: &str, peer: Option<IpAddr>) -> Result<(), Refused> {
         if email.len() > MAX_EMAIL_BYTES {
             return Err(Refused::EmailTooLong { bytes: email.len() });
         }
+        const FROM_PEER: &str = "from this address";
+        let peer = peer.map(PeerKey::from);
+        if let Some(peer) = &peer {
+            self.per_peer
+                .check(Probe::look(*peer), &self.clock, self.call, FROM_PEER)?;
+        }
         let email = email.trim().to_lowercase();
         self.per_email
-            .take(&email, &self.clock, self.call, "for this email")?;
+            .take(email, &self.clock, self.call, "for this email")?;
         match peer {
-            Some(peer) => self.per_peer.take(
-                &PeerKey::from(peer),
-                &self.clock,
-                self.call,
-                "from this address",
-            ),
+            Some(peer) => self.per_peer.take(peer, &self.clock, self.call, FROM_PEER),
             None => Ok(()),
         }
     }
@@ -168,24 +177,30 @@ impl<C: Clock + Clone> Limiter<C> {
 impl<K: Hash + Eq + Clone, C: Clock + Clone> Table<K, C> {
     fn new(quota: Quota, max: usize, clock: C) -> Self {
         Self {
-            buckets: RateLimiter::dashmap_with_clock(quota, clock),
+            buckets: RateLimiter::new(quota, LookingStore::default(), clock),
             max: max.max(1),
             last_sweep: Mutex::new(None),
         }
     }
 
-    fn take(
+    /// Takes a token for `key`, making a bucket for it if there is room.
+    fn take(&self, key: K, clock: &C, call: &'static str, by: &'static str) -> Result<(), Refused> {
+        if self.buckets.len() >= self.max && !self.make_room() {
+            return Err(Refused::Crowded { call });
+        }
+        self.check(Probe::take(key), clock, call, by)
+    }
+
+    /// Runs `probe` against the buckets.
+    fn check(
         &self,
-        key: &K,
+        probe: Probe<K>,
         clock: &C,
         call: &'static str,
         by: &'static str,
     ) -> Result<(), Refused> {
-        if self.buckets.len() >= self.max && !self.make_room() {
-            return Err(Refused::Crowded { call });
-        }
         self.buckets
-            .check_key(key)
+            .check_key(&probe)
             .map_err(|not_until| Refused::Limited {
                 call,
                 by,
@@ -277,6 +292,31 @@ mod tests {
         );
         let other = Some(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
         limiter.check("u6@example.com", other).unwrap();
+    }
+
+    #[test]
+    fn an_address_out_of_tokens_makes_no_email_buckets() {
+        let clock = FakeRelativeClock::default();
+        let limiter = Limiter::with_clock("log-in", &limits(), 100, clock.clone());
+        for i in 0..5 {
+            limiter.check(&format!("u{i}@example.com"), PEER).unwrap();
+        }
+        assert_eq!(limiter.keys(), 6);
+        // A sprayer's further emails are refused by the address alone.
+        for i in 5..500 {
+            let refused = limiter.check(&format!("u{i}@example.com"), PEER);
+            assert!(
+                matches!(
+                    refused,
+                    Err(Refused::Limited {
+                        by: "from this address",
+                        ..
+                    })
+                ),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(limiter.keys(), 6);
     }
 
     #[test]
