@@ -119,7 +119,7 @@ integration:
 demo:
     bash tests/readme_examples.sh
 
-# benchmarks (not tests): `just bench mesh` compares bare tonic, the full mesh and an haproxy sidecar path, each plaintext and with mTLS;
+# benchmarks (not tests): `just bench mesh` compares bare tonic, the full mesh, Envoy sidecars (Istio's placement, the mesh's policy rendered) and HAProxy hops, each plaintext and with mTLS;
 # `just bench saga` measures the order saga on release binaries against the ceiling of its own Postgres (fsync on);
 # `just bench overload` pushes the shop through its gateway at 0.5x to 3x the capacity it measures first (release binaries)
 bench what="mesh": bootstrap

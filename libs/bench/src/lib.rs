@@ -3,6 +3,7 @@
 //! ([`plot`]) and a stocked catalog ([`catalog`]).
 
 pub mod catalog;
+pub mod envoy;
 pub mod plot;
 pub mod procstat;
 

@@ -17,6 +17,12 @@
 //!   hops with mutual TLS between them (the application to its sidecar and
 //!   the sidecar to its application stay on loopback h2c, as Linkerd and
 //!   Istio place them);
+//! - (g, h) **envoy**, **envoy-tls**: plain tonic channels through two
+//!   Envoy 1.40 sidecars placed as Istio places them (the client's
+//!   outbound sidecar, the server's inbound sidecar; mutual TLS between
+//!   them in envoy-tls), configured from the same mesh policy
+//!   ([`shop_bench::envoy`]): retries, timeouts, least request, ejection,
+//!   keepalive, and in envoy-tls the server's authorization as RBAC;
 //! - and, on request (`--variants`), **mesh-client** (the mesh client stack
 //!   to the bare port) and **mesh-server** (plain channels to the mesh
 //!   port), to tell the two halves' costs apart.
@@ -76,6 +82,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "bare-tls",
             "mesh-tls",
             "sidecar-tls",
+            "envoy",
+            "envoy-tls",
         ]
         .map(String::from)
         .to_vec(),
@@ -269,6 +277,47 @@ fn mint_pki(dir: &std::path::Path) -> anyhow::Result<Pki> {
     })
 }
 
+/// Two Envoy sidecars in front of the server's bare port, as Istio places
+/// them, from the same policy the mesh variants run: the server's inbound
+/// sidecar and the client's outbound one (mTLS between them when `tls`
+/// gives the PKI and the server's identity). The outbound one comes with
+/// its port.
+fn envoy_pair(
+    dir: &std::path::Path,
+    name: &str,
+    app: &str,
+    tls: Option<(&Pki, &shop_identity::SpiffeId)>,
+) -> anyhow::Result<(shop_bench::envoy::Envoy, (shop_bench::envoy::Envoy, u16))> {
+    use shop_bench::envoy::{Certs, Envoy, inbound, outbound};
+    let app: u16 = app
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("bare address")?;
+    let (inbound_port, outbound_port) = (free_port()?, free_port()?);
+    let server_certs = tls.map(|(pki, _)| Certs::new(&pki.server));
+    let client_certs = tls.map(|(pki, _)| Certs::new(&pki.client));
+    let server_id = tls.map(|(_, id)| id);
+    let server_policy = shop_mesh::policy::ServerPolicy::default();
+    let inbound = inbound::render(&inbound::Inbound {
+        listen: inbound_port,
+        app,
+        policy: &server_policy,
+        tls: server_certs.as_ref().zip(server_id),
+    });
+    let upstream = shop_mesh::client::bench_policy("http://127.0.0.1:1");
+    let outbound = outbound::render(&outbound::Outbound {
+        listen: outbound_port,
+        service: "shop.mesh.v1.MeshAdminService",
+        policy: &upstream,
+        replicas: &[inbound_port],
+        tls: client_certs.as_ref().zip(server_id),
+    });
+    let server_side = Envoy::start(dir, &format!("{name}-inbound"), &inbound.config, "1")?;
+    let client_side = Envoy::start(dir, &format!("{name}-outbound"), &outbound.config, "1")?;
+    Ok((server_side, (client_side, outbound_port)))
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -361,7 +410,12 @@ where
                             ok += 1;
                             let _ = hist.record(t.elapsed().as_micros() as u64);
                         }
-                        Err(_) => errors += 1,
+                        Err(status) => {
+                            if errors == 0 && std::env::var_os("SHOP_BENCH_SHOW_ERRORS").is_some() {
+                                eprintln!("first error: {status:?}");
+                            }
+                            errors += 1
+                        }
                     }
                 }
                 (hist, ok, errors)
@@ -451,6 +505,12 @@ async fn main() -> anyhow::Result<()> {
         },
     )?;
     let sidecar_tls = format!("127.0.0.1:{tls_client_side}");
+    let server_id = shop_identity::SpiffeId::workload("bench.local", "bench", "catalog")?;
+    let (envoy_in, envoy_out) = envoy_pair(&dir, "envoy", &bare, None)?;
+    let (envoy_tls_in, envoy_tls_out) =
+        envoy_pair(&dir, "envoy-tls", &bare, Some((&pki, &server_id)))?;
+    let envoy = format!("127.0.0.1:{}", envoy_out.1);
+    let envoy_tls = format!("127.0.0.1:{}", envoy_tls_out.1);
     for addr in [
         &bare,
         &meshed,
@@ -458,6 +518,8 @@ async fn main() -> anyhow::Result<()> {
         &bare_tls,
         &meshed_tls,
         &sidecar_tls,
+        &envoy,
+        &envoy_tls,
     ] {
         wait_port(addr).await?;
     }
@@ -485,7 +547,6 @@ async fn main() -> anyhow::Result<()> {
     };
     let client_identity =
         shop_identity::Identity::load(&pki.client, shop_identity::ClientAuth::Required)?;
-    let server_id = shop_identity::SpiffeId::workload("bench.local", "bench", "catalog")?;
 
     let connect = |addr: String| async move {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
@@ -502,10 +563,14 @@ async fn main() -> anyhow::Result<()> {
     let mut bare_tls_clients = Vec::new();
     let mut mesh_tls_clients = Vec::new();
     let mut sidecar_tls_clients = Vec::new();
+    let mut envoy_clients = Vec::new();
+    let mut envoy_tls_clients = Vec::new();
     let stats = Arc::new(shop_mesh::stats::MeshStats::default());
     for i in 0..args.conns {
         bare_tls_clients.push(Client::new(connect_tls(bare_tls.clone()).await?));
         sidecar_tls_clients.push(Client::new(connect(sidecar_tls.clone()).await?));
+        envoy_clients.push(Client::new(connect(envoy.clone()).await?));
+        envoy_tls_clients.push(Client::new(connect(envoy_tls.clone()).await?));
         let policy = shop_mesh::client::bench_policy(&format!("https://{meshed_tls}"));
         let (_tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
         std::mem::forget(_tx);
@@ -549,6 +614,8 @@ async fn main() -> anyhow::Result<()> {
     let server_pid = [server.0.id()];
     let proxy_pids = [server.0.id(), hop1.0.id(), hop2.0.id()];
     let tls_proxy_pids = [server.0.id(), hop3.0.id(), hop4.0.id()];
+    let envoy_pids = [server.0.id(), envoy_in.pid(), envoy_out.0.pid()];
+    let envoy_tls_pids = [server.0.id(), envoy_tls_in.pid(), envoy_tls_out.0.pid()];
     let mut samples: Vec<(&str, Vec<Sample>)> = vec![
         ("bare", vec![]),
         ("mesh", vec![]),
@@ -556,6 +623,8 @@ async fn main() -> anyhow::Result<()> {
         ("bare-tls", vec![]),
         ("mesh-tls", vec![]),
         ("sidecar-tls", vec![]),
+        ("envoy", vec![]),
+        ("envoy-tls", vec![]),
         ("mesh-client", vec![]),
         ("mesh-server", vec![]),
     ];
@@ -620,6 +689,24 @@ async fn main() -> anyhow::Result<()> {
                     )
                     .await
                 }
+                "envoy" => {
+                    drive(
+                        envoy_clients.clone(),
+                        args.streams,
+                        args.duration,
+                        &envoy_pids,
+                    )
+                    .await
+                }
+                "envoy-tls" => {
+                    drive(
+                        envoy_tls_clients.clone(),
+                        args.streams,
+                        args.duration,
+                        &envoy_tls_pids,
+                    )
+                    .await
+                }
                 "sidecar-tls" => {
                     drive(
                         sidecar_tls_clients.clone(),
@@ -677,7 +764,7 @@ async fn main() -> anyhow::Result<()> {
         report.push_str(&format!(
             "{name:<12} {rps:>7.0} ({lo:>7.0}-{hi:>7.0})  {p50:>8.0} {p99:>7.0} {p999:>9.0} {cpu:>11.1} {client_cpu:>18.1} {allocs:>18.1} {errors:>7}\n"
         ));
-        medians.insert(*name, (rps, p99));
+        medians.insert(*name, (rps, p99, cpu + client_cpu));
     }
     if let (Some(a), Some(b), Some(c)) = (
         medians.get("bare").copied(),
@@ -705,6 +792,23 @@ async fn main() -> anyhow::Result<()> {
             c.1
         ));
     }
+    for (mesh, envoy) in [("mesh", "envoy"), ("mesh-tls", "envoy-tls")] {
+        if let (Some(m), Some(e)) = (medians.get(mesh).copied(), medians.get(envoy).copied()) {
+            // Requests per second per CPU second spent on the whole path
+            // (server, proxies and the client's own process).
+            let per_cpu = |(_, _, cpu_us): (f64, f64, f64)| 1e6 / cpu_us.max(1e-9);
+            report.push_str(&format!(
+                "{mesh} vs {envoy}: req/s {:.2}x; req/s per path CPU {:.2}x ({:.0} vs {:.0}); p99 {:.0} us vs {:.0} us ({:.2} of Envoy's)\n",
+                m.0 / e.0,
+                per_cpu(m) / per_cpu(e),
+                per_cpu(m),
+                per_cpu(e),
+                m.1,
+                e.1,
+                m.1 / e.1
+            ));
+        }
+    }
     print!("{report}");
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
@@ -712,6 +816,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::File::create(&args.out)?.write_all(report.as_bytes())?;
     eprintln!("written to {}", args.out.display());
     drop((hop1, hop2, hop3, hop4, server));
+    drop((envoy_in, envoy_out, envoy_tls_in, envoy_tls_out));
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

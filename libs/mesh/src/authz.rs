@@ -135,6 +135,19 @@ impl Authorizer {
         Self { rules }
     }
 
+    /// Every rule, defaults included: a method (`/pkg.Service/Method`) or
+    /// a service (`pkg.Service`) and its callers, sorted by key (what
+    /// another data plane needs to enforce the same policy).
+    pub fn rules(&self) -> impl Iterator<Item = (&str, &[String])> {
+        let mut rules: Vec<_> = self
+            .rules
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        rules.sort_by_key(|(k, _)| *k);
+        rules.into_iter()
+    }
+
     /// The callers allowed to call `path` (`/pkg.Service/Method`): the
     /// method's rule, else its service's; empty for nobody.
     pub fn allowed(&self, path: &str) -> &[String] {
