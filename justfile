@@ -121,9 +121,10 @@ demo:
 
 # benchmarks (not tests): `just bench mesh` compares bare tonic, the full mesh, Envoy sidecars (Istio's placement, the mesh's policy rendered) and HAProxy hops, each plaintext and with mTLS;
 # `just bench saga` measures the order saga on release binaries against the ceiling of its own Postgres (fsync on);
-# `just bench overload` pushes the shop through its gateway at 0.5x to 3x the capacity it measures first (release binaries)
+# `just bench overload` pushes the shop through its gateway at 0.5x to 3x the capacity it measures first (release binaries);
+# `just bench resilience` kills, freezes, slows, fails, restarts and overloads three replicas under load through the mesh, Envoy sidecars and bare tonic
 bench what="mesh": bootstrap
-    @case "{{what}}" in mesh|saga|overload) ;; *) echo "unknown benchmark {{what}}; known: mesh, saga, overload"; exit 2;; esac
+    @case "{{what}}" in mesh|saga|overload|resilience) ;; *) echo "unknown benchmark {{what}}; known: mesh, saga, overload, resilience"; exit 2;; esac
     @just _bench-{{what}}
 
 _bench-mesh:
@@ -135,6 +136,10 @@ _bench-mesh:
 _bench-saga:
     cargo build --release --workspace --bins
     SHOP_BIN_DIR={{root}}/target/release target/release/saga-bench --out target/bench/saga.txt --svg target/bench/saga.svg
+
+_bench-resilience:
+    cargo build --release -p shop-bench --bins
+    taskset -c 0 target/release/shop-resilience --out target/bench/resilience.txt --svg target/bench/resilience.svg
 
 _bench-overload:
     cargo build --release --workspace --bins

@@ -6,12 +6,21 @@ pub mod catalog;
 pub mod envoy;
 pub mod plot;
 pub mod procstat;
+pub mod resilience;
 
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use std::time::Duration;
+
+/// A loopback port free now (bound and released), for a process that
+/// binds it next.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
 
 /// Installs an SDK meter provider as a service exporting its metrics
 /// would (instruments aggregated in memory, read every 60 s), whose

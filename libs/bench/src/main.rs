@@ -294,7 +294,7 @@ fn envoy_pair(
         .next()
         .and_then(|p| p.parse().ok())
         .context("bare address")?;
-    let (inbound_port, outbound_port) = (free_port()?, free_port()?);
+    let (inbound_port, outbound_port) = (shop_bench::free_port()?, shop_bench::free_port()?);
     let server_certs = tls.map(|(pki, _)| Certs::new(&pki.server));
     let client_certs = tls.map(|(pki, _)| Certs::new(&pki.client));
     let server_id = tls.map(|(_, id)| id);
@@ -316,12 +316,6 @@ fn envoy_pair(
     let server_side = Envoy::start(dir, &format!("{name}-inbound"), &inbound.config, "1")?;
     let client_side = Envoy::start(dir, &format!("{name}-outbound"), &outbound.config, "1")?;
     Ok((server_side, (client_side, outbound_port)))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn wait_port(addr: &str) -> anyhow::Result<()> {
@@ -470,8 +464,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let (bare, meshed) = (addr_of("bare")?, addr_of("mesh")?);
     let (bare_tls, meshed_tls) = (addr_of("bare_tls")?, addr_of("mesh_tls")?);
-    let server_side = free_port()?;
-    let client_side = free_port()?;
+    let server_side = shop_bench::free_port()?;
+    let client_side = shop_bench::free_port()?;
     let hop2 = haproxy_hop(server_side, &bare, &dir, "server-side", HopTls::None)?;
     let hop1 = haproxy_hop(
         client_side,
@@ -482,8 +476,8 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let sidecar = format!("127.0.0.1:{client_side}");
     // The same two hops, with mutual TLS between them.
-    let tls_server_side = free_port()?;
-    let tls_client_side = free_port()?;
+    let tls_server_side = shop_bench::free_port()?;
+    let tls_client_side = shop_bench::free_port()?;
     let hop4 = haproxy_hop(
         tls_server_side,
         &bare,
