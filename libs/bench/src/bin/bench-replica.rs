@@ -7,7 +7,9 @@
 //!   data plane (the Envoy sidecar in front of it, or none);
 //! - `--mesh PORT`: the mesh's server stack under mutual TLS with the
 //!   identity in `--tls DIR`, callers authorized by SPIFFE ID
-//!   (`--allow NAME`, a workload of the replica's own namespace).
+//!   (`--allow NAME`, a workload of the replica's own namespace), the
+//!   concurrency limit adapting to latency
+//!   (`shop_bench::resilience::paths::server_policy`).
 //!
 //! `--work-us N` makes every call burn N us of CPU, as a handler doing
 //! real work would. Faults are the application's own, so that every path meets the same
@@ -20,7 +22,7 @@ use anyhow::Context as _;
 use rand::Rng as _;
 use shop_proto::shop::bench::v1::replica_service_server::{ReplicaService, ReplicaServiceServer};
 use shop_proto::shop::bench::v1::{ReadRequest, ReadResponse, WriteRequest, WriteResponse};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -193,13 +195,7 @@ async fn main() -> anyhow::Result<()> {
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let service = ReplicaServiceServer::new(replica);
-    let policy = shop_mesh::policy::ServerPolicy {
-        authorization: BTreeMap::from([(
-            "shop.bench.v1.ReplicaService".to_string(),
-            vec![args.allow.clone()],
-        )]),
-        ..Default::default()
-    };
+    let policy = shop_bench::resilience::paths::server_policy(&args.allow);
     let (_policy_tx, policy_rx) = tokio::sync::watch::channel(Arc::new(policy));
     let stats = Arc::new(shop_mesh::stats::MeshStats::default());
     let layer = shop_mesh::server::ServerLayer::new(policy_rx, stats);

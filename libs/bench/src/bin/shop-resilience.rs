@@ -126,12 +126,7 @@ async fn set_up(
             }
         }
         "envoy" => {
-            let server_policy = shop_mesh::policy::ServerPolicy {
-                authorization: [(paths::SERVICE.to_string(), vec!["gateway".to_string()])]
-                    .into_iter()
-                    .collect(),
-                ..Default::default()
-            };
+            let server_policy = paths::server_policy("gateway");
             let (caller, replica) = (Certs::new(&pki.caller_dir), Certs::new(&pki.replica_dir));
             let (envoys, port) = paths::sidecars(
                 dir,

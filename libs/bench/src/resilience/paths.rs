@@ -95,6 +95,21 @@ pub fn upstream_policy(mesh_ports: &[u16]) -> UpstreamPolicy {
     policy
 }
 
+/// The replicas' server policy, which the mesh path meets in each
+/// replica's mesh server and the Envoy path in each replica's inbound
+/// sidecar: only `allow` may call the contract, and the concurrency limit
+/// adapts to latency, as every service runs it in `k8s/`.
+pub fn server_policy(allow: &str) -> ServerPolicy {
+    let mut policy = ServerPolicy {
+        authorization: [(SERVICE.to_string(), vec![allow.to_string()])]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    policy.adaptive_concurrency.enabled = true;
+    policy
+}
+
 /// The mesh path: one mesh client over every replica's mesh port.
 pub fn mesh(
     policy: UpstreamPolicy,
