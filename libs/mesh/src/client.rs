@@ -8,23 +8,28 @@
 //! 2. **[`deadline`](crate::deadline)** — the call's overall deadline
 //!    (policy timeout, the incoming call's remaining time, the caller's own
 //!    `grpc-timeout`), covering every attempt and backoff;
-//! 3. **[`retry`](crate::retry)** — only methods the contract marks safe,
+//! 3. **[`concurrency`](crate::concurrency)** — when enabled, the calls in
+//!    flight to the upstream are capped by a limit that follows the
+//!    latency the caller sees (retries included); the excess is refused at
+//!    once, unsent;
+//! 4. **[`retry`](crate::retry)** — only methods the contract marks safe,
 //!    within the budget, never past the deadline, each attempt bounded by
-//!    the per-try timeout; bodies buffered for replay;
-//! 4. **[`throttle`](crate::throttle)** — per attempt: while the upstream
+//!    the per-try timeout, each retry to an endpoint not tried yet; bodies
+//!    buffered for replay;
+//! 5. **[`throttle`](crate::throttle)** — per attempt: while the upstream
 //!    refuses calls for want of capacity, the client refuses a share of
 //!    attempts itself, unsent (Google SRE's adaptive throttling);
-//! 5. **[`split`](crate::split)** — weighted subsets, chosen per attempt;
-//! 6. **[`balance`](crate::balance)** — p2c over peak-EWMA across the
+//! 6. **[`split`](crate::split)** — weighted subsets, chosen per attempt;
+//! 7. **[`balance`](crate::balance)** — p2c over peak-EWMA across the
 //!    subset's endpoints, failing fast when none is ready;
-//! 7. **[`outlier`](crate::outlier)** — per endpoint, inside the balancer,
+//! 8. **[`outlier`](crate::outlier)** — per endpoint, inside the balancer,
 //!    so an ejected endpoint is simply not ready;
-//! 8. **[`fault`](crate::fault)** — per endpoint, innermost, so injected
+//! 9. **[`fault`](crate::fault)** — per endpoint, innermost, so injected
 //!    failures look like an endpoint's own (and are ejected like them);
-//! 9. the [`connection`](crate::connection): one HTTP/2 connection per
-//!    endpoint (the `h2` crate's client, driven from the caller's task: no
-//!    channel and no task per call), opened on first use and again after
-//!    it is lost.
+//! 10. the [`connection`](crate::connection): one HTTP/2 connection per
+//!     endpoint (the `h2` crate's client, driven from the caller's task: no
+//!     channel and no task per call), opened on first use and again after
+//!     it is lost.
 
 use crate::connection::Connection;
 use crate::discovery::Factory;
@@ -135,6 +140,10 @@ impl MeshChannel {
                 trace: trace.clone(),
             })
             .layer(crate::deadline::DeadlineLayer::new(
+                policy.clone(),
+                upstream_stats.clone(),
+            ))
+            .layer(crate::concurrency::ConcurrencyLayer::new(
                 policy.clone(),
                 upstream_stats.clone(),
             ))

@@ -3,7 +3,8 @@
 //! here depends on tonic's internals beyond its body type).
 //!
 //! Client stack, outer to inner (see [`client`]):
-//! telemetry -> [`deadline`] -> [`retry`] (budget, backoff, pushback,
+//! telemetry -> [`deadline`] -> [`concurrency`] (the caller's adaptive
+//! limit) -> [`retry`] (budget, backoff, pushback,
 //! replayable bodies) -> per-try timeout -> [`split`] (weighted subsets)
 //! -> [`balance`] (p2c over peak-EWMA) -> per endpoint [`outlier`]
 //! ejection -> [`fault`] injection -> the connection.
@@ -31,6 +32,7 @@ pub mod admin;
 pub mod authz;
 pub mod balance;
 pub mod client;
+pub mod concurrency;
 pub mod connection;
 pub mod context;
 pub mod deadline;

@@ -55,6 +55,9 @@ pub struct UpstreamStats {
     /// The throttle's refusal probability as of the last attempt, as `f64`
     /// bits (a gauge).
     pub throttle_probability: AtomicU64,
+    /// The client's adaptive concurrency limit as of the last call
+    /// ([`crate::concurrency`]; 0 while off; a gauge).
+    pub concurrency_limit: AtomicU64,
     /// The OpenTelemetry instruments of this upstream's calls.
     pub metrics: Arc<crate::metrics::ClientMetrics>,
     endpoints: RwLock<BTreeMap<String, Arc<EndpointStats>>>,
@@ -67,6 +70,7 @@ impl UpstreamStats {
             counters: ClientCounters::default(),
             budget_available: AtomicI64::new(0),
             throttle_probability: AtomicU64::new(0),
+            concurrency_limit: AtomicU64::new(0),
             metrics: Arc::new(crate::metrics::ClientMetrics::new(name)),
             endpoints: RwLock::new(BTreeMap::new()),
         }
@@ -129,6 +133,9 @@ pub struct ClientCounters {
     pub faults_aborted: AtomicU64,
     /// Attempts refused by the client's own throttle ([`crate::throttle`]).
     pub throttled: AtomicU64,
+    /// Calls refused by the client's adaptive concurrency limit
+    /// ([`crate::concurrency`]).
+    pub limited: AtomicU64,
 }
 
 /// Different (method, caller, code) refusals counted apart.

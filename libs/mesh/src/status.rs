@@ -43,6 +43,17 @@ pub fn response(status: tonic::Status) -> crate::Response {
     status.into_http()
 }
 
+/// A trailers-only RESOURCE_EXHAUSTED for a call the client refused
+/// itself, unsent, with a negative pushback (gRPC's "do not retry"), so
+/// the retry layer above does not turn it into more attempts.
+pub fn refused_locally(message: String) -> crate::Response {
+    let mut response = response(tonic::Status::resource_exhausted(message));
+    response
+        .headers_mut()
+        .insert(PUSHBACK, http::HeaderValue::from_static("-1"));
+    response
+}
+
 /// What the server said about retrying, through `grpc-retry-pushback-ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushback {

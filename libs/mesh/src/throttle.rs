@@ -31,7 +31,7 @@
 //! ```
 
 use crate::stats::UpstreamStats;
-use crate::status::{self, PUSHBACK};
+use crate::status;
 use crate::{BoxError, Request, Response};
 use futures::future::BoxFuture;
 use rand::{Rng as _, SeedableRng as _};
@@ -233,16 +233,11 @@ pub struct Throttled<S> {
     throttle: Arc<Throttle>,
 }
 
-/// The answer to an attempt refused locally: RESOURCE_EXHAUSTED, never to
-/// be retried.
+/// The answer to an attempt refused locally.
 fn refused_locally() -> Response {
-    let mut response = status::response(tonic::Status::resource_exhausted(
-        "the upstream is refusing calls; this one was throttled by the client",
-    ));
-    response
-        .headers_mut()
-        .insert(PUSHBACK, http::HeaderValue::from_static("-1"));
-    response
+    status::refused_locally(
+        "the upstream is refusing calls; this one was throttled by the client".into(),
+    )
 }
 
 impl<S> tower::Service<Request> for Throttled<S>
