@@ -33,7 +33,7 @@ use crate::policy::UpstreamPolicy;
 use crate::stats::UpstreamStats;
 use crate::status;
 use crate::{BoxError, Request, Response};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -101,6 +101,11 @@ impl<S> Limited<S> {
     fn limiter(&self) -> Option<Arc<AdaptiveLimiter>> {
         let policy = self.layer.policy.borrow();
         let wanted = &policy.adaptive_concurrency;
+        if !wanted.enabled {
+            // Off: no lock taken (the limiter of the last enabled policy is
+            // kept until a different one is enabled).
+            return None;
+        }
         let mut current = self.layer.limiter.lock().expect("not poisoned");
         if current.policy != *wanted {
             *current = Current::new(wanted);
@@ -124,7 +129,8 @@ where
 {
     type Response = Response;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response, BoxError>>;
+    /// Off, the inner call as it is (no allocation); on, boxed.
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, BoxError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -136,7 +142,7 @@ where
                 .stats
                 .concurrency_limit
                 .store(0, Ordering::Relaxed);
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         };
         let stats = &self.layer.stats;
         let limit = limiter.limit();
@@ -145,16 +151,16 @@ where
             .store(limit as u64, Ordering::Relaxed);
         let Some(mut permit) = limiter.try_acquire() else {
             crate::stats::incr(&stats.counters.limited);
-            return Box::pin(async move { Ok(refused_locally(limit)) });
+            return Either::Right(Box::pin(async move { Ok(refused_locally(limit)) }));
         };
         // Every end is a sample, a deadline's included (see the module docs).
         permit.answered();
         let call = self.inner.call(request);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let answer = call.await;
             drop(permit);
             answer
-        })
+        }))
     }
 }
 
