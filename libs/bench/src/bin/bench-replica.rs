@@ -222,12 +222,21 @@ async fn main() -> anyhow::Result<()> {
 
     // A thread of its own: tokio's stdin would hold the runtime open at
     // exit while the parent keeps the pipe.
+    let parent = std::os::unix::process::parent_id();
     std::thread::spawn(move || {
         for line in std::io::stdin().lines().map_while(Result::ok) {
             if !faults.apply(&line) {
                 eprintln!("bench-replica: not a command: {line}");
             }
         }
+        // Stdin closed. A parent that is still there may yet SIGTERM us to
+        // drain; one that is gone (killed before it could stop us: we were
+        // re-parented) never will, so the replica does not outlive its run.
+        while std::os::unix::process::parent_id() == parent {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("bench-replica: the run that started it is gone; exiting");
+        std::process::exit(1);
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let servers = async { tokio::try_join!(a, b) };

@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 
 /// Every call's deadline.
 const DEADLINE: Duration = Duration::from_secs(1);
-/// CPU each call costs a replica: three replicas sharing one core then
-/// serve about 5,000 calls a second, less than any path can carry to
-/// them, so the replicas are what the overload scenario overloads.
+/// CPU each call costs a replica (`--work-us`): three replicas sharing one
+/// core then serve about 5,000 calls a second, less than any path can carry
+/// to them, so the replicas are what the overload scenario overloads. At 0,
+/// what a call costs is what the paths themselves spend.
 const WORK_US: u64 = 150;
 /// The core the replicas and sidecars run on.
 const SERVER_CORE: &str = "1";
@@ -42,6 +43,7 @@ struct Args {
     out: std::path::PathBuf,
     svg: std::path::PathBuf,
     scenarios: Vec<Scenario>,
+    work_us: u64,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +51,7 @@ fn parse_args() -> anyhow::Result<Args> {
         out: "target/bench/resilience.txt".into(),
         svg: "target/bench/resilience.svg".into(),
         scenarios: Scenario::ALL.to_vec(),
+        work_us: WORK_US,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -56,6 +59,7 @@ fn parse_args() -> anyhow::Result<Args> {
         match a.as_str() {
             "--out" => args.out = v()?.into(),
             "--svg" => args.svg = v()?.into(),
+            "--work-us" => args.work_us = v()?.parse().context("--work-us")?,
             "--scenarios" => {
                 let names = v()?;
                 args.scenarios = Scenario::ALL
@@ -316,7 +320,7 @@ async fn main() -> anyhow::Result<()> {
         replica_bin,
         pki.replica_dir.clone(),
         "gateway",
-        (3, WORK_US),
+        (3, args.work_us),
         SERVER_CORE,
     )?));
 
@@ -331,13 +335,14 @@ async fn main() -> anyhow::Result<()> {
     let steady = (smallest * 0.5).round();
     let mut header = format!(
         "shop-resilience: 3 replicas, reads and writes half and half, {:?} deadline, runs of {:?} with the fault at {:?}\n\
-         capacity (closed loop of 64): mesh {:.0}/s, envoy {:.0}/s, bare {:.0}/s; replicas burn {WORK_US} us a call; offered {steady:.0}/s (2x capacity: {:.0}/s)\n",
+         capacity (closed loop of 64): mesh {:.0}/s, envoy {:.0}/s, bare {:.0}/s; replicas burn {} us a call; offered {steady:.0}/s (2x capacity: {:.0}/s)\n",
         DEADLINE,
         LENGTH,
         BEFORE,
         capacity["mesh"],
         capacity["envoy"],
         capacity["bare"],
+        args.work_us,
         smallest * 2.0,
     );
     header.push_str("scenarios: kill = SIGKILL, back after 4 s; freeze = SIGSTOP, resumed after 6 s; slow = +200 ms for 8 s; fail = 20% UNAVAILABLE for 8 s; rolling = SIGTERM, drain, start, 2 s apart\n");

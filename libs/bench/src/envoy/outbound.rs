@@ -76,6 +76,12 @@ pub fn render(out: &Outbound<'_>) -> Rendered {
     if policy.dns.is_some() {
         unmapped.push("dns (the bench uses static endpoints)".into());
     }
+    if policy.adaptive_concurrency.enabled {
+        unmapped.push(
+            "adaptive_concurrency (the caller's limit: Envoy's adaptive concurrency filter measures one hop, and sits in the inbound sidecar, rendered from the server's policy)"
+                .into(),
+        );
+    }
     if policy.hedge.is_some_and(|h| h.max_hedges > 1) {
         unmapped.push("hedge.max_hedges above 1 (Envoy hedges once per per-try timeout)".into());
     }
@@ -134,6 +140,16 @@ fn route(matcher: Value, effective: &EffectivePolicy, unmapped: &mut Vec<String>
                 "base_interval": duration(retry.backoff.base),
                 "max_interval": duration(retry.backoff.max),
             },
+            // The mesh's balancer sends a retry to an endpoint the call has
+            // not tried while one is ready (balance::Tried): Envoy's
+            // previous_hosts, with a few picks to find one.
+            "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+                },
+            }],
+            "host_selection_retry_max_attempts": 3,
         });
         let per_try = match (hedge, retry.per_try_timeout) {
             (Some(h), Some(t)) => Some(h.delay.min(t)),
@@ -302,6 +318,10 @@ mod tests {
         assert_eq!(
             retry["retry_on"],
             "unavailable,reset,connect-failure,refused-stream"
+        );
+        assert_eq!(
+            retry["retry_host_predicate"][0]["name"],
+            "envoy.retry_host_predicates.previous_hosts"
         );
         assert_eq!(read["route"]["timeout"], "2.000000000s");
         let write = route_for(&rendered, &method(shop_proto::Idempotency::Unknown));

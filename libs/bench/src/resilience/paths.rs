@@ -92,6 +92,15 @@ pub fn upstream_policy(mesh_ports: &[u16]) -> UpstreamPolicy {
     let mut policy = shop_mesh::client::bench_policy(&endpoints[0]);
     policy.endpoints = endpoints;
     policy.timeout = Duration::from_secs(1);
+    // Eject on the failure rate too (Envoy: failure_percentage), not only
+    // on five failures in a row, which a replica failing one call in five
+    // reaches only every few seconds: 10% of at least 20 calls.
+    policy.outlier.failure_rate = Some(0.1);
+    policy.outlier.failure_rate_min_requests = 20;
+    // The caller's own limit (mesh::concurrency): shrinks once calls take
+    // twice their usual time and over 20 ms (2% of the deadline).
+    policy.adaptive_concurrency.enabled = true;
+    policy.adaptive_concurrency.latency_floor = Duration::from_millis(20);
     policy
 }
 

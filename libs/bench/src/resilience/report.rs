@@ -169,6 +169,43 @@ pub fn table(header: &str, summaries: &[Summary]) -> String {
         }
         let _ = writeln!(out, "  {:<16} {}", scenario.name(), winner(&these));
     }
+    out.push_str(&against_envoy(summaries));
+    out
+}
+
+/// Per scenario, the mesh beside Envoy: failed calls, p99, and CPU per
+/// successful call, over every process and above what the bare path spent
+/// (the generator's and the replicas' own work, the same on every path).
+fn against_envoy(summaries: &[Summary]) -> String {
+    let mut out = String::from(
+        "\nmesh against envoy: failed calls, p99, CPU per ok call (whole path; and above bare tonic's)\n",
+    );
+    for scenario in Scenario::ALL {
+        let find = |path: &str| {
+            summaries
+                .iter()
+                .find(|s| s.scenario == scenario && s.path == path)
+        };
+        let (Some(m), Some(e)) = (find("mesh"), find("envoy")) else {
+            continue;
+        };
+        let failed = |s: &Summary| s.failures.iter().map(|(_, n)| n).sum::<usize>();
+        let above = |s: &Summary| find("bare").map(|b| s.cpu_us - b.cpu_us);
+        let _ = writeln!(
+            out,
+            "  {:<16} failed {:>6} vs {:>6}   p99 {:>7.1} vs {:>7.1} ms   CPU {:.2} of envoy's{}",
+            scenario.name(),
+            failed(m),
+            failed(e),
+            m.p99_us as f64 / 1000.0,
+            e.p99_us as f64 / 1000.0,
+            m.cpu_us / e.cpu_us.max(1e-9),
+            match (above(m), above(e)) {
+                (Some(a), Some(b)) => format!(" ({a:+.0} vs {b:+.0} us/ok above bare)"),
+                _ => String::new(),
+            },
+        );
+    }
     out
 }
 
