@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 /// The faults set from stdin.
@@ -205,7 +204,12 @@ async fn main() -> anyhow::Result<()> {
     let a = tonic::transport::Server::builder()
         .add_service(health.clone())
         .add_service(service.clone())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(bare), stop.clone().cancelled_owned());
+        // Nagle off, as tonic's own `Server::serve` and the runtime's
+        // listener have it: the bare path and the Envoy sidecars call here.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(bare).with_nodelay(Some(true)),
+            stop.clone().cancelled_owned(),
+        );
     let b = tonic::transport::Server::builder()
         .layer(layer)
         .add_service(health)

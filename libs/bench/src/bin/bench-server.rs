@@ -15,7 +15,6 @@
 //! collected here).
 
 use std::sync::Arc;
-use tokio_stream::wrappers::TcpListenerStream;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -57,12 +56,16 @@ async fn main() -> anyhow::Result<()> {
     let a = tonic::transport::Server::builder()
         .add_service(health.clone())
         .add_service(admin.clone())
-        .serve_with_incoming(TcpListenerStream::new(bare));
+        .serve_with_incoming(nodelay(bare));
     let b = tonic::transport::Server::builder()
         .layer(layer.clone())
         .add_service(health.clone())
         .add_service(admin.clone())
-        .serve_with_incoming(TcpListenerStream::new(meshed));
+        .serve_with_incoming(shop_runtime::listener::incoming(
+            meshed,
+            None,
+            shop_runtime::listener::ConnectionLimits::default(),
+        ));
     let Some(dir) = tls_dir else {
         tokio::try_join!(a, b)?;
         return Ok(());
@@ -80,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         .tls_config(tonic_tls)?
         .add_service(health.clone())
         .add_service(admin.clone())
-        .serve_with_incoming(TcpListenerStream::new(bare_tls));
+        .serve_with_incoming(nodelay(bare_tls));
     let identity = shop_identity::Identity::load(&dir, shop_identity::ClientAuth::Required)?;
     let d = tonic::transport::Server::builder()
         .layer(layer)
@@ -93,4 +96,12 @@ async fn main() -> anyhow::Result<()> {
         ));
     tokio::try_join!(a, b, c, d)?;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off, as tonic's own
+/// `Server::serve` and the runtime's listener (which the mesh ports use)
+/// have them: with it on, a response written in pieces can wait for the
+/// client's delayed ACK (40 ms).
+fn nodelay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
