@@ -31,26 +31,19 @@ pub(crate) fn report(args: &Args, samples: &[(&str, Vec<Sample>)]) -> String {
         ));
         medians.insert(*name, (rps, p99, cpu, client_cpu));
     }
-    if let (Some(a), Some(b), Some(c)) = (
-        medians.get("bare").copied(),
-        medians.get("mesh").copied(),
-        medians.get("sidecar").copied(),
-    ) {
+    for (label, bare, mesh, sidecar) in [
+        ("ratios", "bare", "mesh", "sidecar"),
+        ("ratios under TLS", "bare-tls", "mesh-tls", "sidecar-tls"),
+    ] {
+        let (Some(a), Some(b), Some(c)) = (
+            medians.get(bare).copied(),
+            medians.get(mesh).copied(),
+            medians.get(sidecar).copied(),
+        ) else {
+            continue;
+        };
         report.push_str(&format!(
-        "ratios: mesh/bare req/s = {:.2}; mesh/sidecar req/s = {:.2}; p99 mesh {:.0} us vs sidecar {:.0} us\n",
-        b.0 / a.0,
-        b.0 / c.0,
-        b.1,
-        c.1
-    ));
-    }
-    if let (Some(a), Some(b), Some(c)) = (
-        medians.get("bare-tls").copied(),
-        medians.get("mesh-tls").copied(),
-        medians.get("sidecar-tls").copied(),
-    ) {
-        report.push_str(&format!(
-            "ratios under TLS: mesh-tls/bare-tls req/s = {:.2}; mesh-tls/sidecar-tls req/s = {:.2}; p99 mesh-tls {:.0} us vs sidecar-tls {:.0} us\n",
+            "{label}: {mesh}/{bare} req/s = {:.2}; {mesh}/{sidecar} req/s = {:.2}; p99 {mesh} {:.0} us vs {sidecar} {:.0} us\n",
             b.0 / a.0,
             b.0 / c.0,
             b.1,
