@@ -202,8 +202,10 @@ impl EventsAdminService for EventsAdmin {
             by: &by,
         };
         match inbox::apply(&self.pool, mark, handler.as_ref(), &received).await {
-            Outcome::Applied => {
-                consumer.wake_relay.notify_one();
+            Outcome::Applied { enqueued } => {
+                if enqueued {
+                    consumer.wake_relay.notify_one();
+                }
                 tracing::warn!(dead_letter_id = %id, consumer = %consumer.durable, %by, "dead letter replayed");
             }
             // Resolved meanwhile: by another replay (applied once, by that

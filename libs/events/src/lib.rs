@@ -9,6 +9,8 @@
 //! - [`consumer`]: durable pull consumers applying up to `max_in_flight`
 //!   events at once, each aggregate's in order. After `max_deliver` failed
 //!   attempts an event goes to `dead_letters` and the consumer moves on.
+//! - [`On`]: a typed handler of one event type, registered with
+//!   [`ConsumerSpec::on`]; the registration is the dispatch.
 //! - [`inbox`]: applying an event once: its id is recorded in the `inbox`
 //!   table in the same transaction as the handler's effect, so a
 //!   redelivered event changes nothing.
@@ -22,8 +24,9 @@
 //! - [`Events`]: a connection, with the streams ensured, that makes relays
 //!   and consumers for a service.
 //!
-//! Tables each service's migrations create: `outbox`, `inbox`,
-//! `dead_letters` (see `migrations/*/0002_events.sql`).
+//! Its tables (`outbox`, `inbox`, `dead_letters`) are its own: [`migrate`]
+//! applies `libs/events/migrations` to a service's database, recorded apart
+//! from the service's own migrations.
 
 pub mod admin;
 pub mod catalog;
@@ -31,6 +34,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod envelope;
 pub mod inbox;
+mod on;
 pub mod outbox;
 pub mod permissions;
 pub mod retention;
@@ -42,6 +46,7 @@ pub use catalog::{DomainEvent, STREAMS, StreamDef};
 pub use consumer::ConsumerSpec;
 pub use envelope::Received;
 pub use inbox::{AlreadyApplied, Apply, Handler};
+pub use on::On;
 pub use settings::EventsSettings;
 
 use anyhow::Context as _;
@@ -49,6 +54,20 @@ use async_nats::jetstream;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// The library's own migrations (`libs/events/migrations`), recorded in
+/// `_events_migrations` so that they never mix with the history of the
+/// service's migrations in the same database.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.dangerous_set_table_name("_events_migrations");
+    migrator
+}
+
+/// Creates (or completes) the library's tables in the database of `pool`.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator().run(pool).await
+}
 
 /// A JetStream connection for one service.
 #[derive(Clone)]

@@ -16,6 +16,7 @@ use async_nats::jetstream;
 use prost::Message as _;
 use shop_proto::shop::events::v1::Envelope;
 use sqlx::{PgConnection, PgPool};
+use std::cell::Cell;
 use std::future::IntoFuture as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,23 @@ use tokio_util::sync::CancellationToken;
 
 /// Advisory lock key of the relay ("outbox" in ASCII).
 const RELAY_LOCK: i64 = 0x6f75_7462_6f78;
+
+tokio::task_local! {
+    /// Set by [`enqueue`] while a consumer applies events
+    /// ([`noting_enqueues`]), so that the relay is woken after the commit
+    /// only when there is something to publish.
+    static ENQUEUED: Cell<bool>;
+}
+
+/// Runs `work`, and says whether it called [`enqueue`].
+pub(crate) async fn noting_enqueues<T>(work: impl Future<Output = T>) -> (T, bool) {
+    ENQUEUED
+        .scope(Cell::new(false), async {
+            let out = work.await;
+            (out, ENQUEUED.with(Cell::get))
+        })
+        .await
+}
 
 /// Writes `event` to the outbox inside the caller's transaction and returns
 /// its envelope.
@@ -47,6 +65,7 @@ pub async fn enqueue<E: DomainEvent>(
     .bind(shop_runtime::telemetry::current_traceparent())
     .execute(&mut *tx)
     .await?;
+    let _ = ENQUEUED.try_with(|enqueued| enqueued.set(true));
     Ok(envelope)
 }
 
@@ -75,10 +94,12 @@ impl Relay {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
-            // Drain everything pending before sleeping again.
+            // Drain everything pending before sleeping again: a batch
+            // shorter than the limit was the last one (rows committed
+            // meanwhile come with a wake of their own).
             loop {
                 match self.publish_batch().await {
-                    Ok(0) => {
+                    Ok(n) if n < self.settings.batch_size as usize => {
                         failures = 0;
                         break;
                     }

@@ -4,9 +4,10 @@
 //! de-duplication window, inside which JetStream drops a republished copy
 //! by itself).
 //!
-//! Each sweep deletes at most `batch` rows per statement and ten statements
-//! per table, oldest first, so it never holds the database for long; what
-//! is left waits for the next sweep.
+//! Each sweep deletes at most `batch` rows per statement, oldest first, so
+//! no statement holds the database for long, and goes on while statements
+//! find full batches, for up to a quarter of the interval: it keeps up with
+//! the insert rate; what is left waits for the next sweep.
 //!
 //! An inbox row is what keeps a redelivered event from being applied
 //! twice, so a durable consumer must never be recreated to read from the
@@ -17,9 +18,6 @@ use crate::settings::{EventsSettings, RetentionSettings};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Statements per table per sweep.
-const ROUNDS: usize = 10;
 
 /// A retention setting that would let a republished event through.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +102,11 @@ impl Sweeper {
 
     async fn rounds(&self, statement: &'static str, after: Duration) -> sqlx::Result<u64> {
         let mut total = 0;
-        for _ in 0..ROUNDS {
+        // Rounds go on while they find full batches, for up to a quarter
+        // of the interval: a sweep keeps up with any insert rate the
+        // database itself keeps up with, and still yields.
+        let until = tokio::time::Instant::now() + self.settings.interval / 4;
+        loop {
             let n = sqlx::query(statement)
                 .bind(after.as_secs_f64())
                 .bind(self.settings.batch)
@@ -112,7 +114,7 @@ impl Sweeper {
                 .await?
                 .rows_affected();
             total += n;
-            if n < self.settings.batch.max(1) as u64 {
+            if n < self.settings.batch.max(1) as u64 || tokio::time::Instant::now() >= until {
                 break;
             }
         }

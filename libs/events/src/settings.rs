@@ -222,6 +222,11 @@ pub struct ConsumerSettings {
     /// parallel.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Events a batched consumer ([`crate::ConsumerSpec::batched`]) applies
+    /// in one transaction: the ready heads of up to this many aggregates'
+    /// lanes. 1 applies every event in a transaction of its own.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
 }
 
 fn default_ack_wait() -> Duration {
@@ -232,6 +237,9 @@ fn default_max_deliver() -> i64 {
 }
 fn default_max_in_flight() -> usize {
     64
+}
+fn default_batch_max() -> usize {
+    32
 }
 fn default_backoff() -> Vec<humantime_serde::Serde<Duration>> {
     [100, 500, 2000]
@@ -248,6 +256,7 @@ impl Default for ConsumerSettings {
             backoff: default_backoff(),
             durable_prefix: None,
             max_in_flight: default_max_in_flight(),
+            batch_max: default_batch_max(),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use shop_events::catalog::ORDERS;
 use shop_events::settings::{ConsumerSettings, EventsSettings, RelaySettings};
-use shop_events::{Apply, ConsumerSpec, Events, Handler, Received, outbox};
+use shop_events::{Apply, ConsumerSpec, Events, On, Received, outbox};
 use shop_proto::shop::common::v1::DeadLetterStatus;
 use shop_proto::shop::events::v1::OrderPlaced;
 use shop_proto::shop::events::v1::events_admin_service_server::EventsAdminService as _;
@@ -43,9 +43,13 @@ impl Default for Recorder {
 }
 
 #[async_trait::async_trait]
-impl Handler for Recorder {
-    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
-        let placed = event.decode::<OrderPlaced>()?;
+impl On<OrderPlaced> for Recorder {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        placed: OrderPlaced,
+        _: &Received,
+    ) -> anyhow::Result<()> {
         *self
             .attempts
             .lock()
@@ -88,18 +92,7 @@ async fn fixture() -> Fixture {
     let postgres = Postgres::start().await.unwrap();
     let url = postgres.create_database("events").await.unwrap();
     let pool = PgPool::connect(&url).await.unwrap();
-    for migration in ["0001_events.sql", "0003_dead_letter_resolution.sql"] {
-        let ddl = std::fs::read_to_string(
-            shop_testkit::tools::repo_root()
-                .join("migrations/orders")
-                .join(migration),
-        )
-        .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
+    shop_events::migrate(&pool).await.unwrap();
     sqlx::raw_sql("CREATE TABLE applied (order_id text NOT NULL)")
         .execute(&pool)
         .await

@@ -24,23 +24,29 @@ mod projector;
 mod store;
 
 pub use config::Config;
-pub use projector::Projector;
+pub use projector::consumer_spec;
 
+use shop_events::Events;
 use shop_events::catalog::{INVENTORY, ORDERS, PAYMENTS, USERS};
-use shop_events::{ConsumerSpec, Events};
 use shop_proto::shop::analytics::v1::analytics_service_server::AnalyticsServiceServer;
 use shop_runtime::{Application, db};
-use std::sync::Arc;
 
 /// The service's migrations, from `migrations/analytics`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/analytics");
+///
+/// The events library's tables are not among them: [`shop_events::migrate`]
+/// applies those. Databases made before it owned them still list their
+/// old migrations as applied, hence `ignore_missing`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("../../migrations/analytics")
+};
 
 /// Connects to the database and NATS, applies migrations and binds the
 /// server; one consumer per stream (every subject of it) starts with it.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    shop_events::migrate(&database.background).await?;
     let events = Events::connect("analytics", &config.events).await?;
-    let projector = Arc::new(Projector);
     let api = api::AnalyticsApi::new(database.api.clone());
     let mut app = Application::bind("analytics", &config.server)
         .await?
@@ -55,10 +61,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     ] {
         app = app.with_task(
             task,
-            events.consumer(
-                database.background.clone(),
-                ConsumerSpec::new(name, stream).every_event(projector.clone()),
-            ),
+            events.consumer(database.background.clone(), consumer_spec(name, stream)),
         );
     }
     Ok(app)

@@ -4,6 +4,7 @@
 //! straight to JetStream (or, to control times and arrival order, by calling
 //! the projector directly).
 
+use shop_events::catalog::{INVENTORY, ORDERS, PAYMENTS, USERS};
 use shop_events::settings::{ConsumerSettings, EventsSettings, RelaySettings};
 use shop_events::{DomainEvent, Events, Received};
 use shop_proto::shop::analytics::v1::analytics_service_client::AnalyticsServiceClient;
@@ -147,7 +148,12 @@ impl Instance {
     /// tested is the projector's own idempotency, not the inbox's.
     async fn apply(&self, event: &Received) {
         let consumer = format!("test-{}", Uuid::now_v7());
-        shop_events::inbox::apply_as(&self.db, &consumer, &analytics::Projector, event)
+        let spec = [ORDERS, INVENTORY, PAYMENTS, USERS]
+            .into_iter()
+            .map(|stream| analytics::consumer_spec(format!("test-{}", stream.name), stream))
+            .find(|spec| spec.handles(&event.envelope.event_type))
+            .expect("analytics projects the event");
+        shop_events::inbox::apply_as(&self.db, &consumer, &spec, event)
             .await
             .unwrap();
     }

@@ -26,20 +26,28 @@ mod saga;
 mod store;
 
 pub use config::Config;
-pub use saga::OrderEventHandler;
+pub use saga::{OrderEventHandler, consumer_spec};
 
 use shop_events::Events;
 use shop_proto::shop::inventory::v1::inventory_service_server::InventoryServiceServer;
 use shop_runtime::{Application, db};
 
 /// The service's migrations, from `migrations/inventory`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/inventory");
+///
+/// The events library's tables are not among them: [`shop_events::migrate`]
+/// applies those. Databases made before it owned them still list their
+/// old migrations as applied, hence `ignore_missing`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("../../migrations/inventory")
+};
 
 /// Connects to the database (applying migrations) and to JetStream, and
 /// binds the server, with the outbox relay and the orders consumer beside
 /// it.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    shop_events::migrate(&database.background).await?;
     let events = Events::connect("inventory", &config.events).await?;
     let api = api::InventoryApi::new(database.api.clone());
     Ok(Application::bind("inventory", &config.server)

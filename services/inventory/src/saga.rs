@@ -8,7 +8,7 @@
 use crate::domain::{self, Line, ReservationStatus};
 use crate::store::{self, Move};
 use anyhow::Context as _;
-use shop_events::{Apply, ConsumerSpec, Handler, Received, catalog, outbox};
+use shop_events::{Apply, ConsumerSpec, On, Received, catalog, outbox};
 use shop_proto::shop::common::v1::StockRejectionReason;
 use shop_proto::shop::events::v1::{
     OrderCancelled, OrderConfirmed, OrderPlaced, StockLine, StockRejected, StockReleased,
@@ -23,12 +23,13 @@ const PRODUCER: &str = "inventory";
 
 /// The durable consumer of the orders stream: reservations on OrderPlaced,
 /// commits on OrderConfirmed, releases (a compensation) on OrderCancelled.
-pub(crate) fn consumer_spec() -> ConsumerSpec {
+pub fn consumer_spec() -> ConsumerSpec {
     let handler = Arc::new(OrderEventHandler);
     ConsumerSpec::new("inventory-orders", catalog::ORDERS)
         .on::<OrderPlaced>(handler.clone())
         .on::<OrderConfirmed>(handler.clone())
         .compensation::<OrderCancelled>(handler)
+        .batched()
 }
 
 /// Reserves stock on OrderPlaced, commits it on OrderConfirmed, releases it
@@ -37,20 +38,38 @@ pub(crate) fn consumer_spec() -> ConsumerSpec {
 pub struct OrderEventHandler;
 
 #[async_trait::async_trait]
-impl Handler for OrderEventHandler {
-    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
-        let tx = apply.tx().await?;
-        if event.is::<OrderPlaced>() {
-            placed(tx, event, event.decode()?).await
-        } else if event.is::<OrderConfirmed>() {
-            confirmed(tx, event.decode()?).await
-        } else if event.is::<OrderCancelled>() {
-            cancelled(tx, event, event.decode()?).await
-        } else {
-            // Another event on the stream's subjects is none of our business.
-            tracing::debug!(event_type = %event.envelope.event_type, "ignored");
-            Ok(())
-        }
+impl On<OrderPlaced> for OrderEventHandler {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: OrderPlaced,
+        event: &Received,
+    ) -> anyhow::Result<()> {
+        placed(apply.tx().await?, event, e).await
+    }
+}
+
+#[async_trait::async_trait]
+impl On<OrderConfirmed> for OrderEventHandler {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: OrderConfirmed,
+        _: &Received,
+    ) -> anyhow::Result<()> {
+        confirmed(apply.tx().await?, e).await
+    }
+}
+
+#[async_trait::async_trait]
+impl On<OrderCancelled> for OrderEventHandler {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: OrderCancelled,
+        event: &Received,
+    ) -> anyhow::Result<()> {
+        cancelled(apply.tx().await?, event, e).await
     }
 }
 
@@ -76,11 +95,6 @@ async fn placed(
     placed: OrderPlaced,
 ) -> anyhow::Result<()> {
     let order_id = parse_id("order_id", &placed.order_id)?;
-    // Reserved, rejected, or cancelled before it got here: nothing to do.
-    if store::reservation_exists(tx, order_id).await? {
-        tracing::debug!(%order_id, "order already has a reservation");
-        return Ok(());
-    }
     let user_id = parse_id("user_id", &placed.user_id)?;
     let lines = domain::merge_lines(
         placed
@@ -90,14 +104,20 @@ async fn placed(
     )
     .with_context(|| format!("OrderPlaced for order {order_id}"))?;
     if !store::claim_reservation(tx, order_id, user_id).await? {
+        // Reserved, rejected, or cancelled before it got here: nothing to do.
+        tracing::debug!(%order_id, "order already has a reservation");
         return Ok(());
     }
     store::insert_lines(tx, order_id, &lines).await?;
     let aggregate = order_id.to_string();
 
     // Fast path: one conditional update per line, in product order; the
-    // first line that does not fit undoes the ones before it.
-    store::savepoint(tx).await?;
+    // first line that does not fit undoes the ones before it (a one-line
+    // order has nothing to undo).
+    let undo = lines.len() > 1;
+    if undo {
+        store::savepoint(tx).await?;
+    }
     let mut all_fit = true;
     for line in &lines {
         if !store::try_reserve(tx, line).await? {
@@ -106,7 +126,9 @@ async fn placed(
         }
     }
     if !all_fit {
-        store::rollback_to_savepoint(tx).await?;
+        if undo {
+            store::rollback_to_savepoint(tx).await?;
+        }
         // Decide on locked rows, so the shortfalls reported are the ones
         // that held; if stock arrived in the meantime, reserve after all.
         let ids: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();

@@ -294,17 +294,6 @@ pub(crate) async fn lines_of(
         .collect())
 }
 
-/// Whether the order has a reservation row (in any state).
-pub(crate) async fn reservation_exists(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)")
-        .bind(order_id)
-        .fetch_one(conn)
-        .await
-}
-
 /// Claims the order with a `reserved` row (settled later in the same
 /// transaction). `false` when the order already has a row: a concurrent
 /// transaction claiming the same order makes this wait for its outcome.

@@ -263,7 +263,7 @@ async fn apply_directly<E: shop_events::DomainEvent>(app: &TestApp, order: Uuid,
     };
     // A consumer name of its own: the inbox lets it through.
     let consumer = format!("test-{}", Uuid::now_v7());
-    shop_events::inbox::apply_as(&app.db, &consumer, &inventory::OrderEventHandler, &received)
+    shop_events::inbox::apply_as(&app.db, &consumer, &inventory::consumer_spec(), &received)
         .await
         .unwrap();
 }
@@ -408,7 +408,7 @@ async fn thirty_handlers_racing_in_parallel_transactions_reserve_exactly_ten() {
                 shop_events::inbox::apply_as(
                     &db,
                     "test-direct",
-                    &inventory::OrderEventHandler,
+                    &inventory::consumer_spec(),
                     &received,
                 )
                 .await

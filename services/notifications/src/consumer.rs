@@ -8,14 +8,30 @@
 use crate::domain::{self, Amount, Kind, Message};
 use crate::store::{self, NewNotification};
 use anyhow::Context as _;
-use shop_events::{Apply, Handler, Received};
+use shop_events::catalog::{ORDERS, USERS};
+use shop_events::{Apply, ConsumerSpec, On, Received};
 use shop_proto::shop::common::v1::Money;
 use shop_proto::shop::events::v1::{OrderCancelled, OrderConfirmed, OrderLine, UserRegistered};
 use sqlx::PgConnection;
+use std::sync::Arc;
 use uuid::Uuid;
 
-/// Handles OrderConfirmed, OrderCancelled and UserRegistered; ignores other
-/// event types.
+/// The consumers: `notifications-orders` (OrderConfirmed, OrderCancelled)
+/// and `notifications-users` (UserRegistered), both batched.
+pub fn consumer_specs() -> [ConsumerSpec; 2] {
+    let notifier = Arc::new(Notifier);
+    [
+        ConsumerSpec::new("notifications-orders", ORDERS)
+            .on::<OrderConfirmed>(notifier.clone())
+            .on::<OrderCancelled>(notifier.clone())
+            .batched(),
+        ConsumerSpec::new("notifications-users", USERS)
+            .on::<UserRegistered>(notifier)
+            .batched(),
+    ]
+}
+
+/// Handles OrderConfirmed, OrderCancelled and UserRegistered.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Notifier;
 
@@ -35,50 +51,77 @@ fn amount(total: Option<&Money>) -> Option<Amount<'_>> {
 }
 
 #[async_trait::async_trait]
-impl Handler for Notifier {
-    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
-        let tx = apply.tx().await?;
-        let (user_id, kind, order_id, message) = if event.is::<OrderConfirmed>() {
-            let e = event.decode::<OrderConfirmed>()?;
-            let order_id = parse_uuid("order_id", &e.order_id)?;
-            let message =
-                domain::order_confirmed(order_id, quantity(&e.lines), amount(e.total.as_ref()));
-            (
-                parse_uuid("user_id", &e.user_id)?,
-                Kind::OrderConfirmed,
-                Some(order_id),
-                message,
-            )
-        } else if event.is::<OrderCancelled>() {
-            let e = event.decode::<OrderCancelled>()?;
-            let order_id = parse_uuid("order_id", &e.order_id)?;
-            let message = domain::order_cancelled(
-                order_id,
-                quantity(&e.lines),
-                amount(e.total.as_ref()),
-                e.reason,
-                &e.detail,
-            );
-            (
-                parse_uuid("user_id", &e.user_id)?,
-                Kind::OrderCancelled,
-                Some(order_id),
-                message,
-            )
-        } else if event.is::<UserRegistered>() {
-            let e = event.decode::<UserRegistered>()?;
-            let message = domain::welcome(&e.display_name, &e.email);
-            (
-                parse_uuid("user_id", &e.user_id)?,
-                Kind::Welcome,
-                None,
-                message,
-            )
-        } else {
-            tracing::debug!(event_type = %event.envelope.event_type, "not a notification");
-            return Ok(());
-        };
-        deliver(tx, event, user_id, kind, order_id, &message).await
+impl On<OrderConfirmed> for Notifier {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: OrderConfirmed,
+        event: &Received,
+    ) -> anyhow::Result<()> {
+        let order_id = parse_uuid("order_id", &e.order_id)?;
+        let message =
+            domain::order_confirmed(order_id, quantity(&e.lines), amount(e.total.as_ref()));
+        let user_id = parse_uuid("user_id", &e.user_id)?;
+        deliver(
+            apply.tx().await?,
+            event,
+            user_id,
+            Kind::OrderConfirmed,
+            Some(order_id),
+            &message,
+        )
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl On<OrderCancelled> for Notifier {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: OrderCancelled,
+        event: &Received,
+    ) -> anyhow::Result<()> {
+        let order_id = parse_uuid("order_id", &e.order_id)?;
+        let message = domain::order_cancelled(
+            order_id,
+            quantity(&e.lines),
+            amount(e.total.as_ref()),
+            e.reason,
+            &e.detail,
+        );
+        let user_id = parse_uuid("user_id", &e.user_id)?;
+        deliver(
+            apply.tx().await?,
+            event,
+            user_id,
+            Kind::OrderCancelled,
+            Some(order_id),
+            &message,
+        )
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl On<UserRegistered> for Notifier {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: UserRegistered,
+        event: &Received,
+    ) -> anyhow::Result<()> {
+        let message = domain::welcome(&e.display_name, &e.email);
+        let user_id = parse_uuid("user_id", &e.user_id)?;
+        deliver(
+            apply.tx().await?,
+            event,
+            user_id,
+            Kind::Welcome,
+            None,
+            &message,
+        )
+        .await
     }
 }
 

@@ -22,24 +22,29 @@ mod domain;
 mod store;
 
 pub use config::Config;
-pub use consumer::Notifier;
+pub use consumer::{Notifier, consumer_specs};
 
-use shop_events::catalog::{ORDERS, USERS};
-use shop_events::{ConsumerSpec, Events};
-use shop_proto::shop::events::v1::{OrderCancelled, OrderConfirmed, UserRegistered};
+use shop_events::Events;
 use shop_proto::shop::notifications::v1::notification_service_server::NotificationServiceServer;
 use shop_runtime::{Application, db};
-use std::sync::Arc;
 
 /// The service's migrations, from `migrations/notifications`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notifications");
+///
+/// The events library's tables are not among them: [`shop_events::migrate`]
+/// applies those. Databases made before it owned them still list their
+/// old migrations as applied, hence `ignore_missing`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("../../migrations/notifications")
+};
 
 /// Connects to the database and NATS, applies migrations and binds the
 /// server; the consumers start with it.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    shop_events::migrate(&database.background).await?;
     let events = Events::connect("notifications", &config.events).await?;
-    let notifier = Arc::new(Notifier);
+    let [orders, users] = consumer_specs();
     let api = api::NotificationsApi::new(database.api.clone());
     Ok(Application::bind("notifications", &config.server)
         .await?
@@ -48,18 +53,10 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         .with_database(database.clone())
         .with_task(
             "consumer-orders",
-            events.consumer(
-                database.background.clone(),
-                ConsumerSpec::new("notifications-orders", ORDERS)
-                    .on::<OrderConfirmed>(notifier.clone())
-                    .on::<OrderCancelled>(notifier.clone()),
-            ),
+            events.consumer(database.background.clone(), orders),
         )
         .with_task(
             "consumer-users",
-            events.consumer(
-                database.background,
-                ConsumerSpec::new("notifications-users", USERS).on::<UserRegistered>(notifier),
-            ),
+            events.consumer(database.background, users),
         ))
 }

@@ -227,7 +227,11 @@ impl TestApp {
     /// tested is the handler's own idempotency, not the inbox's.
     async fn apply(&self, event: &Received) {
         let consumer = format!("test-{}", uuid::Uuid::now_v7());
-        shop_events::inbox::apply_as(&self.db, &consumer, &notifications::Notifier, event)
+        let spec = notifications::consumer_specs()
+            .into_iter()
+            .find(|spec| spec.handles(&event.envelope.event_type))
+            .expect("notifications handles the event");
+        shop_events::inbox::apply_as(&self.db, &consumer, &spec, event)
             .await
             .unwrap();
     }

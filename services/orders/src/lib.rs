@@ -32,11 +32,19 @@ use shop_runtime::{Application, db};
 use std::sync::Arc;
 
 /// The service's migrations, from `migrations/orders`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/orders");
+///
+/// The events library's tables are not among them: [`shop_events::migrate`]
+/// applies those. Databases made before it owned them still list their
+/// old migrations as applied, hence `ignore_missing`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("../../migrations/orders")
+};
 
 /// Connects to the database, NATS and the catalog, and binds the server.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    shop_events::migrate(&database.background).await?;
     let background = database.background.clone();
     let events = Events::connect("orders", &config.events).await?;
     let app = Application::bind("orders", &config.server).await?;
@@ -71,7 +79,8 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
                 background.clone(),
                 ConsumerSpec::new("orders-inventory", INVENTORY)
                     .on::<StockReserved>(handler.clone())
-                    .on::<StockRejected>(handler.clone()),
+                    .on::<StockRejected>(handler.clone())
+                    .batched(),
             ),
         )
         .with_task(
@@ -81,7 +90,8 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
                 ConsumerSpec::new("orders-payments", PAYMENTS)
                     .on::<PaymentCaptured>(handler.clone())
                     .on::<PaymentDeclined>(handler.clone())
-                    .on::<PaymentRefunded>(handler),
+                    .on::<PaymentRefunded>(handler)
+                    .batched(),
             ),
         )
         .with_task("saga-timeouts", move |shutdown| {

@@ -16,7 +16,7 @@
 
 use crate::store::{self, OrderRow};
 use chrono::{DateTime, Utc};
-use shop_events::{Apply, Events, Handler, Received, outbox};
+use shop_events::{Apply, Events, On, Received, outbox};
 use shop_proto::shop::common::v1::{CancellationReason, Money};
 use shop_proto::shop::events::v1::{
     Envelope, OrderCancelled, OrderConfirmed, OrderLine, PaymentCaptured, PaymentDeclined,
@@ -125,9 +125,43 @@ fn capture_mismatch(captured: &PaymentCaptured, order: &OrderRow) -> Option<Stri
     })
 }
 
-/// Handles inventory's and payments' events for the saga.
+/// Handles inventory's and payments' events for the saga: each event type
+/// it is registered for is a step, succeeded or failed.
 pub(crate) struct SagaHandler {
     pub(crate) timeout: Duration,
+}
+
+/// What one event says about an order's saga.
+struct Step {
+    order_id: String,
+    step: SagaStepType,
+    status: SagaStepStatus,
+    reason: String,
+}
+
+impl Step {
+    fn succeeded(order_id: String, step: SagaStepType) -> Self {
+        Self {
+            order_id,
+            step,
+            status: SagaStepStatus::Succeeded,
+            reason: String::new(),
+        }
+    }
+
+    /// A failed step, with the event's detail, else its reason's name.
+    fn failed(order_id: String, step: SagaStepType, detail: String, reason: &str) -> Self {
+        Self {
+            order_id,
+            step,
+            status: SagaStepStatus::Failed,
+            reason: if detail.is_empty() {
+                reason.to_string()
+            } else {
+                detail
+            },
+        }
+    }
 }
 
 fn parse_order_id(raw: &str) -> anyhow::Result<Uuid> {
@@ -135,64 +169,91 @@ fn parse_order_id(raw: &str) -> anyhow::Result<Uuid> {
 }
 
 #[async_trait::async_trait]
-impl Handler for SagaHandler {
-    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
-        let tx = apply.tx().await?;
+impl On<StockReserved> for SagaHandler {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: StockReserved,
+        event: &Received,
+    ) -> anyhow::Result<()> {
+        let step = Step::succeeded(e.order_id, SagaStepType::ReserveStock);
+        self.advance(apply.tx().await?, event, step, None).await
+    }
+}
+
+#[async_trait::async_trait]
+impl On<StockRejected> for SagaHandler {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: StockRejected,
+        event: &Received,
+    ) -> anyhow::Result<()> {
+        let reason = e.reason().as_str_name();
+        let step = Step::failed(e.order_id, SagaStepType::ReserveStock, e.detail, reason);
+        self.advance(apply.tx().await?, event, step, None).await
+    }
+}
+
+#[async_trait::async_trait]
+impl On<PaymentCaptured> for SagaHandler {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: PaymentCaptured,
+        event: &Received,
+    ) -> anyhow::Result<()> {
+        let step = Step::succeeded(e.order_id.clone(), SagaStepType::CapturePayment);
+        self.advance(apply.tx().await?, event, step, Some(&e)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl On<PaymentDeclined> for SagaHandler {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: PaymentDeclined,
+        event: &Received,
+    ) -> anyhow::Result<()> {
+        let reason = e.reason().as_str_name();
+        let step = Step::failed(e.order_id, SagaStepType::CapturePayment, e.detail, reason);
+        self.advance(apply.tx().await?, event, step, None).await
+    }
+}
+
+#[async_trait::async_trait]
+impl On<PaymentRefunded> for SagaHandler {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        e: PaymentRefunded,
+        event: &Received,
+    ) -> anyhow::Result<()> {
+        let step = Step::succeeded(e.order_id, SagaStepType::RefundPayment);
+        self.advance(apply.tx().await?, event, step, None).await
+    }
+}
+
+impl SagaHandler {
+    /// Records `step` on its order's timeline and moves a pending saga on
+    /// (`captured` is the capture a succeeded payment step reports).
+    async fn advance(
+        &self,
+        tx: &mut PgConnection,
+        event: &Received,
+        step: Step,
+        captured: Option<&PaymentCaptured>,
+    ) -> anyhow::Result<()> {
         let at = event.occurred_at();
-        let event_id = Some(event.event_id);
         let cause = Some(&event.envelope);
         let deadline = Utc::now() + self.timeout;
-        let (order_id, step, status, reason) = if event.is::<StockReserved>() {
-            let e = event.decode::<StockReserved>()?;
-            (
-                e.order_id,
-                SagaStepType::ReserveStock,
-                SagaStepStatus::Succeeded,
-                String::new(),
-            )
-        } else if event.is::<StockRejected>() {
-            let e = event.decode::<StockRejected>()?;
-            let mut reason = e.detail.clone();
-            if reason.is_empty() {
-                reason = e.reason().as_str_name().to_string();
-            }
-            (
-                e.order_id,
-                SagaStepType::ReserveStock,
-                SagaStepStatus::Failed,
-                reason,
-            )
-        } else if event.is::<PaymentCaptured>() {
-            let e = event.decode::<PaymentCaptured>()?;
-            (
-                e.order_id,
-                SagaStepType::CapturePayment,
-                SagaStepStatus::Succeeded,
-                String::new(),
-            )
-        } else if event.is::<PaymentDeclined>() {
-            let e = event.decode::<PaymentDeclined>()?;
-            let mut reason = e.detail.clone();
-            if reason.is_empty() {
-                reason = e.reason().as_str_name().to_string();
-            }
-            (
-                e.order_id,
-                SagaStepType::CapturePayment,
-                SagaStepStatus::Failed,
-                reason,
-            )
-        } else if event.is::<PaymentRefunded>() {
-            let e = event.decode::<PaymentRefunded>()?;
-            (
-                e.order_id,
-                SagaStepType::RefundPayment,
-                SagaStepStatus::Succeeded,
-                String::new(),
-            )
-        } else {
-            anyhow::bail!("orders does not handle {}", event.envelope.event_type);
-        };
+        let Step {
+            order_id,
+            step,
+            status,
+            reason,
+        } = step;
         let order_id = parse_order_id(&order_id)?;
         let Some(order) = store::lock(tx, order_id).await? else {
             anyhow::bail!("event {} names unknown order {order_id}", event.event_id);
@@ -203,7 +264,7 @@ impl Handler for SagaHandler {
             step as i32,
             status as i32,
             &reason,
-            event_id,
+            Some(event.event_id),
             at,
         )
         .await?;
@@ -213,11 +274,11 @@ impl Handler for SagaHandler {
             // payments when it sees OrderCancelled.)
             return Ok(());
         }
-        match (step, status) {
-            (SagaStepType::ReserveStock, SagaStepStatus::Succeeded) => {
+        match (step, status, captured) {
+            (SagaStepType::ReserveStock, SagaStepStatus::Succeeded, _) => {
                 store::progressed(tx, order_id, deadline).await?;
             }
-            (SagaStepType::ReserveStock, SagaStepStatus::Failed) => {
+            (SagaStepType::ReserveStock, SagaStepStatus::Failed, _) => {
                 cancel(
                     tx,
                     &order,
@@ -228,59 +289,10 @@ impl Handler for SagaHandler {
                 )
                 .await?;
             }
-            (SagaStepType::CapturePayment, SagaStepStatus::Succeeded) => {
-                let captured = event.decode::<PaymentCaptured>()?;
-                if let Some(mismatch) = capture_mismatch(&captured, &order) {
-                    // Never confirmed on money that is not the order's:
-                    // cancelled, and payments refunds what it captured.
-                    tracing::error!(
-                        order_id = %order_id,
-                        payment_id = %captured.payment_id,
-                        %mismatch,
-                        "capture does not match the order; cancelling"
-                    );
-                    cancel(
-                        tx,
-                        &order,
-                        CancellationReason::PaymentMismatch,
-                        &mismatch,
-                        cause,
-                        at,
-                    )
-                    .await?;
-                    return Ok(());
-                }
-                let payment_id = Uuid::parse_str(&captured.payment_id)
-                    .map_err(|_| anyhow::anyhow!("payment id {:?}", captured.payment_id))?;
-                store::set_confirmed(tx, order_id, payment_id).await?;
-                let (lines, total) = event_lines(tx, &order).await?;
-                let envelope = outbox::enqueue(
-                    tx,
-                    PRODUCER,
-                    &order_id.to_string(),
-                    &OrderConfirmed {
-                        order_id: order_id.to_string(),
-                        user_id: order.user_id.to_string(),
-                        lines,
-                        total: Some(total),
-                        payment_id: payment_id.to_string(),
-                    },
-                    cause,
-                )
-                .await?;
-                store::add_step(
-                    tx,
-                    order_id,
-                    SagaStepType::ConfirmOrder as i32,
-                    SagaStepStatus::Succeeded as i32,
-                    "",
-                    envelope.event_id.parse().ok(),
-                    at,
-                )
-                .await?;
-                tracing::info!(order_id = %order_id, "order confirmed");
+            (SagaStepType::CapturePayment, SagaStepStatus::Succeeded, Some(captured)) => {
+                confirm(tx, &order, captured, cause, at).await?;
             }
-            (SagaStepType::CapturePayment, SagaStepStatus::Failed) => {
+            (SagaStepType::CapturePayment, SagaStepStatus::Failed, _) => {
                 cancel(
                     tx,
                     &order,
@@ -295,6 +307,67 @@ impl Handler for SagaHandler {
         }
         Ok(())
     }
+}
+
+/// Confirms `order` (locked, pending) on `captured`, or cancels it when the
+/// capture is not the order's total.
+async fn confirm(
+    tx: &mut PgConnection,
+    order: &OrderRow,
+    captured: &PaymentCaptured,
+    cause: Option<&Envelope>,
+    at: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let order_id = order.order_id;
+    if let Some(mismatch) = capture_mismatch(captured, order) {
+        // Never confirmed on money that is not the order's: cancelled, and
+        // payments refunds what it captured.
+        tracing::error!(
+            order_id = %order_id,
+            payment_id = %captured.payment_id,
+            %mismatch,
+            "capture does not match the order; cancelling"
+        );
+        return cancel(
+            tx,
+            order,
+            CancellationReason::PaymentMismatch,
+            &mismatch,
+            cause,
+            at,
+        )
+        .await;
+    }
+    let payment_id = Uuid::parse_str(&captured.payment_id)
+        .map_err(|_| anyhow::anyhow!("payment id {:?}", captured.payment_id))?;
+    store::set_confirmed(tx, order_id, payment_id).await?;
+    let (lines, total) = event_lines(tx, order).await?;
+    let envelope = outbox::enqueue(
+        tx,
+        PRODUCER,
+        &order_id.to_string(),
+        &OrderConfirmed {
+            order_id: order_id.to_string(),
+            user_id: order.user_id.to_string(),
+            lines,
+            total: Some(total),
+            payment_id: payment_id.to_string(),
+        },
+        cause,
+    )
+    .await?;
+    store::add_step(
+        tx,
+        order_id,
+        SagaStepType::ConfirmOrder as i32,
+        SagaStepStatus::Succeeded as i32,
+        "",
+        envelope.event_id.parse().ok(),
+        at,
+    )
+    .await?;
+    tracing::info!(order_id = %order_id, "order confirmed");
+    Ok(())
 }
 
 /// Cancels PENDING sagas whose deadline passed.

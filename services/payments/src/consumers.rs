@@ -23,7 +23,7 @@ use crate::domain::{self, Charge, DeclineReason};
 use crate::processor::{Answer, ChargeRequest, Processor};
 use crate::store::{self, NewPayment, PaymentRow};
 use anyhow::Context as _;
-use shop_events::{Apply, ConsumerSpec, Handler, Received, catalog, outbox};
+use shop_events::{Apply, ConsumerSpec, On, Received, catalog, outbox};
 use shop_proto::shop::common::v1::{CancellationReason, Money, PaymentDeclineReason};
 use shop_proto::shop::events::v1::{
     OrderCancelled, PaymentCaptured, PaymentDeclined, PaymentRefunded, StockReserved,
@@ -79,9 +79,13 @@ fn payment_token(
 }
 
 #[async_trait::async_trait]
-impl Handler for Charges {
-    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
-        let reserved = event.decode::<StockReserved>()?;
+impl On<StockReserved> for Charges {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        reserved: StockReserved,
+        event: &Received,
+    ) -> anyhow::Result<()> {
         let request = domain::charge_request(
             &reserved.order_id,
             &reserved.user_id,
@@ -148,10 +152,6 @@ impl Handler for Charges {
 
         let tx = apply.tx().await?;
         store::lock_order(tx, &domain::order_lock_key(order_id)).await?;
-        if store::payment_exists(tx, order_id).await? {
-            tracing::info!(%order_id, "order already has a payment; nothing to record");
-            return Ok(());
-        }
         let payment = store::insert_payment(
             tx,
             NewPayment {
@@ -169,6 +169,10 @@ impl Handler for Charges {
         )
         .await
         .context("storing the payment")?;
+        let Some(payment) = payment else {
+            tracing::info!(%order_id, "order already has a payment; nothing to record");
+            return Ok(());
+        };
 
         let payment_id = payment.payment_id.to_string();
         let amount = Some(Money {
@@ -286,9 +290,13 @@ fn refund_reason(cancelled: &OrderCancelled) -> String {
 }
 
 #[async_trait::async_trait]
-impl Handler for Refunds {
-    async fn handle(&self, apply: &mut Apply<'_>, event: &Received) -> anyhow::Result<()> {
-        let cancelled = event.decode::<OrderCancelled>()?;
+impl On<OrderCancelled> for Refunds {
+    async fn on(
+        &self,
+        apply: &mut Apply<'_>,
+        cancelled: OrderCancelled,
+        event: &Received,
+    ) -> anyhow::Result<()> {
         let order_id = Uuid::parse_str(&cancelled.order_id).with_context(|| {
             format!(
                 "malformed OrderCancelled: order_id {:?} is not a UUID",

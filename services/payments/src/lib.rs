@@ -27,12 +27,20 @@ use shop_proto::shop::payments::v1::payment_service_server::PaymentServiceServer
 use shop_runtime::{Application, db};
 
 /// The service's migrations, from `migrations/payments`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/payments");
+///
+/// The events library's tables are not among them: [`shop_events::migrate`]
+/// applies those. Databases made before it owned them still list their
+/// old migrations as applied, hence `ignore_missing`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("../../migrations/payments")
+};
 
 /// Connects to the database (applying migrations) and to JetStream, and
 /// binds the server with the outbox relay and both consumers beside it.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    shop_events::migrate(&database.background).await?;
     let events = Events::connect("payments", &config.events).await?;
     let processor = processor::Processor {
         pool: database.background.clone(),

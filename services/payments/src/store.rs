@@ -123,16 +123,6 @@ pub(crate) async fn lock_order(tx: &mut PgConnection, key: &str) -> Result<(), s
     Ok(())
 }
 
-pub(crate) async fn payment_exists(
-    tx: &mut PgConnection,
-    order_id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payments WHERE order_id = $1)")
-        .bind(order_id)
-        .fetch_one(&mut *tx)
-        .await
-}
-
 pub(crate) async fn is_cancelled(
     tx: &mut PgConnection,
     order_id: Uuid,
@@ -143,15 +133,17 @@ pub(crate) async fn is_cancelled(
         .await
 }
 
+/// Records the payment of an order, unless the order has one: `None`.
 pub(crate) async fn insert_payment(
     tx: &mut PgConnection,
     p: NewPayment<'_>,
-) -> Result<PaymentRow, sqlx::Error> {
+) -> Result<Option<PaymentRow>, sqlx::Error> {
     sqlx::query_as::<_, PaymentRow>(concat!(
         "INSERT INTO payments
              (payment_id, order_id, user_id, amount_minor, currency, token, status,
               decline_reason, detail, attempt_count)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (order_id) DO NOTHING
          RETURNING ",
         columns!(),
         ""
@@ -166,7 +158,7 @@ pub(crate) async fn insert_payment(
     .bind(p.decline_reason)
     .bind(p.detail)
     .bind(p.attempt_count)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await
 }
 

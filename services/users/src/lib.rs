@@ -27,7 +27,14 @@ use shop_proto::shop::users::v1::user_service_server::UserServiceServer;
 use shop_runtime::{Application, db};
 
 /// The service's migrations, from `migrations/users`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/users");
+///
+/// The events library's tables are not among them: [`shop_events::migrate`]
+/// applies those. Databases made before it owned them still list their
+/// old migrations as applied, hence `ignore_missing`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("../../migrations/users")
+};
 
 /// Connects to the database, applies migrations and binds the server.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
@@ -48,6 +55,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     .with_context(|| format!("auth.signing_key_file {}", auth.signing_key_file.display()))?;
     let passwords = password::Passwords::new(auth.hash_permits(), auth.hash_waiting());
     let database = db::Database::connect_and_migrate(&config.database, &MIGRATOR).await?;
+    shop_events::migrate(&database.background).await?;
     let events = shop_events::Events::connect("users", &config.events).await?;
     let api = api::UsersApi::new(database.api.clone(), tokens, passwords, events.clone());
     Ok(Application::bind("users", &config.server)

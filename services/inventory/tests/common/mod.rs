@@ -143,6 +143,7 @@ pub(crate) async fn spawn_replicas(replicas: usize) -> TestApp {
     // The observer needs inbox and dead-letter tables of its own.
     let observer_db = PgPool::connect(&observer_url).await.unwrap();
     inventory::MIGRATOR.run(&observer_db).await.unwrap();
+    shop_events::migrate(&observer_db).await.unwrap();
     let observer = Arc::new(Observer::default());
     let stop = CancellationToken::new();
     tokio::spawn(orders.consumer(

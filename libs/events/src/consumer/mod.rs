@@ -26,6 +26,7 @@ use crate::catalog::{DomainEvent, StreamDef};
 use crate::dead_letters::{self, NewDeadLetter};
 use crate::envelope::Received;
 use crate::inbox::{self, Handler, Mark, Outcome};
+use crate::on::{On, Typed};
 use crate::settings::ConsumerSettings;
 use crate::stats::ConsumerStats;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -42,6 +43,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+mod batch;
+
 /// What a consumer receives and who applies it: one registration per event
 /// type. The consumer's subject filter is made from the registrations and
 /// its dispatch goes by them, so the two cannot disagree.
@@ -53,6 +56,7 @@ pub struct ConsumerSpec {
     pub stream: StreamDef,
     routes: Vec<Route>,
     every_event: Option<Arc<dyn Handler>>,
+    batched: bool,
 }
 
 #[derive(Clone)]
@@ -84,7 +88,17 @@ impl ConsumerSpec {
             stream,
             routes: Vec::new(),
             every_event: None,
+            batched: false,
         }
+    }
+
+    /// Applies events in batches ([`batch`]): the ready heads of up to
+    /// `events.consumer.batch_max` aggregates' lanes in one transaction.
+    /// For handlers that only write to the database; one that calls out
+    /// (a card processor) would hold the batch's locks meanwhile.
+    pub fn batched(mut self) -> Self {
+        self.batched = true;
+        self
     }
 
     /// Events of type `E` are applied by `handler`.
@@ -92,14 +106,14 @@ impl ConsumerSpec {
     /// # Panics
     /// When `E` is not stored in the consumer's stream, or is registered
     /// twice: wiring mistakes, caught by any test that builds the service.
-    pub fn on<E: DomainEvent>(self, handler: Arc<dyn Handler>) -> Self {
-        self.register::<E>(handler, false)
+    pub fn on<E: DomainEvent + Send + 'static>(self, handler: Arc<impl On<E>>) -> Self {
+        self.register::<E>(Arc::new(Typed::<E, _>::new(handler)), false)
     }
 
     /// As [`ConsumerSpec::on`], for a compensation (releasing stock,
     /// refunding money).
-    pub fn compensation<E: DomainEvent>(self, handler: Arc<dyn Handler>) -> Self {
-        self.register::<E>(handler, true)
+    pub fn compensation<E: DomainEvent + Send + 'static>(self, handler: Arc<impl On<E>>) -> Self {
+        self.register::<E>(Arc::new(Typed::<E, _>::new(handler)), true)
     }
 
     /// Every event of the stream, whatever its type, goes to `handler` (a
@@ -153,6 +167,11 @@ impl ConsumerSpec {
         self.routes.iter().map(|r| r.subject.to_string()).collect()
     }
 
+    /// Whether events of `event_type` reach a handler of this consumer.
+    pub fn handles(&self, event_type: &str) -> bool {
+        self.handler_for(event_type).is_some()
+    }
+
     /// The handler of `event_type`, and whether it is a compensation.
     pub(crate) fn handler_for(&self, event_type: &str) -> Option<(&Arc<dyn Handler>, bool)> {
         match &self.every_event {
@@ -185,7 +204,8 @@ struct Held {
     _permit: OwnedSemaphorePermit,
 }
 
-/// Messages queued behind the one being applied, per aggregate.
+/// Messages queued behind the one being applied, per aggregate (for a
+/// batched consumer, the ones not yet taken into a batch).
 type Lanes = Arc<Mutex<HashMap<String, VecDeque<Held>>>>;
 
 impl Consumer {
@@ -274,6 +294,18 @@ impl Consumer {
         let permits = Arc::new(Semaphore::new(bound));
         let lanes: Lanes = Arc::default();
         let tracker = TaskTracker::new();
+        let batches = self.batch_max().map(|max| {
+            let ready = Arc::new(Notify::new());
+            let intake_done = CancellationToken::new();
+            tracker.spawn(self.clone().run_batches(
+                max,
+                lanes.clone(),
+                ready.clone(),
+                intake_done.clone(),
+                shutdown.clone(),
+            ));
+            (ready, intake_done.drop_guard())
+        });
         let result = loop {
             let permit = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
@@ -297,6 +329,11 @@ impl Consumer {
             };
             self.stats.entered();
             let mut queues = lanes.lock().expect("lanes lock");
+            if let Some((ready, _)) = &batches {
+                queues.entry(lane).or_default().push_back(held);
+                ready.notify_one();
+                continue;
+            }
             match queues.entry(lane) {
                 Entry::Occupied(mut queued) => queued.get_mut().push_back(held),
                 Entry::Vacant(slot) => {
@@ -311,6 +348,8 @@ impl Consumer {
                 }
             }
         };
+        // Ends the batcher once it has applied what is held.
+        drop(batches);
         tracker.close();
         tracker.wait().await;
         result
@@ -390,30 +429,7 @@ impl Consumer {
             }
         };
 
-        // Named and described by OpenTelemetry's messaging conventions
-        // (semantic conventions 1.27 on); an attempt that fails is an error.
-        let span = tracing::info_span!(
-            "event",
-            otel.name = %format_args!("process {}", message.subject),
-            otel.kind = "consumer",
-            otel.status_code = tracing::field::Empty,
-            messaging.system = "nats",
-            messaging.operation.type = "process",
-            messaging.operation.name = "process",
-            messaging.destination.name = %message.subject,
-            messaging.consumer.group.name = %self.durable,
-            messaging.message.id = %received.event_id,
-            event_type = %received.envelope.event_type,
-            delivered,
-        );
-        if let Some(tp) = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("traceparent"))
-            .map(|v| v.as_str().to_string())
-        {
-            shop_runtime::telemetry::set_remote_parent(&span, &tp);
-        }
+        let span = self.span(&message, &received);
         async {
             let mark = Mark::Inbox {
                 consumer: &self.durable,
@@ -421,9 +437,11 @@ impl Consumer {
             };
             loop {
                 match inbox::apply(&self.pool, mark, handler.as_ref(), &received).await {
-                    Outcome::Applied => {
+                    Outcome::Applied { enqueued } => {
                         self.stats.applied();
-                        self.wake_relay.notify_one();
+                        if enqueued {
+                            self.wake_relay.notify_one();
+                        }
                         let _ = message.ack().await;
                         return;
                     }
@@ -478,6 +496,36 @@ impl Consumer {
         }
         .instrument(span)
         .await;
+    }
+
+    /// The span of applying `received`, named and described by
+    /// OpenTelemetry's messaging conventions (semantic conventions 1.27
+    /// on), a child of the publisher's trace; an attempt that fails is an
+    /// error.
+    fn span(&self, message: &jetstream::Message, received: &Received) -> tracing::Span {
+        let span = tracing::info_span!(
+            "event",
+            otel.name = %format_args!("process {}", message.subject),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %message.subject,
+            messaging.consumer.group.name = %self.durable,
+            messaging.message.id = %received.event_id,
+            event_type = %received.envelope.event_type,
+            delivered = received.delivered,
+        );
+        if let Some(tp) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_string())
+        {
+            shop_runtime::telemetry::set_remote_parent(&span, &tp);
+        }
+        span
     }
 
     /// Records `letter` and terminates the message, or, when the record
