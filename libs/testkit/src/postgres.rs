@@ -144,6 +144,17 @@ impl Postgres {
         format!("postgres://{role}:{password}@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// [`Postgres::url_as`] over the server's Unix socket instead of TCP
+    /// loopback: what services on this machine use (no TCP stack, no
+    /// Nagle, fewer copies per round trip).
+    pub fn socket_url_as(&self, role: &str, password: &str, db: &str) -> String {
+        format!(
+            "postgres://{role}:{password}@localhost:{}/{db}?host={}",
+            self.port,
+            self.dir.path().display()
+        )
+    }
+
     /// The server's log file.
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("postgres.log")

@@ -207,9 +207,11 @@ impl Stack {
             let mut env = Vec::new();
             if !STATELESS.contains(&name.as_str()) {
                 // Its own role, owning its own database only.
+                let db = format!("shop_{name}");
+                let password = uuid::Uuid::new_v4().simple().to_string();
                 let db_url = stack
                     .postgres
-                    .create_service_database(&format!("shop_{name}"), name)
+                    .create_service_database_with_password(&db, name, &password)
                     .await?;
                 stack.identities.mint(name)?;
                 let db_url = if options.database_tls {
@@ -219,7 +221,8 @@ impl Stack {
                         Identities::dir_in(stack.dir.path(), name).join(shop_identity::files::CA);
                     format!("{db_url}?{}", Postgres::tls_params(&ca))
                 } else {
-                    db_url
+                    // On one machine, the Unix socket.
+                    stack.postgres.socket_url_as(name, &password, &db)
                 };
                 env.extend(stack.nats_env(name));
                 env.extend([

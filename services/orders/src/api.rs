@@ -4,6 +4,7 @@ use crate::catalog::Catalog;
 use crate::domain::{self, CatalogPrice, OrderRequest};
 use crate::saga;
 use crate::store::{self, NewOrder, OrderRow};
+use chrono::SubsecRound as _;
 use shop_events::{Events, outbox};
 use shop_proto::shop::common::v1::{CancellationReason, Money};
 use shop_proto::shop::events::v1::{OrderLine as EventLine, OrderPlaced};
@@ -65,110 +66,13 @@ impl OrdersApi {
     }
 
     /// A repeated PlaceOrder: the same body gets the same order back.
-    async fn replay(
+    /// The order's lines priced by the catalog, its total and currency,
+    /// or why it cannot be placed (unknown products, mixed currencies,
+    /// below the minimum order value).
+    async fn price(
         &self,
-        existing: OrderRow,
-        request: &OrderRequest,
-    ) -> Result<Order, ServiceError> {
-        if existing.request_fingerprint != request.fingerprint {
-            return Err(ServiceError::AlreadyExists(
-                "this idempotency_key was already used for a different order".into(),
-            ));
-        }
-        self.load(existing.order_id).await
-    }
-}
-
-async fn load_in(conn: &mut PgConnection, order_id: Uuid) -> Result<Order, ServiceError> {
-    let row = store::get(conn, order_id)
-        .await?
-        .ok_or_else(|| ServiceError::not_found("order", order_id))?;
-    Ok(to_proto(conn, row).await?)
-}
-
-fn status_of(row: &OrderRow) -> OrderStatus {
-    match row.status.as_str() {
-        "pending" => OrderStatus::Pending,
-        "confirmed" => OrderStatus::Confirmed,
-        "cancelled" => OrderStatus::Cancelled,
-        _ => OrderStatus::Unspecified,
-    }
-}
-
-async fn to_proto(conn: &mut PgConnection, row: OrderRow) -> sqlx::Result<Order> {
-    let money = |amount_minor: i64| Money {
-        amount_minor,
-        currency_code: row.currency.clone(),
-    };
-    let lines = store::lines(conn, row.order_id)
-        .await?
-        .into_iter()
-        .map(|l| OrderLine {
-            product_id: l.product_id.to_string(),
-            quantity: l.quantity,
-            unit_price: Some(money(l.unit_price_minor)),
-            line_total: Some(money(l.unit_price_minor * l.quantity)),
-            sku: l.sku,
-            product_name: l.product_name,
-        })
-        .collect();
-    let timeline = store::steps(conn, row.order_id)
-        .await?
-        .into_iter()
-        .map(|s| SagaStep {
-            step: i32::from(s.step),
-            status: i32::from(s.status),
-            reason: s.reason,
-            occur_time: Some(timestamp(s.occurred_at)),
-            event_id: s.event_id.map(|e| e.to_string()).unwrap_or_default(),
-        })
-        .collect();
-    Ok(Order {
-        order_id: row.order_id.to_string(),
-        user_id: row.user_id.to_string(),
-        status: status_of(&row) as i32,
-        lines,
-        total: Some(money(row.total_minor)),
-        idempotency_key: row.idempotency_key.to_string(),
-        cancellation_reason: row.cancel_reason.map_or(0, i32::from),
-        cancellation_detail: row.cancel_detail.clone(),
-        timeline,
-        create_time: Some(timestamp(row.created_at)),
-        update_time: Some(timestamp(row.updated_at)),
-    })
-}
-
-fn parse_order_id(raw: &str) -> Result<Uuid, ServiceError> {
-    shop_runtime::convert::parse_uuid("order_id", raw)
-}
-
-#[tonic::async_trait]
-impl OrderService for OrdersApi {
-    async fn place_order(
-        &self,
-        request: Request<PlaceOrderRequest>,
-    ) -> Result<Response<PlaceOrderResponse>, Status> {
-        let req = request.into_inner();
-        let lines: Vec<(String, i64)> = req
-            .lines
-            .iter()
-            .map(|l| (l.product_id.clone(), l.quantity))
-            .collect();
-        let order = domain::validate(
-            &req.user_id,
-            &lines,
-            &req.payment_token,
-            &req.idempotency_key,
-        )
-        .map_err(ServiceError::InvalidArgument)?;
-        if let Some(existing) = store::find_by_key(&self.pool, order.idempotency_key)
-            .await
-            .map_err(ServiceError::from)?
-        {
-            let order = self.replay(existing, &order).await?;
-            return Ok(Response::new(PlaceOrderResponse { order: Some(order) }));
-        }
-
+        order: &OrderRequest,
+    ) -> Result<(Vec<domain::PricedLine>, i64, String), Status> {
         // Prices come from the catalog, never from the client.
         let products = self
             .catalog
@@ -214,9 +118,141 @@ impl OrderService for OrdersApi {
                 ),
             ));
         }
+        Ok((priced, total, currency))
+    }
+
+    /// The order placed before under `request`'s idempotency key, if any
+    /// (`ALREADY_EXISTS` when the key was used for another order).
+    async fn placed_before(&self, request: &OrderRequest) -> Result<Option<Order>, Status> {
+        match store::find_by_key(&self.pool, request.idempotency_key)
+            .await
+            .map_err(ServiceError::from)?
+        {
+            Some(existing) => Ok(Some(self.replay(existing, request).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn replay(
+        &self,
+        existing: OrderRow,
+        request: &OrderRequest,
+    ) -> Result<Order, ServiceError> {
+        if existing.request_fingerprint != request.fingerprint {
+            return Err(ServiceError::AlreadyExists(
+                "this idempotency_key was already used for a different order".into(),
+            ));
+        }
+        self.load(existing.order_id).await
+    }
+}
+
+async fn load_in(conn: &mut PgConnection, order_id: Uuid) -> Result<Order, ServiceError> {
+    let row = store::get(conn, order_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("order", order_id))?;
+    Ok(to_proto(conn, row).await?)
+}
+
+fn status_of(row: &OrderRow) -> OrderStatus {
+    match row.status.as_str() {
+        "pending" => OrderStatus::Pending,
+        "confirmed" => OrderStatus::Confirmed,
+        "cancelled" => OrderStatus::Cancelled,
+        _ => OrderStatus::Unspecified,
+    }
+}
+
+async fn to_proto(conn: &mut PgConnection, row: OrderRow) -> sqlx::Result<Order> {
+    let lines = store::lines(conn, row.order_id).await?;
+    let steps = store::steps(conn, row.order_id).await?;
+    Ok(order_proto(row, lines, steps))
+}
+
+fn order_proto(row: OrderRow, lines: Vec<store::LineRow>, steps: Vec<store::StepRow>) -> Order {
+    let money = |amount_minor: i64| Money {
+        amount_minor,
+        currency_code: row.currency.clone(),
+    };
+    let lines = lines
+        .into_iter()
+        .map(|l| OrderLine {
+            product_id: l.product_id.to_string(),
+            quantity: l.quantity,
+            unit_price: Some(money(l.unit_price_minor)),
+            line_total: Some(money(l.unit_price_minor * l.quantity)),
+            sku: l.sku,
+            product_name: l.product_name,
+        })
+        .collect();
+    let timeline = steps
+        .into_iter()
+        .map(|s| SagaStep {
+            step: i32::from(s.step),
+            status: i32::from(s.status),
+            reason: s.reason,
+            occur_time: Some(timestamp(s.occurred_at)),
+            event_id: s.event_id.map(|e| e.to_string()).unwrap_or_default(),
+        })
+        .collect();
+    Order {
+        order_id: row.order_id.to_string(),
+        user_id: row.user_id.to_string(),
+        status: status_of(&row) as i32,
+        lines,
+        total: Some(money(row.total_minor)),
+        idempotency_key: row.idempotency_key.to_string(),
+        cancellation_reason: row.cancel_reason.map_or(0, i32::from),
+        cancellation_detail: row.cancel_detail.clone(),
+        timeline,
+        create_time: Some(timestamp(row.created_at)),
+        update_time: Some(timestamp(row.updated_at)),
+    }
+}
+
+fn parse_order_id(raw: &str) -> Result<Uuid, ServiceError> {
+    shop_runtime::convert::parse_uuid("order_id", raw)
+}
+
+#[tonic::async_trait]
+impl OrderService for OrdersApi {
+    async fn place_order(
+        &self,
+        request: Request<PlaceOrderRequest>,
+    ) -> Result<Response<PlaceOrderResponse>, Status> {
+        let req = request.into_inner();
+        let lines: Vec<(String, i64)> = req
+            .lines
+            .iter()
+            .map(|l| (l.product_id.clone(), l.quantity))
+            .collect();
+        let order = domain::validate(
+            &req.user_id,
+            &lines,
+            &req.payment_token,
+            &req.idempotency_key,
+        )
+        .map_err(ServiceError::InvalidArgument)?;
+        // The idempotency key is checked when it matters only: when the
+        // insert conflicts, or when something refuses the order (a retry
+        // of one placed before is answered as placed, whatever the catalog
+        // and the flags say now).
+        let (priced, total, currency) = match self.price(&order).await {
+            Ok(priced) => priced,
+            Err(refused) => {
+                return match self.placed_before(&order).await? {
+                    Some(placed) => Ok(Response::new(PlaceOrderResponse {
+                        order: Some(placed),
+                    })),
+                    None => Err(refused),
+                };
+            }
+        };
 
         let order_id = Uuid::now_v7();
-        let now = chrono::Utc::now();
+        // As the database keeps it (microseconds), so the answer shows the
+        // time a later read will.
+        let now = chrono::Utc::now().trunc_subsecs(6);
         let mut tx = self.pool.begin().await.map_err(ServiceError::from)?;
         let inserted = store::insert(
             &mut tx,
@@ -232,21 +268,20 @@ impl OrderService for OrdersApi {
         )
         .await
         .map_err(ServiceError::from)?;
-        if !inserted {
+        let Some(row) = inserted else {
             // The same key won a race with us: answer as a retry would.
             tx.rollback().await.map_err(ServiceError::from)?;
-            let existing = store::find_by_key(&self.pool, order.idempotency_key)
-                .await
-                .map_err(ServiceError::from)?
+            let placed = self
+                .placed_before(&order)
+                .await?
                 .ok_or_else(|| ServiceError::Internal(anyhow::anyhow!("order vanished")))?;
-            let order = self.replay(existing, &order).await?;
-            return Ok(Response::new(PlaceOrderResponse { order: Some(order) }));
-        }
-        for (i, line) in priced.iter().enumerate() {
-            store::insert_line(&mut tx, order_id, i as i32, line)
-                .await
-                .map_err(ServiceError::from)?;
-        }
+            return Ok(Response::new(PlaceOrderResponse {
+                order: Some(placed),
+            }));
+        };
+        store::insert_lines(&mut tx, order_id, &priced)
+            .await
+            .map_err(ServiceError::from)?;
         let event = OrderPlaced {
             order_id: order_id.to_string(),
             user_id: order.user_id.to_string(),
@@ -275,26 +310,35 @@ impl OrderService for OrdersApi {
         let envelope = outbox::enqueue(&mut tx, "orders", &order_id.to_string(), &event, None)
             .await
             .map_err(ServiceError::from)?;
+        let placed = store::StepRow {
+            step: SagaStepType::PlaceOrder as i16,
+            status: SagaStepStatus::Succeeded as i16,
+            reason: String::new(),
+            event_id: envelope.event_id.parse().ok(),
+            occurred_at: now,
+        };
         store::add_step(
             &mut tx,
             order_id,
-            SagaStepType::PlaceOrder as i32,
-            SagaStepStatus::Succeeded as i32,
-            "",
-            envelope.event_id.parse().ok(),
-            now,
+            i32::from(placed.step),
+            i32::from(placed.status),
+            &placed.reason,
+            placed.event_id,
+            placed.occurred_at,
         )
         .await
         .map_err(ServiceError::from)?;
-        // The answer is the order as this transaction placed it: read after the
-        // commit, the saga may already have moved it on.
-        let order = load_in(&mut tx, order_id).await?;
         shop_runtime::db::commit(tx)
             .await
             .map_err(ServiceError::from)?;
         self.events.wake_relay();
         tracing::info!(order_id = %order_id, total, currency = %currency, "order placed");
-        Ok(Response::new(PlaceOrderResponse { order: Some(order) }))
+        // The answer is the order as this transaction wrote it: read after
+        // the commit, the saga may already have moved it on.
+        let lines = priced.into_iter().map(store::LineRow::from).collect();
+        Ok(Response::new(PlaceOrderResponse {
+            order: Some(order_proto(row, lines, vec![placed])),
+        }))
     }
 
     async fn get_order(

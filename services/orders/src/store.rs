@@ -63,14 +63,20 @@ pub(crate) struct NewOrder<'a> {
     pub(crate) deadline: DateTime<Utc>,
 }
 
-/// Inserts the order unless its idempotency key is taken; whether it did.
-pub(crate) async fn insert(conn: &mut PgConnection, o: &NewOrder<'_>) -> sqlx::Result<bool> {
-    let r = sqlx::query(
+/// Inserts the order unless its idempotency key is taken: the row as
+/// stored, or `None`.
+pub(crate) async fn insert(
+    conn: &mut PgConnection,
+    o: &NewOrder<'_>,
+) -> sqlx::Result<Option<OrderRow>> {
+    sqlx::query_as(concat!(
         "INSERT INTO orders (order_id, user_id, status, total_minor, currency, idempotency_key,
                              request_fingerprint, deadline_at)
          VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING ",
+        order_columns!()
+    ))
     .bind(o.order_id)
     .bind(o.user_id)
     .bind(o.total_minor)
@@ -78,32 +84,49 @@ pub(crate) async fn insert(conn: &mut PgConnection, o: &NewOrder<'_>) -> sqlx::R
     .bind(o.idempotency_key)
     .bind(o.fingerprint)
     .bind(o.deadline)
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    .fetch_optional(conn)
+    .await
 }
 
-pub(crate) async fn insert_line(
+/// Inserts the order's lines, numbered in order, in one statement.
+pub(crate) async fn insert_lines(
     conn: &mut PgConnection,
     order_id: Uuid,
-    line_no: i32,
-    line: &crate::domain::PricedLine,
+    lines: &[crate::domain::PricedLine],
 ) -> sqlx::Result<()> {
+    let column =
+        |f: fn(&crate::domain::PricedLine) -> String| lines.iter().map(f).collect::<Vec<_>>();
+    let products: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
+    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
+    let prices: Vec<i64> = lines.iter().map(|l| l.unit_price_minor).collect();
     sqlx::query(
         "INSERT INTO order_lines
              (order_id, line_no, product_id, sku, product_name, quantity, unit_price_minor)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         SELECT $1, (n - 1)::int, product_id, sku, product_name, quantity, unit_price_minor
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+              WITH ORDINALITY AS l(product_id, sku, product_name, quantity, unit_price_minor, n)",
     )
     .bind(order_id)
-    .bind(line_no)
-    .bind(line.product_id)
-    .bind(&line.sku)
-    .bind(&line.name)
-    .bind(line.quantity)
-    .bind(line.unit_price_minor)
+    .bind(&products)
+    .bind(column(|l| l.sku.clone()))
+    .bind(column(|l| l.name.clone()))
+    .bind(&quantities)
+    .bind(&prices)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+impl From<crate::domain::PricedLine> for LineRow {
+    fn from(l: crate::domain::PricedLine) -> Self {
+        Self {
+            product_id: l.product_id,
+            sku: l.sku,
+            product_name: l.name,
+            quantity: l.quantity,
+            unit_price_minor: l.unit_price_minor,
+        }
+    }
 }
 
 pub(crate) async fn find_by_key(pool: &PgPool, key: Uuid) -> sqlx::Result<Option<OrderRow>> {

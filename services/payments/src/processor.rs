@@ -106,13 +106,14 @@ impl Processor {
             Charge::Declined { reason, detail } => ("declined", 0, Some(reason.as_str()), detail),
         };
         // Two requests under one key racing: the first insert wins, and
-        // both answer what it stored.
-        sqlx::query(
+        // both answer what it stored (one statement: the row as stored).
+        let entry: Entry = sqlx::query_as(
             "INSERT INTO processor_ledger
                  (idempotency_key, outcome, token, amount_minor, currency, decline_reason, detail)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (idempotency_key) DO UPDATE
-                 SET requests = processor_ledger.requests + 1",
+                 SET requests = processor_ledger.requests + 1
+             RETURNING outcome, amount_minor, decline_reason, detail",
         )
         .bind(request.key)
         .bind(outcome)
@@ -121,9 +122,9 @@ impl Processor {
         .bind(request.currency)
         .bind(reason)
         .bind(&detail)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        self.stored(request.key).await
+        entry.answer()
     }
 
     /// The stored answer under `key`, counting the request, if there is one.
@@ -136,17 +137,6 @@ impl Processor {
         .fetch_optional(&self.pool)
         .await?;
         entry.map(Entry::answer).transpose()
-    }
-
-    async fn stored(&self, key: Uuid) -> anyhow::Result<Answer> {
-        let entry: Entry = sqlx::query_as(
-            "SELECT outcome, amount_minor, decline_reason, detail
-             FROM processor_ledger WHERE idempotency_key = $1",
-        )
-        .bind(key)
-        .fetch_one(&self.pool)
-        .await?;
-        entry.answer()
     }
 
     /// Cancels the payment under `key`: refunds its capture (once, however

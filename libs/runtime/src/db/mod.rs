@@ -55,10 +55,16 @@ impl Database {
             .expose_secret()
             .parse()
             .context("database.url is not a valid Postgres URL")?;
+        // No ping before each checkout (sqlx's default): it cost a round
+        // trip per transaction. A connection the server dropped fails its
+        // first statement instead, which the callers already treat as the
+        // database being unavailable (retried, or `UNAVAILABLE`), and the
+        // pool discards it.
         let pool = |max: u32, acquire_timeout: Duration| {
             PgPoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(acquire_timeout)
+                .test_before_acquire(false)
                 .connect_lazy_with(options.clone())
         };
         let database = Self {
