@@ -18,12 +18,14 @@ default:
 bootstrap:
     python3 libs/testkit/bootstrap.py
 
+# `just up release` builds and runs release binaries instead of debug ones (what `just load-capacity` measures).
 # the whole system on this machine: Postgres, NATS, every service, a demo catalog; Ctrl-C stops it
-up: bootstrap
+up profile="debug": bootstrap
+    @case "{{profile}}" in debug|release) ;; *) echo "unknown profile {{profile}}; known: debug, release"; exit 2;; esac
     @echo "==> building the services (the first build takes a few minutes)"
-    cargo build --bins
+    cargo build {{ if profile == "release" { "--release " } else { "" } }}--bins
     @echo "==> starting the stack"
-    exec target/debug/shop-stack --services {{services}} --replicas catalog=2
+    exec target/{{profile}}/shop-stack --services {{services}} --replicas catalog=2
 
 # every check CI runs: format, lints, contracts, unit, integration and end-to-end tests
 test: bootstrap lint unit clients integration
@@ -152,6 +154,16 @@ _bench-overload:
 load rate="20" secs="60": bootstrap
     cargo build --release -p shop-bench --bin shop-load
     target/release/shop-load --rate {{rate}} --secs {{secs}}
+
+# Open-loop steps of 30 s from 20 actions/s, x1.5 each while every SLO is met (availability and p99 of
+# every RPC, no action dropped), then 3 bisections between the highest rate met and the lowest missed;
+# at most 16 steps and 20 minutes. Reports the capacity, the RPCs at it and at the miss above it, the CPU
+# of each process of the stack per step, and p99 by offered rate: target/load/capacity.txt and capacity.svg.
+# Flags pass through, e.g. `just load-capacity --from 5 --step-secs 20`.
+# the gateway's capacity, the highest offered rate with every SLO met, against a running `just up [release]`
+load-capacity *flags: bootstrap
+    cargo build --release -p shop-bench --bin shop-load
+    target/release/shop-load --find-capacity {{flags}}
 
 # generate the gateway's Python and TypeScript clients and build their programs (tests/clients; fast when up to date)
 clients: bootstrap

@@ -1,5 +1,5 @@
 //! CPU time of processes, from `/proc`: what a benchmark charges to each
-//! process of the system under test.
+//! process of the system under test, and which processes there are.
 
 use std::time::Duration;
 
@@ -33,23 +33,64 @@ pub fn cpu_of_tree(pid: u32) -> Duration {
         return Duration::ZERO;
     };
     let mut total = own + reaped;
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(child) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some((ppid, child_own, _)) = stat(child)
-                && ppid == pid
-            {
-                total += child_own;
-            }
+    for child in pids() {
+        if let Some((ppid, child_own, _)) = stat(child)
+            && ppid == pid
+        {
+            total += child_own;
         }
     }
     ticks(total)
+}
+
+/// The live processes whose parent is `pid`, by pid.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut found: Vec<u32> = pids()
+        .filter(|&child| stat(child).is_some_and(|(ppid, _, _)| ppid == pid))
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// The live processes whose command name (`/proc/<pid>/comm`, at most 15
+/// bytes) is `name`, by pid.
+pub fn named(name: &str) -> Vec<u32> {
+    let mut found: Vec<u32> = pids()
+        .filter(|&pid| command(pid).is_some_and(|c| c == name))
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// The command name of `pid` (`/proc/<pid>/comm`).
+pub fn command(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(text.trim_end().to_string())
+}
+
+/// The whole machine's CPU time so far, `(busy, all)`, every core summed
+/// (`/proc/stat`'s first line; busy is all but idle and iowait).
+pub fn machine() -> Option<(Duration, Duration)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user).
+    let all: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((ticks(all - idle), ticks(all)))
+}
+
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
 }
 
 fn ticks(n: u64) -> Duration {
@@ -68,5 +109,21 @@ mod tests {
         // The tree includes this process, read after it (CPU time only grows).
         let alone = cpu_of(me);
         assert!(cpu_of_tree(me) >= alone);
+    }
+
+    #[test]
+    fn a_child_is_found_by_its_parent_and_its_name() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        assert!(children(std::process::id()).contains(&pid));
+        assert_eq!(command(pid).as_deref(), Some("sleep"));
+        assert!(named("sleep").contains(&pid));
+        let (busy, all) = machine().expect("/proc/stat");
+        assert!(busy <= all && all > Duration::ZERO);
+        child.kill().expect("kill");
+        child.wait().expect("wait");
     }
 }
