@@ -104,9 +104,11 @@ kind-down:
     kind delete cluster --name shop
     rm -rf target/kind-secrets
 
-# unit tests (no external processes)
+# unit tests (no external processes), and the events library's doctests: one of them
+# must not compile (a handler registered for an event type it does not handle)
 unit:
     cargo test --workspace --lib --bins
+    cargo test -p shop-events --doc
 
 # Every build here has the tests' feature set (dev-dependencies unify features, so bins
 # built alone would compile the whole tree a second time). The second build only adds
