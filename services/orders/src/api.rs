@@ -148,10 +148,10 @@ impl OrdersApi {
 }
 
 async fn load_in(conn: &mut PgConnection, order_id: Uuid) -> Result<Order, ServiceError> {
-    let row = store::get(conn, order_id)
+    let full = store::get_full(conn, order_id)
         .await?
         .ok_or_else(|| ServiceError::not_found("order", order_id))?;
-    Ok(to_proto(conn, row).await?)
+    Ok(order_proto(full.order, full.lines, full.steps))
 }
 
 fn status_of(row: &OrderRow) -> OrderStatus {
@@ -161,12 +161,6 @@ fn status_of(row: &OrderRow) -> OrderStatus {
         "cancelled" => OrderStatus::Cancelled,
         _ => OrderStatus::Unspecified,
     }
-}
-
-async fn to_proto(conn: &mut PgConnection, row: OrderRow) -> sqlx::Result<Order> {
-    let lines = store::lines(conn, row.order_id).await?;
-    let steps = store::steps(conn, row.order_id).await?;
-    Ok(order_proto(row, lines, steps))
 }
 
 fn order_proto(row: OrderRow, lines: Vec<store::LineRow>, steps: Vec<store::StepRow>) -> Order {
@@ -384,21 +378,20 @@ impl OrderService for OrdersApi {
         };
         v.into_result()?;
         let user_id = user_id.expect("checked");
-        let mut rows = store::list(&self.pool, user_id, status, before, limit + 1)
+        let mut rows = store::list_full(&self.pool, user_id, status, before, limit + 1)
             .await
             .map_err(ServiceError::from)?;
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
-            let last_id = rows.last().expect("limit >= 1").order_id;
+            let last_id = rows.last().expect("limit >= 1").order.order_id;
             paging::next_page_token(last_id, &[LIST, user_id.as_bytes(), &status_filter])
         } else {
             String::new()
         };
-        let mut conn = self.pool.acquire().await.map_err(ServiceError::from)?;
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in rows {
-            orders.push(to_proto(&mut conn, row).await.map_err(ServiceError::from)?);
-        }
+        let orders = rows
+            .into_iter()
+            .map(|full| order_proto(full.order, full.lines, full.steps))
+            .collect();
         Ok(Response::new(ListOrdersResponse {
             orders,
             next_page_token,

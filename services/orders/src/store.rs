@@ -140,15 +140,130 @@ pub(crate) async fn find_by_key(pool: &PgPool, key: Uuid) -> sqlx::Result<Option
     .await
 }
 
-pub(crate) async fn get(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Option<OrderRow>> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders WHERE order_id = $1"
-    ))
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await
+/// An order with its lines (by line number) and its saga's steps in the
+/// order they happened: by the time the step's service reports (the events
+/// of different services reach orders through different consumers, so one
+/// may be recorded before an earlier one), then by the order orders
+/// recorded them.
+pub(crate) struct FullOrder {
+    pub(crate) order: OrderRow,
+    pub(crate) lines: Vec<LineRow>,
+    pub(crate) steps: Vec<StepRow>,
+}
+
+/// `orders` with each order's lines and steps aggregated beside it, so that
+/// an order (or a page of them) is read in one statement.
+macro_rules! full_orders {
+    ($where:literal) => {
+        concat!(
+            "SELECT ",
+            order_columns!(),
+            ", line_product_ids, line_skus, line_names, line_quantities, line_prices,
+               step_steps, step_statuses, step_reasons, step_event_ids, step_times
+             FROM orders o
+             CROSS JOIN LATERAL (
+                 SELECT array_agg(product_id ORDER BY line_no) AS line_product_ids,
+                        array_agg(sku ORDER BY line_no) AS line_skus,
+                        array_agg(product_name ORDER BY line_no) AS line_names,
+                        array_agg(quantity ORDER BY line_no) AS line_quantities,
+                        array_agg(unit_price_minor ORDER BY line_no) AS line_prices
+                 FROM order_lines l WHERE l.order_id = o.order_id) l
+             CROSS JOIN LATERAL (
+                 SELECT array_agg(step ORDER BY occurred_at, seq) AS step_steps,
+                        array_agg(status ORDER BY occurred_at, seq) AS step_statuses,
+                        array_agg(reason ORDER BY occurred_at, seq) AS step_reasons,
+                        array_agg(event_id ORDER BY occurred_at, seq) AS step_event_ids,
+                        array_agg(occurred_at ORDER BY occurred_at, seq) AS step_times
+                 FROM saga_steps s WHERE s.order_id = o.order_id) s ",
+            $where
+        )
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct FullRow {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    line_product_ids: Option<Vec<Uuid>>,
+    line_skus: Option<Vec<String>>,
+    line_names: Option<Vec<String>>,
+    line_quantities: Option<Vec<i64>>,
+    line_prices: Option<Vec<i64>>,
+    step_steps: Option<Vec<i16>>,
+    step_statuses: Option<Vec<i16>>,
+    step_reasons: Option<Vec<String>>,
+    step_event_ids: Option<Vec<Option<Uuid>>>,
+    step_times: Option<Vec<DateTime<Utc>>>,
+}
+
+impl From<FullRow> for FullOrder {
+    fn from(r: FullRow) -> Self {
+        let lines = zip5(
+            r.line_product_ids.unwrap_or_default(),
+            r.line_skus.unwrap_or_default(),
+            r.line_names.unwrap_or_default(),
+            r.line_quantities.unwrap_or_default(),
+            r.line_prices.unwrap_or_default(),
+        )
+        .map(
+            |(product_id, sku, product_name, quantity, unit_price_minor)| LineRow {
+                product_id,
+                sku,
+                product_name,
+                quantity,
+                unit_price_minor,
+            },
+        )
+        .collect();
+        let steps = zip5(
+            r.step_steps.unwrap_or_default(),
+            r.step_statuses.unwrap_or_default(),
+            r.step_reasons.unwrap_or_default(),
+            r.step_event_ids.unwrap_or_default(),
+            r.step_times.unwrap_or_default(),
+        )
+        .map(|(step, status, reason, event_id, occurred_at)| StepRow {
+            step,
+            status,
+            reason,
+            event_id,
+            occurred_at,
+        })
+        .collect();
+        Self {
+            order: r.order,
+            lines,
+            steps,
+        }
+    }
+}
+
+/// Five columns of one aggregate, element by element.
+fn zip5<A, B, C, D, E>(
+    a: Vec<A>,
+    b: Vec<B>,
+    c: Vec<C>,
+    d: Vec<D>,
+    e: Vec<E>,
+) -> impl Iterator<Item = (A, B, C, D, E)> {
+    a.into_iter()
+        .zip(b)
+        .zip(c)
+        .zip(d)
+        .zip(e)
+        .map(|((((a, b), c), d), e)| (a, b, c, d, e))
+}
+
+/// The order with its lines and steps, in one statement.
+pub(crate) async fn get_full(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> sqlx::Result<Option<FullOrder>> {
+    let row: Option<FullRow> = sqlx::query_as(full_orders!("WHERE o.order_id = $1"))
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(FullOrder::from))
 }
 
 /// The order, locked until the end of the transaction: every state change
@@ -171,20 +286,6 @@ pub(crate) async fn lines(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Resu
     sqlx::query_as(
         "SELECT product_id, sku, product_name, quantity, unit_price_minor
          FROM order_lines WHERE order_id = $1 ORDER BY line_no",
-    )
-    .bind(order_id)
-    .fetch_all(conn)
-    .await
-}
-
-/// The saga's steps in the order they happened: by the time the step's
-/// service reports (the events of different services reach orders through
-/// different consumers, so one may be recorded before an earlier one),
-/// then by the order orders recorded them.
-pub(crate) async fn steps(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<Vec<StepRow>> {
-    sqlx::query_as(
-        "SELECT step, status, reason, event_id, occurred_at
-         FROM saga_steps WHERE order_id = $1 ORDER BY occurred_at, seq",
     )
     .bind(order_id)
     .fetch_all(conn)
@@ -279,26 +380,26 @@ pub(crate) async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> sqlx::R
 }
 
 /// One page of a user's orders, newest first, after `before` when given.
-pub(crate) async fn list(
+/// A page of `user_id`'s orders, newest first, each with its lines and
+/// steps: one statement.
+pub(crate) async fn list_full(
     pool: &PgPool,
     user_id: Uuid,
     status: Option<&str>,
     before: Option<Uuid>,
     limit: i64,
-) -> sqlx::Result<Vec<OrderRow>> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders
-         WHERE user_id = $1
-           AND ($2::text IS NULL OR status = $2)
-           AND ($3::uuid IS NULL OR order_id < $3)
-         ORDER BY order_id DESC LIMIT $4"
+) -> sqlx::Result<Vec<FullOrder>> {
+    let rows: Vec<FullRow> = sqlx::query_as(full_orders!(
+        "WHERE o.user_id = $1
+           AND ($2::text IS NULL OR o.status = $2)
+           AND ($3::uuid IS NULL OR o.order_id < $3)
+         ORDER BY o.order_id DESC LIMIT $4"
     ))
     .bind(user_id)
     .bind(status)
     .bind(before)
     .bind(limit)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(FullOrder::from).collect())
 }

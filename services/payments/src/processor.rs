@@ -88,11 +88,12 @@ impl Processor {
     /// `request.key`; the first answer stored under a key is the answer for
     /// good. A transient failure stores nothing (ask again later).
     pub(crate) async fn charge(&self, request: ChargeRequest<'_>) -> anyhow::Result<Answer> {
-        if let Some(first) = self.repeat(request.key).await? {
-            return Ok(first);
-        }
         let token = TestToken::parse(request.token);
         if token == TestToken::ApproveSlow {
+            // A slow answer is only slow the first time a key is asked.
+            if let Some(first) = self.repeat(request.key).await? {
+                return Ok(first);
+            }
             tokio::time::sleep(self.slow_delay).await;
         }
         let (outcome, captured, reason, detail) = match domain::answer(
@@ -101,12 +102,19 @@ impl Processor {
             request.attempt,
             self.max_attempts,
         ) {
-            Charge::RetryLater(why) => return Ok(Answer::Charge(Charge::RetryLater(why))),
+            Charge::RetryLater(why) => {
+                // Nothing to store; an answer stored before stands.
+                return Ok(match self.repeat(request.key).await? {
+                    Some(first) => first,
+                    None => Answer::Charge(Charge::RetryLater(why)),
+                });
+            }
             Charge::Captured { amount_minor } => ("captured", amount_minor, None, String::new()),
             Charge::Declined { reason, detail } => ("declined", 0, Some(reason.as_str()), detail),
         };
-        // Two requests under one key racing: the first insert wins, and
-        // both answer what it stored (one statement: the row as stored).
+        // The first answer under a key is stored; a repeat (or a request
+        // racing this one) gets the stored row back, counted: one
+        // statement either way.
         let entry: Entry = sqlx::query_as(
             "INSERT INTO processor_ledger
                  (idempotency_key, outcome, token, amount_minor, currency, decline_reason, detail)
