@@ -186,13 +186,11 @@ async fn placed(
 /// reserved -> committed: the quantities move from `reserved` to `sold`.
 async fn confirmed(tx: &mut PgConnection, confirmed: OrderConfirmed) -> anyhow::Result<()> {
     let order_id = parse_id("order_id", &confirmed.order_id)?;
+    if store::commit_reservation(tx, order_id).await? {
+        tracing::info!(%order_id, "reservation committed");
+        return Ok(());
+    }
     match store::lock_reservation(tx, order_id).await? {
-        Some((ReservationStatus::Reserved, _)) => {
-            let lines = store::lines_of(tx, order_id).await?;
-            store::move_lines(tx, &lines, Move::Commit).await?;
-            store::set_status(tx, order_id, ReservationStatus::Committed).await?;
-            tracing::info!(%order_id, "reservation committed");
-        }
         Some((status, _)) => {
             tracing::debug!(%order_id, ?status, "OrderConfirmed for a reservation not held; nothing to do");
         }

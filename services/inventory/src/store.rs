@@ -413,6 +413,33 @@ pub(crate) async fn lock_reservation(
     .transpose()
 }
 
+/// reserved -> committed in one statement: the reservation's status, and
+/// each line's quantity from `reserved` to `sold`. `false` (nothing
+/// changed) when the order has no reservation in `reserved`.
+pub(crate) async fn commit_reservation(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let committed: i64 = sqlx::query_scalar(
+        "WITH committed AS (
+             UPDATE reservations SET status = 'committed', updated_at = now()
+             WHERE order_id = $1 AND status = 'reserved'
+             RETURNING order_id),
+         moved AS (
+             UPDATE stock s
+             SET reserved = s.reserved - l.quantity, sold = s.sold + l.quantity,
+                 updated_at = now()
+             FROM reservation_lines l JOIN committed c ON c.order_id = l.order_id
+             WHERE s.product_id = l.product_id
+             RETURNING s.product_id)
+         SELECT count(*) FROM committed",
+    )
+    .bind(order_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(committed == 1)
+}
+
 pub(crate) async fn set_status(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -442,11 +469,11 @@ pub(crate) async fn insert_tombstone(
     Ok(())
 }
 
-/// How one line's quantity moves between the columns of `stock`.
+/// How one line's quantity moves between the columns of `stock` when a
+/// reservation is released (reserved -> sold, on OrderConfirmed, is
+/// [`commit_reservation`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Move {
-    /// reserved -> sold (OrderConfirmed).
-    Commit,
     /// reserved -> available (OrderCancelled before confirmation).
     ReleaseReserved,
     /// sold -> available (OrderCancelled after confirmation).
@@ -462,10 +489,6 @@ pub(crate) async fn move_lines(
 ) -> anyhow::Result<()> {
     for line in lines {
         let query = match movement {
-            Move::Commit => sqlx::query(
-                "UPDATE stock SET reserved = reserved - $2, sold = sold + $2, updated_at = now()
-                 WHERE product_id = $1",
-            ),
             Move::ReleaseReserved => sqlx::query(
                 "UPDATE stock
                  SET reserved = reserved - $2, available = available + $2, updated_at = now()

@@ -258,27 +258,26 @@ impl SagaHandler {
         let Some(order) = store::lock(tx, order_id).await? else {
             anyhow::bail!("event {} names unknown order {order_id}", event.event_id);
         };
-        store::add_step(
-            tx,
-            order_id,
-            step as i32,
-            status as i32,
-            &reason,
-            Some(event.event_id),
-            at,
-        )
-        .await?;
+        let recorded = store::NewStep {
+            step: step as i16,
+            status: status as i16,
+            reason: &reason,
+            event_id: Some(event.event_id),
+            occurred_at: at,
+        };
         if !order.is_pending() {
             // Late news for a finished saga: recorded on the timeline only.
             // (A capture that lands after a cancellation is refunded by
             // payments when it sees OrderCancelled.)
+            store::record(tx, order_id, &recorded).await?;
             return Ok(());
         }
         match (step, status, captured) {
             (SagaStepType::ReserveStock, SagaStepStatus::Succeeded, _) => {
-                store::progressed(tx, order_id, deadline).await?;
+                store::progressed(tx, order_id, deadline, &[recorded]).await?;
             }
             (SagaStepType::ReserveStock, SagaStepStatus::Failed, _) => {
+                store::record(tx, order_id, &recorded).await?;
                 cancel(
                     tx,
                     &order,
@@ -290,9 +289,10 @@ impl SagaHandler {
                 .await?;
             }
             (SagaStepType::CapturePayment, SagaStepStatus::Succeeded, Some(captured)) => {
-                confirm(tx, &order, captured, cause, at).await?;
+                confirm(tx, &order, captured, recorded, cause, at).await?;
             }
             (SagaStepType::CapturePayment, SagaStepStatus::Failed, _) => {
+                store::record(tx, order_id, &recorded).await?;
                 cancel(
                     tx,
                     &order,
@@ -303,7 +303,7 @@ impl SagaHandler {
                 )
                 .await?;
             }
-            _ => {}
+            _ => store::record(tx, order_id, &recorded).await?,
         }
         Ok(())
     }
@@ -315,6 +315,7 @@ async fn confirm(
     tx: &mut PgConnection,
     order: &OrderRow,
     captured: &PaymentCaptured,
+    capture: store::NewStep<'_>,
     cause: Option<&Envelope>,
     at: DateTime<Utc>,
 ) -> anyhow::Result<()> {
@@ -328,6 +329,7 @@ async fn confirm(
             %mismatch,
             "capture does not match the order; cancelling"
         );
+        store::record(tx, order_id, &capture).await?;
         return cancel(
             tx,
             order,
@@ -340,7 +342,6 @@ async fn confirm(
     }
     let payment_id = Uuid::parse_str(&captured.payment_id)
         .map_err(|_| anyhow::anyhow!("payment id {:?}", captured.payment_id))?;
-    store::set_confirmed(tx, order_id, payment_id).await?;
     let (lines, total) = event_lines(tx, order).await?;
     let envelope = outbox::enqueue(
         tx,
@@ -356,16 +357,14 @@ async fn confirm(
         cause,
     )
     .await?;
-    store::add_step(
-        tx,
-        order_id,
-        SagaStepType::ConfirmOrder as i32,
-        SagaStepStatus::Succeeded as i32,
-        "",
-        envelope.event_id.parse().ok(),
-        at,
-    )
-    .await?;
+    let confirmed = store::NewStep {
+        step: SagaStepType::ConfirmOrder as i16,
+        status: SagaStepStatus::Succeeded as i16,
+        reason: "",
+        event_id: envelope.event_id.parse().ok(),
+        occurred_at: at,
+    };
+    store::set_confirmed(tx, order_id, payment_id, &[capture, confirmed]).await?;
     tracing::info!(order_id = %order_id, "order confirmed");
     Ok(())
 }

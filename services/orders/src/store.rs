@@ -316,30 +316,105 @@ pub(crate) async fn add_step(
     Ok(())
 }
 
-/// The saga made progress: push its deadline back.
+/// A saga step to record with a state change, in the same statement.
+pub(crate) struct NewStep<'a> {
+    pub(crate) step: i16,
+    pub(crate) status: i16,
+    pub(crate) reason: &'a str,
+    pub(crate) event_id: Option<Uuid>,
+    pub(crate) occurred_at: DateTime<Utc>,
+}
+
+/// Records `step` on the order's timeline.
+pub(crate) async fn record(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    step: &NewStep<'_>,
+) -> sqlx::Result<()> {
+    add_step(
+        conn,
+        order_id,
+        i32::from(step.step),
+        i32::from(step.status),
+        step.reason,
+        step.event_id,
+        step.occurred_at,
+    )
+    .await
+}
+
+/// `$then` (an update of order `$1`, its own parameters from `$7`) with
+/// the steps bound by [`bind_steps`] recorded, in order, by the same
+/// statement.
+macro_rules! with_steps {
+    ($then:literal) => {
+        concat!(
+            "WITH steps AS (
+                 INSERT INTO saga_steps (order_id, step, status, reason, event_id, occurred_at)
+                 SELECT $1, step, status, reason, event_id, occurred_at
+                 FROM unnest($2::smallint[], $3::smallint[], $4::text[], $5::uuid[],
+                             $6::timestamptz[])
+                      WITH ORDINALITY AS s(step, status, reason, event_id, occurred_at, n)
+                 ORDER BY n) ",
+            $then
+        )
+    };
+}
+
+fn bind_steps<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    order_id: Uuid,
+    steps: &[NewStep<'_>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(order_id)
+        .bind(steps.iter().map(|s| s.step).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.status).collect::<Vec<_>>())
+        .bind(
+            steps
+                .iter()
+                .map(|s| s.reason.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(steps.iter().map(|s| s.event_id).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.occurred_at).collect::<Vec<_>>())
+}
+
+/// The saga made progress: `steps` recorded and its deadline pushed back.
 pub(crate) async fn progressed(
     conn: &mut PgConnection,
     order_id: Uuid,
     deadline: DateTime<Utc>,
+    steps: &[NewStep<'_>],
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE orders SET deadline_at = $2, updated_at = now() WHERE order_id = $1")
-        .bind(order_id)
-        .bind(deadline)
-        .execute(conn)
-        .await?;
+    bind_steps(
+        sqlx::query(with_steps!(
+            "UPDATE orders SET deadline_at = $7, updated_at = now() WHERE order_id = $1"
+        )),
+        order_id,
+        steps,
+    )
+    .bind(deadline)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
+/// A pending order confirmed on `payment_id`, with `steps` recorded.
 pub(crate) async fn set_confirmed(
     conn: &mut PgConnection,
     order_id: Uuid,
     payment_id: Uuid,
+    steps: &[NewStep<'_>],
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE orders SET status = 'confirmed', payment_id = $2, updated_at = now()
-         WHERE order_id = $1 AND status = 'pending'",
+    bind_steps(
+        sqlx::query(with_steps!(
+            "UPDATE orders SET status = 'confirmed', payment_id = $7, updated_at = now()
+             WHERE order_id = $1 AND status = 'pending'"
+        )),
+        order_id,
+        steps,
     )
-    .bind(order_id)
     .bind(payment_id)
     .execute(conn)
     .await?;

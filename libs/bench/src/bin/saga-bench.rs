@@ -422,12 +422,27 @@ async fn top_statements(stack: &Stack, reset: bool) -> anyhow::Result<Vec<String
     )
     .fetch_all(&pool)
     .await?;
+    // Every statement, summed per database: what each service's own
+    // database would execute, were it on cores of its own.
+    let per_database: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT d.datname::text, sum(s.calls)::bigint, sum(s.total_exec_time)
+         FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+         WHERE d.datname LIKE 'shop\\_%'
+         GROUP BY 1 ORDER BY 3 DESC",
+    )
+    .fetch_all(&pool)
+    .await?;
     pool.close().await;
     Ok(rows
         .into_iter()
         .map(|(db, calls, total, mean, query)| {
             format!("{db:<18} {calls:>8} calls {total:>9.0} ms total {mean:>7.3} ms mean  {query}")
         })
+        .chain(per_database.into_iter().map(|(db, calls, total)| {
+            format!(
+                "{db:<18} {calls:>8} calls {total:>9.0} ms total  (every statement of the database)"
+            )
+        }))
         .collect())
 }
 
