@@ -156,6 +156,25 @@ impl Default for RetentionSettings {
     }
 }
 
+impl EventsSettings {
+    /// Every default, for the plaintext server at `nats_url` with no users
+    /// (a development server; tests and tools).
+    pub fn plaintext(nats_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            nats_user: None,
+            nats_password: None,
+            tls_dir: None,
+            connect_timeout: default_connect_timeout(),
+            duplicate_window: default_duplicate_window(),
+            relay: RelaySettings::default(),
+            consumer: ConsumerSettings::default(),
+            streams: StreamSettings::default(),
+            retention: RetentionSettings::default(),
+        }
+    }
+}
+
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(30)
 }

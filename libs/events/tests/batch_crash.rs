@@ -46,19 +46,11 @@ impl On<OrderPlaced> for Applier {
 
 fn settings(nats_url: String) -> EventsSettings {
     EventsSettings {
-        nats_url,
-        nats_user: None,
-        nats_password: None,
-        tls_dir: None,
-        connect_timeout: Duration::from_secs(10),
-        duplicate_window: Duration::from_secs(120),
-        relay: Default::default(),
         consumer: ConsumerSettings {
             ack_wait: Duration::from_secs(2),
             ..ConsumerSettings::default()
         },
-        streams: Default::default(),
-        retention: Default::default(),
+        ..EventsSettings::plaintext(nats_url)
     }
 }
 

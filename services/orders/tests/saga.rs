@@ -130,7 +130,7 @@ async fn spawn_app(saga_timeout: &str) -> TestApp {
     let orders = RunningApp::spawn(orders::build(config).await.unwrap());
     let client = OrderServiceClient::connect(orders.url()).await.unwrap();
 
-    let peers = Events::connect("test-peers", &events_settings(nats_url))
+    let peers = Events::connect("test-peers", &EventsSettings::plaintext(nats_url))
         .await
         .unwrap();
     let observer_db = sqlx::PgPool::connect(&observer_url).await.unwrap();
@@ -152,21 +152,6 @@ async fn spawn_app(saga_timeout: &str) -> TestApp {
         _keys_dir: keys_dir,
         _nats: nats,
         _postgres: postgres,
-    }
-}
-
-fn events_settings(nats_url: String) -> EventsSettings {
-    EventsSettings {
-        nats_url,
-        nats_user: None,
-        nats_password: None,
-        tls_dir: None,
-        connect_timeout: Duration::from_secs(10),
-        duplicate_window: Duration::from_secs(120),
-        relay: Default::default(),
-        consumer: Default::default(),
-        streams: Default::default(),
-        retention: Default::default(),
     }
 }
 
