@@ -21,6 +21,10 @@
 //! is dead-lettered at once (retrying cannot fix it), the same way. A
 //! database that does not answer is not the event's fault: the message is
 //! kept in progress and tried again until the database is back.
+//!
+//! A batched consumer ([`ConsumerSpec::batched`], [`batch`]) applies the
+//! heads of many lanes in one transaction, and falls back to this path,
+//! one event per transaction, when a batch fails.
 
 use crate::catalog::{DomainEvent, StreamDef};
 use crate::dead_letters::{self, NewDeadLetter};
@@ -116,8 +120,9 @@ impl ConsumerSpec {
         self.register::<E>(Arc::new(Typed::<E, _>::new(handler)), true)
     }
 
-    /// Every event of the stream, whatever its type, goes to `handler` (a
-    /// projection that decides for itself what it keeps).
+    /// Every event of the stream, whatever its type, goes to `handler`,
+    /// undecoded (an observer, in a test or a tool, that sees everything).
+    /// Services register typed handlers with [`ConsumerSpec::on`].
     pub fn every_event(mut self, handler: Arc<dyn Handler>) -> Self {
         assert!(
             self.routes.is_empty(),
