@@ -5,6 +5,29 @@ use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use std::path::Path;
 
+/// The colours of a plot's series, in order (black is left for reference
+/// lines: SLOs).
+const PALETTE: [RGBColor; 8] = [
+    BLUE,
+    RED,
+    GREEN,
+    MAGENTA,
+    CYAN,
+    RGBColor(255, 140, 0),
+    RGBColor(128, 0, 128),
+    RGBColor(139, 69, 19),
+];
+
+/// The colour of the `i`-th series.
+fn series_color(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+/// A legend's sample of a line drawn in `color`.
+fn legend_line(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color)
+}
+
 /// Writes the CDFs of `series` (microsecond histograms) to `path`, with
 /// latency in milliseconds on a logarithmic axis.
 pub fn latency_cdfs(
@@ -30,12 +53,11 @@ pub fn latency_cdfs(
         .x_desc("latency (ms, log scale)")
         .y_desc("fraction of orders")
         .draw()?;
-    let colors = [BLUE, RED, GREEN, MAGENTA, BLACK];
     for (i, (name, h)) in series.iter().enumerate() {
         if h.is_empty() {
             continue;
         }
-        let color = colors[i % colors.len()];
+        let color = series_color(i);
         let points: Vec<(f64, f64)> = h
             .iter_quantiles(4)
             .map(|v| {
@@ -48,7 +70,7 @@ pub fn latency_cdfs(
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            .legend(legend_line(color));
     }
     chart
         .configure_series_labels()
@@ -82,26 +104,16 @@ pub fn over_time(
         .x_desc("seconds into the run")
         .y_desc("p99 latency (ms, log scale)")
         .draw()?;
-    let colors = [
-        BLUE,
-        RED,
-        GREEN,
-        MAGENTA,
-        BLACK,
-        CYAN,
-        RGBColor(255, 140, 0),
-        RGBColor(128, 0, 128),
-    ];
     for (i, (name, points)) in series.iter().enumerate() {
         if points.is_empty() {
             continue;
         }
-        let color = colors[i % colors.len()];
+        let color = series_color(i);
         let points: Vec<(f64, f64)> = points.iter().map(|(x, y)| (*x, y.max(0.1))).collect();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            .legend(legend_line(color));
     }
     chart
         .configure_series_labels()
@@ -141,26 +153,16 @@ pub fn by_rate(
         .x_desc("offered rate (actions/s)")
         .y_desc("p99 latency (ms, log scale)")
         .draw()?;
-    let colors = [
-        BLUE,
-        RED,
-        GREEN,
-        MAGENTA,
-        CYAN,
-        RGBColor(255, 140, 0),
-        RGBColor(128, 0, 128),
-        RGBColor(139, 69, 19),
-    ];
     for (i, (name, points)) in series.iter().enumerate() {
         if points.is_empty() {
             continue;
         }
-        let color = colors[i % colors.len()];
+        let color = series_color(i);
         let points: Vec<(f64, f64)> = points.iter().map(|(x, y)| (*x, y.max(0.1))).collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            .legend(legend_line(color));
         chart.draw_series(
             points
                 .into_iter()
@@ -176,7 +178,7 @@ pub fn by_rate(
                 BLACK.stroke_width(1),
             ))?
             .label(label.as_str())
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+            .legend(legend_line(BLACK));
     }
     for (rate, label) in marks {
         let grey = RGBColor(110, 110, 110);
@@ -188,7 +190,7 @@ pub fn by_rate(
                 grey.stroke_width(1),
             ))?
             .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+            .legend(legend_line(grey));
     }
     chart
         .configure_series_labels()

@@ -176,7 +176,10 @@ impl TestApp {
     }
 
     async fn place(&self, quantity: i64) -> Order {
-        let request = self.request(quantity, Uuid::now_v7());
+        self.place_as(self.request(quantity, Uuid::now_v7())).await
+    }
+
+    async fn place_as(&self, request: PlaceOrderRequest) -> Order {
         self.client
             .clone()
             .place_order(request)
@@ -276,15 +279,7 @@ async fn place_order_answers_what_it_stored_and_publishes_order_placed_once() {
     let app = spawn_app("30s").await;
     let key = Uuid::now_v7();
     let request = app.request(2, key);
-    let placed = app
-        .client
-        .clone()
-        .place_order(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let placed = app.place_as(request.clone()).await;
     assert_eq!(placed.status(), OrderStatus::Pending);
     assert_eq!(placed.total, eur(2 * PRICE));
     assert_eq!(placed.lines.len(), 1);
@@ -299,15 +294,7 @@ async fn place_order_answers_what_it_stored_and_publishes_order_placed_once() {
 
     // The same request again is the same order; another body under the key
     // is refused.
-    let again = app
-        .client
-        .clone()
-        .place_order(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let again = app.place_as(request.clone()).await;
     assert_eq!(again, placed);
     let mut other = request;
     other.lines[0].quantity = 3;
