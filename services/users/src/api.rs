@@ -146,8 +146,32 @@ impl UserService for UsersApi {
         if let Some(Err(e)) = req.password.as_deref().map(check_password) {
             v.add("password", e);
         }
+        v.check(
+            req.current_password.as_ref().is_none_or(|p| !p.is_empty()),
+            "current_password",
+            "must not be empty when present",
+        );
         v.into_result()?;
         let id = id.expect("checked above");
+        if let Some(current) = req.current_password {
+            // Checked against the hash as Authenticate does (a deactivated
+            // or unknown user costs the same and changes nothing).
+            let user = store::get(&self.pool, id)
+                .await?
+                .ok_or_else(|| ServiceError::not_found("user", id))?;
+            let matches = self
+                .passwords
+                .verify(current, Some(user.password_hash))
+                .await
+                .map_err(ServiceError::from)?;
+            if !matches {
+                return Err(ServiceError::invalid(
+                    "current_password",
+                    "is not the account's password",
+                )
+                .into());
+            }
+        }
         let hash = match req.password {
             Some(p) => Some(self.passwords.hash(p).await.map_err(ServiceError::from)?),
             None => None,

@@ -23,6 +23,9 @@ shop_runtime::service_config! {
         "shop.users.v1.UserService/CreateUser" = ["gateway", "operator"]
         "shop.users.v1.UserService/GetUser" = ["gateway", "operator"]
         "shop.users.v1.UserService/Authenticate" = ["gateway", "operator"]
+        # The gateway's self-service account calls, always for the caller.
+        "shop.users.v1.UserService/UpdateUser" = ["gateway", "operator"]
+        "shop.users.v1.UserService/DeactivateUser" = ["gateway", "operator"]
     "#;
     aliases = shop_runtime::config::DATABASE_AND_NATS_ALIASES;
 }

@@ -245,15 +245,36 @@ async fn update_changes_only_the_fields_given() {
             email: Some("nope".into()),
             password: Some("short".into()),
             display_name: Some(String::new()),
+            current_password: Some(String::new()),
         })
         .await
         .unwrap_err();
-    assert_eq!(violated_fields(&bad), ["email", "display_name", "password"]);
+    assert_eq!(
+        violated_fields(&bad),
+        ["email", "display_name", "password", "current_password"]
+    );
+
+    // With current_password, nothing changes unless it is the password.
+    let wrong = app
+        .client
+        .update_user(UpdateUserRequest {
+            user_id: user.user_id.clone(),
+            password: Some("a guessed new password".into()),
+            current_password: Some("not the password".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&wrong), ["current_password"]);
+    app.authenticate("ada@example.com", "correct horse battery")
+        .await
+        .expect("the password is unchanged");
 
     app.client
         .update_user(UpdateUserRequest {
             user_id: user.user_id.clone(),
             password: Some("a brand new password".into()),
+            current_password: Some("correct horse battery".into()),
             ..Default::default()
         })
         .await
