@@ -53,6 +53,7 @@ pub struct Application {
     flags: shop_flags::Flags,
     connections: crate::listener::ConnectionLimits,
     reflection: bool,
+    http: Option<shop_http::HttpFace>,
 }
 
 /// Work a service runs beside its server (an outbox relay, a consumer):
@@ -137,6 +138,7 @@ impl Application {
             flags,
             connections: settings.connections.clone(),
             reflection: settings.reflection,
+            http: None,
         })
     }
 
@@ -186,6 +188,15 @@ impl Application {
         self
     }
 
+    /// Also serves HTTP/1.1 on the port (ALPN `http/1.1` besides `h2`
+    /// under TLS): REST/JSON by `face`'s rules, and gRPC-Web (tonic-web),
+    /// both turned into gRPC calls in front of the same stack, so they meet
+    /// the same authorization, limits, deadlines, metrics and handlers.
+    pub fn with_http_face(mut self, face: shop_http::HttpFace) -> Self {
+        self.http = Some(face);
+        self
+    }
+
     /// Ties health to `database`, probed every `database.probe_interval`,
     /// and tells each call what the last probe found (a busy pool is then
     /// overload, not an outage).
@@ -223,6 +234,7 @@ impl Application {
             flags,
             connections,
             reflection,
+            http,
         } = self;
 
         mesh.admin().register_service(FLAGS_ADMIN);
@@ -295,12 +307,20 @@ impl Application {
         }
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let incoming = crate::listener::incoming(
+        let protocols = if http.is_some() {
+            crate::listener::Protocols::Http2AndHttp1
+        } else {
+            crate::listener::Protocols::Http2
+        };
+        let incoming = crate::listener::incoming_with(
             listener,
             identity.map(|(identity, _)| identity),
             connections.clone(),
+            protocols,
         );
+        let grpc_web = http.as_ref().map(|_| tonic_web::GrpcWebLayer::new());
         let server = tonic::transport::Server::builder()
+            .accept_http1(http.is_some())
             // HTTP/2 limits: a client opening more streams than this gets
             // them refused, and header lists beyond the limit are refused,
             // so one connection cannot take the whole process.
@@ -335,8 +355,13 @@ impl Application {
             // limit with shedding, fault injection (health and reflection
             // are never shed or faulted).
             // Each call also learns whether the database answers.
+            // With an HTTP face: REST/JSON becomes gRPC, then gRPC-Web
+            // becomes gRPC, both before the mesh sees the call (tonic-web
+            // refuses any other HTTP/1.1 request, so the face goes first).
             .layer(
                 tower::ServiceBuilder::new()
+                    .option_layer(http)
+                    .option_layer(grpc_web)
                     .layer(mesh.server_layer())
                     .layer(crate::db::reachability::ReachabilityLayer(reachability)),
             )

@@ -31,12 +31,14 @@ use slots::{Slot, Slots};
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 
 /// Connections handshaken but not yet taken by the server.
@@ -82,18 +84,62 @@ pub fn incoming(
     identity: Option<Identity>,
     limits: ConnectionLimits,
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    incoming_with(listener, identity, limits, Protocols::Http2)
+}
+
+/// What a TLS port offers by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    /// `h2` only: gRPC.
+    Http2,
+    /// `h2` and `http/1.1`: a port that also serves HTTP/1.1 clients
+    /// (REST/JSON, gRPC-Web).
+    Http2AndHttp1,
+}
+
+/// [`incoming`], offering `protocols`.
+pub fn incoming_with(
+    listener: TcpListener,
+    identity: Option<Identity>,
+    limits: ConnectionLimits,
+    protocols: Protocols,
+) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
     let (tx, rx) = mpsc::channel(BACKLOG);
-    tokio::spawn(accept_loop(listener, identity, limits, tx));
+    tokio::spawn(accept_loop(listener, identity, limits, protocols, tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The identity's server configuration with `http/1.1` added to its ALPN,
+/// derived again only when the identity rotates.
+#[derive(Default)]
+struct WithHttp1 {
+    from: Option<(Arc<ServerConfig>, Arc<ServerConfig>)>,
+}
+
+impl WithHttp1 {
+    fn get(&mut self, config: Arc<ServerConfig>) -> Arc<ServerConfig> {
+        match &self.from {
+            Some((source, derived)) if Arc::ptr_eq(source, &config) => derived.clone(),
+            _ => {
+                let mut derived = (*config).clone();
+                derived.alpn_protocols.push(b"http/1.1".to_vec());
+                let derived = Arc::new(derived);
+                self.from = Some((config, derived.clone()));
+                derived
+            }
+        }
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     identity: Option<Identity>,
     limits: ConnectionLimits,
+    protocols: Protocols,
     tx: mpsc::Sender<io::Result<Conn>>,
 ) {
     let slots = Slots::new(limits.max_connections, limits.max_connections_per_peer);
+    let mut with_http1 = WithHttp1::default();
     loop {
         let (tcp, remote_addr) = tokio::select! {
             () = tx.closed() => return,
@@ -128,7 +174,11 @@ async fn accept_loop(
             }
             continue;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
+        let config = match protocols {
+            Protocols::Http2 => identity.server_config(),
+            Protocols::Http2AndHttp1 => with_http1.get(identity.server_config()),
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let server = identity.id();
         let tx = tx.clone();
         let handshake_timeout = limits.handshake_timeout;
