@@ -8,20 +8,23 @@
 use crate::auth::{Authenticator, Caller};
 use crate::limits::Limiter;
 use crate::parts::{self, Budget};
-use crate::upstream::{Upstreams, relay};
+use crate::upstream::{Upstreams, relay, rename_field};
 use shop_proto::shop::catalog::v1 as catalog;
 use shop_proto::shop::gateway::v1::shop_gateway_service_server::ShopGatewayService;
 use shop_proto::shop::gateway::v1::{
-    CancelOrderRequest, CancelOrderResponse, CatalogItem, GetOrderDetailsRequest,
+    CancelOrderRequest, CancelOrderResponse, CatalogItem, DeactivateAccountRequest,
+    DeactivateAccountResponse, GetAccountRequest, GetAccountResponse, GetOrderDetailsRequest,
     GetOrderDetailsResponse, GetOrderRequest, GetOrderResponse, GetProductRequest,
     GetProductResponse, ListOrdersRequest, ListOrdersResponse, ListProductsRequest,
     ListProductsResponse, LogInRequest, LogInResponse, MissingPart, OrderLineDetail, Part,
-    PlaceOrderRequest, PlaceOrderResponse, SignUpRequest, SignUpResponse,
+    PlaceOrderRequest, PlaceOrderResponse, SignUpRequest, SignUpResponse, UpdateAccountRequest,
+    UpdateAccountResponse,
 };
 use shop_proto::shop::inventory::v1::BatchGetStockRequest;
 use shop_proto::shop::orders::v1 as orders;
 use shop_proto::shop::payments::v1::ListPaymentsRequest;
 use shop_proto::shop::users::v1 as users;
+use shop_runtime::ServiceError;
 use shop_runtime::convert::parse_uuid;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -407,5 +410,84 @@ impl ShopGatewayService for GatewayApi {
             payments,
             missing,
         }))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<GetAccountRequest>,
+    ) -> Result<Response<GetAccountResponse>, Status> {
+        let caller = self.auth.caller(&request).await?;
+        let user = self
+            .up
+            .users
+            .clone()
+            .get_user(users::GetUserRequest {
+                user_id: caller.user_id.to_string(),
+            })
+            .await
+            .map_err(|s| relay("users", s))?
+            .into_inner()
+            .user;
+        Ok(Response::new(GetAccountResponse { user }))
+    }
+
+    async fn update_account(
+        &self,
+        request: Request<UpdateAccountRequest>,
+    ) -> Result<Response<UpdateAccountResponse>, Status> {
+        let caller = self.auth.caller(&request).await?;
+        let guarded = {
+            let req = request.get_ref();
+            req.email.is_some() || req.new_password.is_some()
+        };
+        if request.get_ref().current_password.is_some() {
+            // A password guess: counted like a log-in, by account.
+            self.login
+                .check(&caller.user_id.to_string(), peer(&request))?;
+        }
+        let req = request.into_inner();
+        if guarded && req.current_password.is_none() {
+            return Err(ServiceError::invalid(
+                "current_password",
+                "is required to change the email or the password",
+            )
+            .into());
+        }
+        let user = self
+            .up
+            .users
+            .clone()
+            .update_user(users::UpdateUserRequest {
+                user_id: caller.user_id.to_string(),
+                email: req.email,
+                display_name: req.display_name,
+                password: req.new_password,
+                current_password: req.current_password,
+            })
+            .await
+            .map_err(|s| rename_field(relay("users", s), "password", "new_password"))?
+            .into_inner()
+            .user;
+        Ok(Response::new(UpdateAccountResponse { user }))
+    }
+
+    async fn deactivate_account(
+        &self,
+        request: Request<DeactivateAccountRequest>,
+    ) -> Result<Response<DeactivateAccountResponse>, Status> {
+        let caller = self.auth.caller(&request).await?;
+        let user = self
+            .up
+            .users
+            .clone()
+            .deactivate_user(users::DeactivateUserRequest {
+                user_id: caller.user_id.to_string(),
+            })
+            .await
+            .map_err(|s| relay("users", s))?
+            .into_inner()
+            .user;
+        self.auth.forget(caller.user_id);
+        Ok(Response::new(DeactivateAccountResponse { user }))
     }
 }

@@ -100,6 +100,12 @@ impl Authenticator {
         Ok(Caller { user_id })
     }
 
+    /// Stops trusting `user_id` as active (its account was just
+    /// deactivated): its next call asks users again.
+    pub(crate) fn forget(&self, user_id: Uuid) {
+        self.active.lock().expect("not poisoned").remove(&user_id);
+    }
+
     fn known_active(&self, user_id: Uuid) -> bool {
         let active = self.active.lock().expect("not poisoned");
         active

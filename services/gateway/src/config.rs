@@ -18,6 +18,9 @@ shop_runtime::service_config! {
         pub details: DetailsSettings,
         /// `[upstreams.*]`: the services behind the gateway, through the mesh.
         pub upstreams: Upstreams,
+        /// `[http]`: REST/JSON and gRPC-Web on the same port.
+        #[serde(default)]
+        pub http: HttpSettings,
     }
     defaults = r#"
         [server]
@@ -70,6 +73,31 @@ shop_runtime::service_config! {
     "#;
     // Stateless: `DATABASE_URL` and `NATS_URL` are not its business.
     aliases = &[];
+}
+
+/// `[http]`: the HTTP face of the public port. REST/JSON by the
+/// contract's `google.api.http` rules and gRPC-Web are always served next
+/// to gRPC; these are its bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest JSON body read; a larger one is refused with 413 before
+    /// any parsing (the mesh's per-method request limits then apply to the
+    /// call it becomes, as to a gRPC client's).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_request_bytes: default_max_request_bytes(),
+        }
+    }
+}
+
+fn default_max_request_bytes() -> usize {
+    64 * 1024
 }
 
 /// `[auth]`

@@ -36,6 +36,20 @@ use std::time::Duration;
 /// How often buckets of idle callers are dropped.
 const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
 
+/// The public contract's REST/JSON face, checked against its messages.
+fn http_face(settings: &config::HttpSettings) -> anyhow::Result<shop_http::HttpFace> {
+    let pool = shop_http::descriptor_pool(shop_proto::FILE_DESCRIPTOR_SET)?;
+    let limits = shop_http::Limits {
+        max_request_bytes: settings.max_request_bytes,
+        ..shop_http::Limits::default()
+    };
+    let service = <ShopGatewayServiceServer<api::GatewayApi> as tonic::server::NamedService>::NAME;
+    // The document committed under docs/openapi, generated again from the
+    // same descriptors (a unit test of shop-http keeps the two equal).
+    let openapi = shop_http::openapi::shop::gateway_document()?;
+    Ok(shop_http::HttpFace::new(pool, service, limits)?.with_openapi(openapi))
+}
+
 /// Loads the token keys, builds the upstream clients and binds the server.
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     config.validate()?;
@@ -76,8 +90,14 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         flags: app.flags(),
     };
     let refresh = auth.keys_refresh;
+    let face = http_face(&config.http)?;
+    tracing::info!(
+        operations = face.routes(),
+        "REST/JSON and gRPC-Web on the same port"
+    );
     Ok(app
         .add_service(ShopGatewayServiceServer::new(api))
+        .with_http_face(face)
         .with_task("token-keys", move |shutdown| {
             Box::pin(key_dir.watch(keys, refresh, shutdown))
         })

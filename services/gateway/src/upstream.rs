@@ -69,6 +69,24 @@ pub(crate) fn relay(upstream: &'static str, status: Status) -> Status {
     }
 }
 
+/// `status` with its field violations of `from` naming `to` instead: the
+/// gateway's field where an upstream's has another name.
+pub(crate) fn rename_field(status: Status, from: &str, to: &str) -> Status {
+    use tonic_types::StatusExt as _;
+    let mut details = status.get_error_details();
+    let Some(bad) = details.bad_request() else {
+        return status;
+    };
+    let mut violations = bad.field_violations.clone();
+    for violation in &mut violations {
+        if violation.field == from {
+            violation.field = to.to_string();
+        }
+    }
+    details.set_bad_request(violations);
+    Status::with_error_details(status.code(), status.message(), details)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
