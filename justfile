@@ -31,7 +31,7 @@ up profile="debug": bootstrap
 test: bootstrap lint unit clients integration
 
 # formatting, clippy with warnings denied, buf lint, format and breaking of the contracts
-lint: fmt-check clippy buf-lint buf-breaking deny k8s-validate
+lint: fmt-check clippy buf-lint buf-breaking deny k8s-validate openapi
 
 # fail if any file is not rustfmt-formatted
 fmt-check:
@@ -61,7 +61,7 @@ buf-breaking:
       && echo "buf breaking: compatible with the baseline; a renumbered field is caught"
 
 # licenses, bans and sources of every dependency (deny.toml), offline; cargo-deny is
-# installed pinned into .tools/cargo. Advisories need the network: see the README.
+# installed pinned into .tools/cargo. Advisories need the network: see docs/security.md.
 deny:
     @(test -x .tools/cargo/bin/cargo-deny && .tools/cargo/bin/cargo-deny --version | grep -q '0\.20\.2') \
       || cargo install cargo-deny --version 0.20.2 --locked --root .tools/cargo
@@ -72,6 +72,12 @@ deny:
 k8s-validate:
     kubectl kustomize k8s/overlays/kind | kubernetes-validate --strict -k 1.32 --quiet -
     @echo "k8s/overlays/kind: valid for Kubernetes 1.32"
+
+# `cargo run -p shop-http --bin shop-openapi -- write docs/openapi` regenerates them.
+# the OpenAPI documents in docs/openapi are those of the contracts, and valid OpenAPI 3.1
+openapi:
+    cargo run -q -p shop-http --bin shop-openapi -- check docs/openapi
+    openapi-spec-validator --schema 3.1 --validation-errors all docs/openapi/*.json
 
 # every service's image (one Dockerfile, `--build-arg SERVICE=`): needs a Docker engine
 images tag="dev":
@@ -119,16 +125,17 @@ integration:
     cargo build --workspace --tests --features payments/failpoints --bin payments-failpoints
     cargo test --workspace --test '*'
 
-# the README's grpcurl examples against a running `just up`
+# the grpcurl walkthrough of README.md and docs/ (tests/readme_examples.sh --list) against a running `just up`
 demo:
     bash tests/readme_examples.sh
 
 # benchmarks (not tests): `just bench mesh` compares bare tonic, the full mesh, Envoy sidecars (Istio's placement, the mesh's policy rendered) and HAProxy hops, each plaintext and with mTLS;
 # `just bench saga` measures the order saga on release binaries against the ceiling of its own Postgres (fsync on);
 # `just bench overload` pushes the shop through its gateway at 0.5x to 3x the capacity it measures first (release binaries);
+# `just bench http` sends the same reads and orders through gRPC, the gateway's REST/JSON and Envoy's transcoder in front of its gRPC port, interleaved (release binaries);
 # `just bench resilience` kills, freezes, slows, fails, restarts and overloads three replicas under load through the mesh, Envoy sidecars and bare tonic
 bench what="mesh": bootstrap
-    @case "{{what}}" in mesh|saga|overload|resilience) ;; *) echo "unknown benchmark {{what}}; known: mesh, saga, overload, resilience"; exit 2;; esac
+    @case "{{what}}" in mesh|saga|overload|resilience|http) ;; *) echo "unknown benchmark {{what}}; known: mesh, saga, overload, resilience, http"; exit 2;; esac
     @just _bench-{{what}}
 
 _bench-mesh:
@@ -144,6 +151,10 @@ _bench-saga:
 _bench-resilience:
     cargo build --release -p shop-bench --bins
     taskset -c 0 target/release/shop-resilience --out target/bench/resilience.txt --svg target/bench/resilience.svg
+
+_bench-http:
+    cargo build --release --workspace --bins
+    SHOP_BIN_DIR={{root}}/target/release target/release/shop-http-bench --out target/bench/http.txt
 
 _bench-overload:
     cargo build --release --workspace --bins

@@ -44,7 +44,13 @@ fn typescript() -> Language {
     }
 }
 
-fn run(language: &Language, script: &str, target: &str, ca: &std::path::Path) -> Output {
+fn run_with(
+    language: &Language,
+    script: &str,
+    target: &str,
+    ca: &std::path::Path,
+    extra: &[&str],
+) -> Output {
     assert!(
         language.built.exists(),
         "{} is missing: run `just clients` first",
@@ -57,6 +63,7 @@ fn run(language: &Language, script: &str, target: &str, ca: &std::path::Path) ->
         .args(["--target", target])
         .arg("--ca")
         .arg(ca)
+        .args(extra)
         .current_dir(tools::repo_root())
         .output()
         .unwrap();
@@ -70,6 +77,10 @@ fn run(language: &Language, script: &str, target: &str, ca: &std::path::Path) ->
 }
 
 async fn the_programs_work(language: Language) {
+    the_programs_work_over(language, &[]).await;
+}
+
+async fn the_programs_work_over(language: Language, extra: &[&str]) {
     let shop = Shop::start(BTreeMap::new()).await;
     shop.product("A book to buy", 1999, 5).await;
     shop.product("Something out of stock", 999, 0).await;
@@ -79,7 +90,7 @@ async fn the_programs_work(language: Language) {
     let ca = shop_testkit::identities::Identities::dir_in(shop.stack.dir(), "operator")
         .join(shop_identity::files::CA);
 
-    let out = run(&language, language.shop, &target, &ca);
+    let out = run_with(&language, language.shop, &target, &ca, extra);
     assert!(out.status.success(), "{} shop client failed", language.name);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default();
@@ -90,7 +101,7 @@ async fn the_programs_work(language: Language) {
     assert!(stdout.contains("available: 5"), "availability is shown");
     assert!(stdout.contains("missing parts: none"), "{stdout}");
 
-    let out = run(&language, language.failures, &target, &ca);
+    let out = run_with(&language, language.failures, &target, &ca, extra);
     assert!(
         out.status.success(),
         "{} failure cases failed",
@@ -116,4 +127,12 @@ async fn the_python_client_shops_and_decodes_errors() {
 #[tokio::test]
 async fn the_typescript_client_shops_and_decodes_errors() {
     the_programs_work(typescript()).await;
+}
+
+/// The same programs over gRPC-Web (`@connectrpc/connect-web`, fetch over
+/// HTTP/1.1, as a browser sends it) on the gateway's same port: the same
+/// order, the same decoded errors and field violations.
+#[tokio::test]
+async fn the_typescript_client_over_grpc_web_shops_and_decodes_errors() {
+    the_programs_work_over(typescript(), &["--transport", "grpc-web"]).await;
 }

@@ -7,6 +7,11 @@ Stdlib only; Python 3.9+.
 Result:
   .tools/bin/{just,nats-server,grpcurl,envoy,buf}   symlinks to the real native binaries
   .tools/bin/{shop-python,kubernetes-validate}  wrappers: the env's Python; the manifest validator
+  .tools/bin/openapi-spec-validator           wrapper: the OpenAPI document validator (`just openapi`)
+  .tools/bin/schemathesis                     wrapper: the API fuzzer run against the live gateway
+                                              (tests/http_schemathesis.rs)
+  .tools/bin/pact                             symlink to the Pact CLI (pact-python-cli: mock
+                                              server, verifier) for tests/http_pact.rs
   .tools/bin/flagd-python                     wrapper: the same Python with .tools/py-flagd
                                               first on PYTHONPATH
   .tools/pg/bin/{initdb,pg_ctl,postgres,psql,createdb,...}
@@ -78,6 +83,61 @@ PY_PINS = {
     "importlib-resources": "7.1.0",
     "packaging": "26.4",
     "PyYAML": "6.0.4",
+    # Validation of the committed OpenAPI documents (`just openapi`, docs/openapi/*.json, as
+    # OpenAPI 3.1). Requires-Python >=3.10. Its run-time dependencies, as pip resolves them
+    # beside the pins above (jsonschema, jsonschema-specifications, referencing, rpds-py, attrs,
+    # PyYAML and typing-extensions are shared with kubernetes-validate):
+    "openapi-spec-validator": "0.9.0",
+    "openapi-schema-validator": "0.9.0",
+    "jsonschema-path": "0.5.0",
+    "pathable": "0.6.0",
+    "lazy-object-proxy": "1.13.0",
+    "pydantic": "2.14.4",
+    "pydantic-core": "2.50.5",  # wheel: native extension (manylinux)
+    "pydantic-settings": "2.16.3",
+    "annotated-types": "0.8.0",
+    "typing-inspection": "0.4.5",
+    "python-dotenv": "1.2.4",
+    "rfc3339-validator": "0.1.4",
+    "six": "1.17.0",
+    # Property-based tests of the gateway's HTTP face against its OpenAPI document
+    # (tests/http_schemathesis.rs). Requires-Python >=3.11. Its run-time dependencies, as pip
+    # resolves them beside the pins above (PyYAML, packaging and typing-extensions are shared):
+    "schemathesis": "4.32.5",
+    "anyio": "4.16.0",
+    "click": "8.5.1",
+    "harfile": "0.6.0",
+    "hypothesis": "6.170.27",  # wheel: native extension (manylinux)
+    "hypothesis-graphql": "0.13.5",
+    "graphql-core": "3.3.2",
+    "jsonschema-rs": "0.60.3",  # wheel: native extension (manylinux, abi3)
+    "pyrate-limiter": "4.6.0",
+    "pytest": "9.2.0",
+    "pluggy": "1.7.0",
+    "iniconfig": "2.3.1",
+    "Pygments": "2.21.0",
+    "requests": "2.34.2",
+    "charset-normalizer": "3.5.3",  # wheel: native extension (manylinux)
+    "idna": "3.21",
+    "urllib3": "2.8.0",
+    "certifi": "2026.10.19.post1",
+    "sortedcontainers": "2.4.0",
+    "Werkzeug": "3.1.9",
+    "MarkupSafe": "3.0.4",  # wheel: native extension (manylinux)
+    "rich": "15.0.0",
+    "markdown-it-py": "4.3.0",
+    "mdurl": "0.1.2",
+    # Pact over HTTP/JSON, no plugins (tests/http_pact.rs): pact-python's v3 API writes the
+    # consumer's pact (tests/clients/python/pact_consumer.py) against the Pact FFI's mock
+    # server, in process; pact-python-cli's wheel is the Pact CLI as one native binary, whose
+    # `pact verifier` checks the live gateway (over TLS it trusts SSL_CERT_FILE). Both
+    # Requires-Python >=3.11. Their run-time dependencies, as pip resolves them beside the pins
+    # above (typing-extensions is shared):
+    "pact-python": "4.2.0",
+    "pact-python-ffi": "0.5.12.1",  # wheel: the Pact FFI (native, abi3)
+    "cffi": "2.1.1",  # wheel: native extension (manylinux)
+    "pycparser": "3.12",
+    "pact-python-cli": "1!0.10.9",  # wheel: <scripts>/pact (native binary)
 }
 # Installed into the Python environment for the generated clients (all pinned in PY_PINS).
 PY_CLIENT_PKGS = ["grpcio-tools", "grpcio", "grpcio-status", "protobuf",
@@ -86,6 +146,22 @@ PY_CLIENT_PKGS = ["grpcio-tools", "grpcio", "grpcio-status", "protobuf",
 PY_DEPLOY_PKGS = ["kubernetes-validate", "jsonschema", "jsonschema-specifications", "referencing",
                   "rpds-py", "attrs", "importlib-resources", "packaging", "PyYAML",
                   "typing-extensions"]
+# Installed for the OpenAPI checks (all pinned in PY_PINS).
+PY_OPENAPI_PKGS = ["openapi-spec-validator", "openapi-schema-validator", "jsonschema-path",
+                   "pathable", "lazy-object-proxy", "pydantic", "pydantic-core",
+                   "pydantic-settings", "annotated-types", "typing-inspection", "python-dotenv",
+                   "rfc3339-validator", "six", "jsonschema", "jsonschema-specifications",
+                   "referencing", "rpds-py", "attrs", "PyYAML", "typing-extensions"]
+# Installed for the gateway's schemathesis suite (all pinned in PY_PINS).
+PY_SCHEMATHESIS_PKGS = ["schemathesis", "anyio", "click", "harfile", "hypothesis",
+                        "hypothesis-graphql", "graphql-core", "jsonschema-rs", "pyrate-limiter",
+                        "pytest", "pluggy", "iniconfig", "Pygments", "requests",
+                        "charset-normalizer", "idna", "urllib3", "certifi", "sortedcontainers",
+                        "Werkzeug", "MarkupSafe", "rich", "markdown-it-py", "mdurl", "PyYAML",
+                        "packaging", "typing-extensions"]
+# Installed for the Pact consumer test and verifier (all pinned in PY_PINS).
+PY_PACT_PKGS = ["pact-python", "pact-python-ffi", "cffi", "pycparser", "pact-python-cli",
+                "typing-extensions"]
 # The Python flagd OpenFeature provider: tests of libs/flags compare its fractional-rollout
 # buckets with the Rust provider's (tests/flags/buckets.py). 0.3.0 is the last release with
 # flagd's legacy fractional hash (murmur3_32 of flagKey+targetingKey, abs(h)/(2**31-1)*100),
@@ -117,8 +193,10 @@ EXPECT = {
 TOOL_VERSION = {"just": "1.59.0", "nats-server": "2.15.1", "grpcurl": "1.8.6", "buf": "1.75.0",
                 "envoy": "1.40.0"}
 # 3: + the Python client packages (PY_CLIENT_PKGS); 4: + PY_DEPLOY_PKGS;
-# 5: + PY_FLAGD_PINS (.tools/py-flagd, .tools/bin/flagd-python); 6: + envoy
-SCHEMA = 6
+# 5: + PY_FLAGD_PINS (.tools/py-flagd, .tools/bin/flagd-python); 6: + envoy;
+# 7: + PY_OPENAPI_PKGS (.tools/bin/openapi-spec-validator);
+# 8: + PY_SCHEMATHESIS_PKGS (.tools/bin/schemathesis); 9: + PY_PACT_PKGS (.tools/bin/pact)
+SCHEMA = 9
 PG_REQUIRED = ("initdb", "pg_ctl", "postgres")
 
 # --------------------------------------------------------------------------- paths
@@ -234,7 +312,7 @@ def fast_path_ok(want) -> bool:
     if st.get("buf_source") == "skipped" and shutil.which("npm"):
         return False  # npm appeared since: retry buf
     tools = ["just", "nats-server", "grpcurl", "envoy", "shop-python", "kubernetes-validate",
-             "flagd-python"]
+             "flagd-python", "openapi-spec-validator", "schemathesis", "pact"]
     if st.get("buf_source") != "skipped":
         tools.append("buf")
     if not all(_is_exe(os.path.join(BIN, t)) for t in tools):
@@ -372,6 +450,42 @@ def verify_tool(name: str) -> None:
         )
 
 
+def write_wrapper(name: str, body: str) -> str:
+    """.tools/bin/NAME, a shell script running BODY; its path."""
+    target = os.path.join(BIN, name)
+    if os.path.lexists(target):
+        os.unlink(target)
+    with open(target, "w") as f:
+        f.write("#!/bin/sh\n# written by libs/testkit/bootstrap.py\n" + body)
+    os.chmod(target, 0o755)
+    return target
+
+
+def python_module_tool(name: str, module: str) -> str:
+    """.tools/bin/NAME running `shop-python -m MODULE`; its path."""
+    return write_wrapper(name, 'exec "$(dirname "$0")/shop-python" -m %s "$@"\n' % module)
+
+
+def probe(name: str, argv, stdin: str, ok) -> None:
+    """Runs ARGV with STDIN; fails the bootstrap naming NAME unless ok(exit, output)."""
+    try:
+        p = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           universal_newlines=True, timeout=120)
+        rc, out = p.returncode, p.stdout or ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        rc, out = 127, str(e)
+    if not ok(rc, out):
+        raise BootstrapError("%s does not work (exit %d): %s" % (name, rc, out.strip()[-500:]))
+
+
+def check_version(target: str, expected: str) -> None:
+    """TARGET --version must print EXPECTED."""
+    rc, out = run([target, "--version"], check=False, timeout=120)
+    if rc != 0 or expected not in out:
+        raise BootstrapError("%s --version did not report %s (exit %d): %s"
+                             % (target, expected, rc, out.strip()[-500:]))
+
+
 def write_python_tools(mode: str, sites) -> None:
     """.tools/bin/shop-python (the environment's Python, with its packages) and
     .tools/bin/kubernetes-validate on top of it; checked by validating a manifest."""
@@ -379,29 +493,64 @@ def write_python_tools(mode: str, sites) -> None:
         py, path = os.path.join(VENV, "bin", "python"), ""
     else:
         py, path = sys.executable, "PYTHONPATH=%s " % shlex.quote(os.pathsep.join(sites))
-    wrappers = {
-        "shop-python": 'exec env %s%s "$@"\n' % (path, shlex.quote(py)),
-        "kubernetes-validate": 'exec "$(dirname "$0")/shop-python" -m kubernetes_validate "$@"\n',
-    }
-    for name, body in wrappers.items():
-        target = os.path.join(BIN, name)
-        if os.path.lexists(target):
-            os.unlink(target)
-        with open(target, "w") as f:
-            f.write("#!/bin/sh\n# written by libs/testkit/bootstrap.py\n" + body)
-        os.chmod(target, 0o755)
-    probe = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n  a: b\n"
+    write_wrapper("shop-python", 'exec env %s%s "$@"\n' % (path, shlex.quote(py)))
+    target = python_module_tool("kubernetes-validate", "kubernetes_validate")
+    manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n  a: b\n"
+    probe("kubernetes-validate", [target, "--strict", "-k", "1.32", "--quiet", "-"], manifest,
+          lambda rc, out: rc == 0)
+    say("kubernetes-validate %s: installed" % PY_PINS["kubernetes-validate"])
+
+
+def write_openapi_validator() -> None:
+    """.tools/bin/openapi-spec-validator on top of shop-python; checked by its version and by
+    validating a minimal OpenAPI 3.1 document."""
+    target = python_module_tool("openapi-spec-validator", "openapi_spec_validator")
+    want = PY_PINS["openapi-spec-validator"]
+    check_version(target, "openapi-spec-validator %s" % want)
+    document = '{"openapi": "3.1.0", "info": {"title": "probe", "version": "1"}, "paths": {}}'
+    probe("openapi-spec-validator", [target, "--schema", "3.1", "-"], document,
+          lambda rc, out: rc == 0 and "OK" in out)
+    say("openapi-spec-validator %s: installed" % want)
+
+
+def write_schemathesis() -> None:
+    """.tools/bin/schemathesis on top of shop-python; checked by its version (which imports the
+    CLI and so every dependency it loads at start)."""
+    target = python_module_tool("schemathesis", "schemathesis.cli")
+    want = PY_PINS["schemathesis"]
+    check_version(target, "version %s" % want)
+    say("schemathesis %s: installed" % want)
+
+
+def install_pact(mode: str, scripts: str, sites) -> None:
+    """.tools/bin/pact: a link to the Pact CLI binary of pact-python-cli, checked by its
+    verifier's version; and pact-python importable with its FFI loaded."""
+    path = os.path.join(scripts, "pact")
+    if not os.path.isfile(path):
+        raise BootstrapError("pact: binary not found after install (looked at %s)" % path)
+    ensure_exec(path)
+    target = os.path.join(BIN, "pact")
+    link(path, target)
+    rc, out = run([target, "verifier", "--version"], check=False, timeout=60)
+    if rc != 0 or not re.search(r"pact verifier version\s*:\s*v1\.3\.5\b", out):
+        raise BootstrapError("%s verifier --version did not report v1.3.5 (exit %d): %s"
+                             % (target, rc, out.strip()[-500:]))
+    if mode == "venv":
+        py, env = os.path.join(VENV, "bin", "python"), None
+    else:
+        py, env = sys.executable, dict(os.environ, PYTHONPATH=os.pathsep.join(sites))
+    code = "import pact, pact_ffi; print(pact.__version__, pact_ffi.version())"
     try:
-        p = subprocess.run([os.path.join(BIN, "kubernetes-validate"), "--strict", "-k", "1.32",
-                            "--quiet", "-"], input=probe, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+        p = subprocess.run([py, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, universal_newlines=True, timeout=120, env=env)
         rc, out = p.returncode, p.stdout or ""
     except (OSError, subprocess.TimeoutExpired) as e:
         rc, out = 127, str(e)
-    if rc != 0:
-        raise BootstrapError("kubernetes-validate does not work (exit %d): %s"
-                             % (rc, out.strip()[-500:]))
-    say("kubernetes-validate %s: installed" % PY_PINS["kubernetes-validate"])
+    if rc != 0 or not out.startswith(PY_PINS["pact-python"] + " "):
+        raise BootstrapError("pact-python %s does not import (exit %d): %s"
+                             % (PY_PINS["pact-python"], rc, out.strip()[-500:]))
+    say("pact-python %s (FFI %s), pact-python-cli %s (verifier v1.3.5): installed"
+        % (PY_PINS["pact-python"], out.split()[-1], PY_PINS["pact-python-cli"]))
 
 
 def verify_py_clients(mode: str, sites) -> None:
@@ -509,6 +658,9 @@ def install(want) -> None:
     pip_install(pip_cmd, PY_CLIENT_PKGS)
     verify_py_clients(mode, sites)
     pip_install(pip_cmd, PY_DEPLOY_PKGS)
+    pip_install(pip_cmd, PY_OPENAPI_PKGS)
+    pip_install(pip_cmd, PY_SCHEMATHESIS_PKGS)
+    pip_install(pip_cmd, PY_PACT_PKGS)
     if buf_req in ("auto", "pypi"):
         try:
             pip_install(pip_cmd, ["buf-bin"])
@@ -552,6 +704,9 @@ def install(want) -> None:
         say("%s %s: installed" % (name, TOOL_VERSION[name]))
 
     write_python_tools(mode, sites)
+    write_openapi_validator()
+    write_schemathesis()
+    install_pact(mode, scripts, sites)
     install_py_flagd(mode, sites)
 
     # Postgres.

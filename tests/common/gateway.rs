@@ -191,6 +191,21 @@ pub async fn settled(
     user: &EndUser,
     order_id: &str,
 ) -> Order {
+    order_when(gateway, user, order_id, "settled", |o| {
+        o.status() != OrderStatus::Pending
+    })
+    .await
+}
+
+/// Waits (60 s at most) until `user`'s order, read through `gateway`, is
+/// as `ready` says (`what` names the wait in a failure).
+pub async fn order_when(
+    gateway: ShopGatewayServiceClient<Channel>,
+    user: &EndUser,
+    order_id: &str,
+    what: &str,
+    ready: fn(&Order) -> bool,
+) -> Order {
     eventually(Duration::from_secs(60), || {
         let mut gateway = gateway.clone();
         let request = with_bearer(
@@ -207,10 +222,10 @@ pub async fn settled(
                 .into_inner()
                 .order
                 .ok_or("no order")?;
-            if order.status() == OrderStatus::Pending {
-                Err("still pending".to_string())
-            } else {
+            if ready(&order) {
                 Ok(order)
+            } else {
+                Err(format!("not {what} yet: {order:?}"))
             }
         }
     })

@@ -6,6 +6,7 @@
 pub mod gateway;
 pub mod mesh;
 pub mod raw_h2;
+pub mod rest;
 
 use shop_proto::shop::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use shop_proto::shop::catalog::v1::CreateProductRequest;

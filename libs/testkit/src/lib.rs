@@ -12,6 +12,7 @@
 //! - [`inproc`]: a service served inside the test process.
 //! - [`status`]: assertions on gRPC statuses (`violated_fields`).
 //! - [`bearer`]: authenticated requests to the gateway.
+//! - [`rest`]: an HTTP/JSON client of the gateway's REST face.
 //! - [`wait`]: bounded waiting (`eventually`) instead of bare sleeps.
 //!
 //! Everything started is stopped when its handle is dropped, including when
@@ -24,6 +25,7 @@ pub mod inproc;
 pub mod nats;
 pub mod postgres;
 pub mod process;
+pub mod rest;
 pub mod secrets;
 pub mod stack;
 pub mod status;

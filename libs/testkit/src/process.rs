@@ -157,6 +157,25 @@ impl ServiceProcess {
         self.connect(crate::identities::server_only_tls).await
     }
 
+    /// A REST/JSON client of it as an end user (TLS trusting the stack's
+    /// CA, no client certificate) speaking `version`.
+    pub fn rest(&self, version: crate::rest::Version) -> anyhow::Result<crate::rest::Rest> {
+        let dir = self
+            .client_identity
+            .as_deref()
+            .context("the service serves plaintext; the REST client speaks TLS")?;
+        crate::rest::Rest::new(self.addr(), dir, version)
+    }
+
+    /// The CA file that signed its certificate (`ca.crt` of the identity
+    /// tests call it with), when it serves TLS: what a proxy in front of it
+    /// trusts.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.client_identity
+            .as_deref()
+            .map(|dir| dir.join(shop_identity::files::CA))
+    }
+
     /// A channel to it, as the stack's operator when it serves mTLS.
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
         self.connect(crate::identities::client_tls).await

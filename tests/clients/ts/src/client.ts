@@ -123,7 +123,7 @@ function printOrderDetails(d: GetOrderDetailsResponse): void {
 }
 
 async function run(opts: Options): Promise<number> {
-  const { client, close } = connect(opts.target, opts.ca);
+  const { client, close } = connect(opts.target, opts.ca, opts.transport);
   try {
     const call: CallOptions = { timeoutMs: opts.timeoutMs };
 

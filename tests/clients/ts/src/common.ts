@@ -1,9 +1,11 @@
 // Shared by the TypeScript client programs: arguments, the gRPC transport, formatting, errors.
 
+import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Part, ShopGatewayService, type MissingPart } from "../gen/shop/gateway/v1/gateway_pb.js";
 import type { Money } from "../gen/shop/common/v1/money_pb.js";
@@ -25,15 +27,18 @@ export interface Options {
   ca?: string;
   timeoutMs: number;
   paymentToken: string;
+  /** gRPC over HTTP/2 (connect-node), or gRPC-Web over fetch (connect-web, as a browser). */
+  transport: "grpc" | "grpc-web";
 }
 
 const USAGE = (prog: string, withPaymentToken: boolean) =>
-  `usage: node ${prog} --target HOST:PORT [--ca FILE] [--timeout SECONDS]` +
+  `usage: node ${prog} --target HOST:PORT [--ca FILE] [--timeout SECONDS] [--transport grpc|grpc-web]` +
   (withPaymentToken ? " [--payment-token TOKEN]" : "") +
   `\n  --target HOST:PORT     address of the shop gateway, e.g. 127.0.0.1:7100` +
   `\n  --ca FILE              CA certificate (PEM) of the gateway's TLS certificate, e.g. .stack/pki/ca.crt;` +
   `\n                         without it, plaintext gRPC (h2c)` +
   `\n  --timeout SECONDS      deadline of each RPC (default 10)` +
+  `\n  --transport grpc|grpc-web  gRPC over HTTP/2 (default), or gRPC-Web over fetch as a browser sends it` +
   (withPaymentToken ? `\n  --payment-token TOKEN  payment token of the order (default tok_approve)` : "");
 
 /** Parses the command line; --payment-token only when withPaymentToken. */
@@ -45,6 +50,7 @@ export function parseOptions(prog: string, withPaymentToken: boolean): Options {
         target: { type: "string" },
         ca: { type: "string" },
         timeout: { type: "string" },
+        transport: { type: "string" },
         "payment-token": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
@@ -68,6 +74,13 @@ export function parseOptions(prog: string, withPaymentToken: boolean): Options {
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) {
     throw usageError(`--timeout must be a positive number of seconds, got ${values.timeout}`);
   }
+  const transport = values.transport ?? "grpc";
+  if (transport !== "grpc" && transport !== "grpc-web") {
+    throw usageError(`--transport must be grpc or grpc-web, got ${transport}`);
+  }
+  if (transport === "grpc-web" && values.ca !== undefined) {
+    trustForFetch(values.ca);
+  }
   let ca: string | undefined;
   if (values.ca !== undefined) {
     try {
@@ -81,14 +94,34 @@ export function parseOptions(prog: string, withPaymentToken: boolean): Options {
     ca,
     timeoutMs: Math.round(timeoutS * 1000),
     paymentToken: values["payment-token"] ?? "tok_approve",
+    transport,
   };
+}
+
+/**
+ * fetch (undici) trusts only the CAs Node read at start, NODE_EXTRA_CA_CERTS among them: unless
+ * that is `caFile` already, run this program again with it set, and exit with its status.
+ */
+function trustForFetch(caFile: string): void {
+  if (process.env.NODE_EXTRA_CA_CERTS === caFile) {
+    return;
+  }
+  const child = spawnSync(process.execPath, process.argv.slice(1), {
+    stdio: "inherit",
+    env: { ...process.env, NODE_EXTRA_CA_CERTS: caFile },
+  });
+  process.exit(child.status ?? 1);
 }
 
 /**
  * A gateway client over gRPC and a function that closes its connection: TLS trusting `ca`
  * (no client certificate: end users authenticate with tokens), or HTTP/2 without TLS.
  */
-export function connect(target: string, ca?: string): { client: Gateway; close: () => void } {
+export function connect(
+  target: string,
+  ca?: string,
+  transport: Options["transport"] = "grpc",
+): { client: Gateway; close: () => void } {
   const scheme = ca === undefined ? "http" : "https";
   const baseUrl = /^https?:\/\//.test(target) ? target : `${scheme}://${target}`;
   try {
@@ -96,9 +129,15 @@ export function connect(target: string, ca?: string): { client: Gateway; close: 
   } catch {
     throw usageError(`--target ${target} is not HOST:PORT`);
   }
+  if (transport === "grpc-web") {
+    // The browser's protocol on the same port: HTTP/1.1 through fetch, the CA trusted by
+    // NODE_EXTRA_CA_CERTS (see trustForFetch).
+    const web = createGrpcWebTransport({ baseUrl });
+    return { client: createClient(ShopGatewayService, web), close: () => {} };
+  }
   const sessionManager = new Http2SessionManager(baseUrl, undefined, ca === undefined ? {} : { ca });
-  const transport = createGrpcTransport({ baseUrl, sessionManager });
-  return { client: createClient(ShopGatewayService, transport), close: () => sessionManager.abort() };
+  const transport2 = createGrpcTransport({ baseUrl, sessionManager });
+  return { client: createClient(ShopGatewayService, transport2), close: () => sessionManager.abort() };
 }
 
 /** Code.InvalidArgument -> "INVALID_ARGUMENT" (the gRPC name). */

@@ -108,7 +108,7 @@ const CHECKS: [string, (client: Gateway, call: CallOptions) => Promise<void>][] 
 
 async function run(): Promise<number> {
   const opts = parseOptions("tests/clients/ts/dist/src/failures.js", false);
-  const { client, close } = connect(opts.target, opts.ca);
+  const { client, close } = connect(opts.target, opts.ca, opts.transport);
   const failed: string[] = [];
   try {
     for (const [name, check] of CHECKS) {
