@@ -1,12 +1,14 @@
 //! What the benchmark binaries share: the meter provider the mesh bench
 //! records into, CPU time from `/proc` ([`procstat`]), latency plots
-//! ([`plot`]) and a stocked catalog ([`catalog`]).
+//! ([`plot`]), a stocked catalog ([`catalog`]) and logged-in shoppers
+//! ([`shoppers`]).
 
 pub mod catalog;
 pub mod envoy;
 pub mod plot;
 pub mod procstat;
 pub mod resilience;
+pub mod shoppers;
 
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;

@@ -79,7 +79,6 @@ fn args() -> anyhow::Result<Args> {
 
 const PRODUCTS: usize = 50;
 const SHOPPERS: usize = 8;
-const PASSWORD: &str = "correct horse battery";
 /// The service catalog's latency SLO for the gateway (p99).
 const SLO_P99: Duration = Duration::from_millis(500);
 
@@ -390,29 +389,14 @@ async fn start() -> anyhow::Result<(Stack, Arc<Shop>)> {
     let products = shop_bench::catalog::stocked_products(&stack, PRODUCTS, 1500).await?;
     let mut gateway =
         ShopGatewayServiceClient::new(stack.service("gateway").public_channel().await?);
-    let mut shoppers = Vec::with_capacity(SHOPPERS);
-    for _ in 0..SHOPPERS {
-        let email = format!("overload-{}@example.com", uuid::Uuid::new_v4().simple());
-        gateway
-            .sign_up(gw::SignUpRequest {
-                email: email.clone(),
-                password: PASSWORD.into(),
-                display_name: "Overload".into(),
-            })
-            .await?;
-        let token = gateway
-            .log_in(gw::LogInRequest {
-                email,
-                password: PASSWORD.into(),
-            })
-            .await?
-            .into_inner()
-            .access_token;
-        shoppers.push(Shopper {
+    let shoppers = shop_bench::shoppers::logged_in(&mut gateway, SHOPPERS, "overload")
+        .await?
+        .into_iter()
+        .map(|token| Shopper {
             token,
             orders: Mutex::new(Vec::new()),
-        });
-    }
+        })
+        .collect();
     let shop = Arc::new(Shop {
         gateway,
         products,

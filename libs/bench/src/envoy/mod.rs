@@ -57,6 +57,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod process;
 mod tls;
+pub mod transcoder;
 
 pub use process::Envoy;
 pub use tls::Certs;

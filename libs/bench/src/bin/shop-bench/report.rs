@@ -1,4 +1,4 @@
-//! The report of a run: medians per variant and the ratios the README quotes.
+//! The report of a run: medians per variant and the ratios docs/benchmarks.md quotes.
 
 use crate::drive::{Sample, median};
 use crate::{Args, METHOD};
