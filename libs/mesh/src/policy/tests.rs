@@ -16,10 +16,11 @@ fn the_readme_example_is_a_valid_policy() {
     struct Server {
         mesh: ServerPolicy,
     }
-    let readme = include_str!("../../../../README.md");
+    // The policy example of the mesh's page (docs/mesh.md), as written.
+    let readme = include_str!("../../../../docs/mesh.md");
     let start = readme
         .find("[upstreams.catalog]                      # orders.toml")
-        .expect("the README's policy example");
+        .expect("the policy example of docs/mesh.md");
     let block = &readme[start..];
     let block = &block[..block.find("```").expect("the end of the block")];
     let example: Example = toml::from_str(block).unwrap();
