@@ -8,9 +8,12 @@
 //!   in process (proto3 JSON mapping through prost-reflect), with errors
 //!   as HTTP statuses and `google.rpc.Status` JSON bodies.
 //! - [`openapi`]: OpenAPI 3.1 documents from the same descriptors.
+//! - [`site`]: a web page's static files (the storefront), served beside
+//!   the rules with a same-origin Content-Security-Policy.
 
 pub mod openapi;
 pub mod rules;
+pub mod site;
 pub mod template;
 
 mod request;
@@ -18,6 +21,7 @@ mod service;
 mod status;
 
 pub use service::{HttpFace, Limits, Transcode, to_json};
+pub use site::Site;
 pub use status::http_status;
 
 /// The descriptors the face needs: the shop's contracts, and the

@@ -4,7 +4,8 @@
 //! meets the same authorization, limits, deadlines, metrics, traces and
 //! handlers as a gRPC client's call, and its answer is turned back.
 //!
-//! Besides the rules: `GET /openapi.json` (the document given), and
+//! Besides the rules: the files of a [`Site`] when one is given (`GET /`
+//! is its page), `GET /openapi.json` (the document given), and
 //! `GET /health/live` and `/health/ready`, answered from the same health
 //! entries as the gRPC probes (the `liveness` entry, and the overall `""`
 //! one): 200 when SERVING, 503 otherwise. Another method there is 405, as
@@ -12,6 +13,7 @@
 
 use crate::request::{self, Parts, Refusal};
 use crate::rules::{Route, RuleError};
+use crate::site::Site;
 use crate::status::error_response;
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -50,10 +52,12 @@ pub struct HttpFace {
     face: Arc<Face>,
 }
 
+#[derive(Clone)]
 struct Face {
     routes: Vec<Route>,
     pool: DescriptorPool,
     openapi: Option<Bytes>,
+    site: Option<Site>,
     limits: Limits,
 }
 
@@ -75,6 +79,7 @@ impl HttpFace {
                 routes,
                 pool,
                 openapi: None,
+                site: None,
                 limits,
             }),
         })
@@ -82,12 +87,17 @@ impl HttpFace {
 
     /// Serves `document` at `GET /openapi.json`.
     pub fn with_openapi(self, document: Bytes) -> Self {
-        let face = Face {
-            routes: self.face.routes.clone(),
-            pool: self.face.pool.clone(),
-            openapi: Some(document),
-            limits: self.face.limits,
-        };
+        let mut face = Face::clone(&self.face);
+        face.openapi = Some(document);
+        HttpFace {
+            face: Arc::new(face),
+        }
+    }
+
+    /// Serves the files of `site` (`GET /` its `index.html`).
+    pub fn with_site(self, site: Site) -> Self {
+        let mut face = Face::clone(&self.face);
+        face.site = Some(site);
         HttpFace {
             face: Arc::new(face),
         }
@@ -168,7 +178,7 @@ impl Face {
         let own = match path.as_str() {
             "/openapi.json" => self.openapi.is_some(),
             "/health/live" | "/health/ready" => true,
-            _ => false,
+            other => self.site.as_ref().is_some_and(|site| site.has(other)),
         };
         match path.as_str() {
             "/openapi.json" if get => {
@@ -178,6 +188,11 @@ impl Face {
             }
             "/health/live" if get => return self.health(request, inner, "liveness").await,
             "/health/ready" if get => return self.health(request, inner, "").await,
+            other if get && own => {
+                if let Some(file) = self.site.as_ref().and_then(|site| site.get(other)) {
+                    return file;
+                }
+            }
             // The face's own paths answer another method as the rules' do.
             _ if own => return method_not_allowed(&self.pool, &method, &path, &["GET"]),
             _ => {}

@@ -113,6 +113,8 @@ pub const SERVICES: &[&str] = &[
     "analytics",
     "gateway",
 ];
+/// Where `just web` writes the storefront, relative to the repository.
+pub const STOREFRONT_DIR: &str = "web/dist/storefront";
 /// Services without a database or NATS of their own.
 pub const STATELESS: &[&str] = &["gateway"];
 /// Services that do not talk to NATS (no `[events]` settings).
@@ -416,6 +418,16 @@ fn service_env(
                     "true".to_string(),
                 ),
             ];
+            // The storefront at `/`, once `just web` has built it (the
+            // browser suite, tests/storefront.rs, needs it; `just test`
+            // builds it before the suites).
+            let site = crate::tools::repo_root().join(STOREFRONT_DIR);
+            if site.join("index.html").is_file() {
+                env.push((
+                    "SHOP_GATEWAY__HTTP__SITE_DIR".to_string(),
+                    site.display().to_string(),
+                ));
+            }
             env.extend(endpoints(
                 "gateway",
                 &["users", "catalog", "inventory", "orders", "payments"],

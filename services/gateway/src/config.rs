@@ -77,7 +77,7 @@ shop_runtime::service_config! {
 
 /// `[http]`: the HTTP face of the public port. REST/JSON by the
 /// contract's `google.api.http` rules and gRPC-Web are always served next
-/// to gRPC; these are its bounds.
+/// to gRPC; these are its bounds, and the storefront's files.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
@@ -86,12 +86,18 @@ pub struct HttpSettings {
     /// call it becomes, as to a gRPC client's).
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// The storefront's built files (`just web` writes them to
+    /// `web/dist/storefront`), served at `/` with a same-origin
+    /// Content-Security-Policy; none when unset. Read once at start.
+    #[serde(default)]
+    pub site_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             max_request_bytes: default_max_request_bytes(),
+            site_dir: None,
         }
     }
 }

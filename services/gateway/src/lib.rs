@@ -47,7 +47,15 @@ fn http_face(settings: &config::HttpSettings) -> anyhow::Result<shop_http::HttpF
     // The document committed under docs/openapi, generated again from the
     // same descriptors (a unit test of shop-http keeps the two equal).
     let openapi = shop_http::openapi::shop::gateway_document()?;
-    Ok(shop_http::HttpFace::new(pool, service, limits)?.with_openapi(openapi))
+    let face = shop_http::HttpFace::new(pool, service, limits)?.with_openapi(openapi);
+    Ok(match &settings.site_dir {
+        Some(dir) => {
+            let site = shop_http::Site::load(dir).context("http.site_dir")?;
+            tracing::info!(dir = %dir.display(), files = site.len(), "the storefront at /");
+            face.with_site(site)
+        }
+        None => face,
+    })
 }
 
 /// Loads the token keys, builds the upstream clients and binds the server.
