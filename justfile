@@ -20,7 +20,7 @@ bootstrap:
 
 # `just up release` builds and runs release binaries instead of debug ones (what `just load-capacity` measures).
 # the whole system on this machine: Postgres, NATS, every service, a demo catalog; Ctrl-C stops it
-up profile="debug": bootstrap
+up profile="debug": bootstrap web
     @case "{{profile}}" in debug|release) ;; *) echo "unknown profile {{profile}}; known: debug, release"; exit 2;; esac
     @echo "==> building the services (the first build takes a few minutes)"
     cargo build {{ if profile == "release" { "--release " } else { "" } }}--bins
@@ -28,7 +28,7 @@ up profile="debug": bootstrap
     exec target/{{profile}}/shop-stack --services {{services}} --replicas catalog=2
 
 # every check CI runs: format, lints, contracts, unit, integration and end-to-end tests
-test: bootstrap lint unit clients integration
+test: bootstrap lint unit clients web integration
 
 # formatting, clippy with warnings denied, buf lint, format and breaking of the contracts
 lint: fmt-check clippy buf-lint buf-breaking deny k8s-validate openapi
@@ -181,6 +181,12 @@ load-capacity *flags: bootstrap
 # generate the gateway's Python and TypeScript clients and build their programs (tests/clients; fast when up to date)
 clients: bootstrap
     bash tests/clients/generate.sh
+
+# the storefront (web/): npm ci, its client generated from proto/, a type check and the esbuild
+# bundle in web/dist/storefront, which the gateway serves at `/` (tests/storefront.rs drives it
+# in headless Chromium)
+web: clients
+    bash web/build.sh
 
 # run the client programs against a running gateway over TLS, e.g. `just clients-run 127.0.0.1:PORT`
 clients-run target ca=".stack/pki/ca.crt": clients

@@ -26,6 +26,9 @@ Result:
                                               dependencies (pip --target, own protobuf 6)
   .tools/npm                                  only if buf had to come from npm
   .tools/bootstrap-stamp.json                 pins + choices; enables the fast path
+  /usr/bin/{chromium,chromedriver}            Debian's Chromium and its WebDriver for the browser
+                                              suite (tests/storefront.rs), installed with apt-get
+                                              when missing and running as root; not under .tools
 
 Usage:
   python3 libs/testkit/bootstrap.py             install / verify (fast when up to date)
@@ -39,6 +42,7 @@ Environment:
   SHOP_BOOTSTRAP_BUF_SOURCE=auto|pypi|npm   where buf comes from (auto: PyPI buf-bin,
                                        then npm @bufbuild/buf if npm exists)
   SHOP_BOOTSTRAP_NO_VENV=1             skip the venv; use pip install --target
+  SHOP_BOOTSTRAP_NO_BROWSER=1          do not install Chromium (the browser suite then fails)
 """
 from __future__ import annotations
 
@@ -764,6 +768,42 @@ def install(want) -> None:
     os.replace(tmp, STAMP)
 
 
+# --------------------------------------------------------------------------- browser
+# Debian's Chromium and ChromeDriver (one version per Debian release, the two always matching),
+# for the browser suite. They are Debian packages, so they live outside .tools.
+BROWSER_PKGS = ["chromium", "chromium-driver"]
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def ensure_browser() -> None:
+    if not (_is_exe(CHROMIUM) and _is_exe(CHROMEDRIVER)):
+        if env_flag("SHOP_BOOTSTRAP_NO_BROWSER"):
+            warn("Chromium is not installed (SHOP_BOOTSTRAP_NO_BROWSER): the browser suite will fail")
+            return
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            warn("Chromium is not installed and this is not root with apt-get: install the Debian "
+                 "packages %s for the browser suite" % " ".join(BROWSER_PKGS))
+            return
+        say("chromium: installing %s with apt-get" % " ".join(BROWSER_PKGS))
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + BROWSER_PKGS):
+            p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, universal_newlines=True, timeout=1200)
+            if p.returncode != 0:
+                raise BootstrapError("%s failed (exit %d):\n%s"
+                                     % (" ".join(cmd), p.returncode, p.stdout[-2000:]))
+    # stdout only: Debian's chromium wrapper script complains on stderr.
+    browser = subprocess.run([CHROMIUM, "--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, universal_newlines=True, timeout=60).stdout
+    _, driver = run([CHROMEDRIVER, "--version"], check=False, timeout=60)
+    if browser.split()[1:2] != driver.split()[1:2]:
+        raise BootstrapError("Chromium and ChromeDriver differ: %s / %s"
+                             % (browser.strip(), driver.strip()))
+    say("%s: ok" % browser.strip())
+
+
 def main(argv) -> int:
     global QUIET
     args = list(argv)
@@ -780,6 +820,7 @@ def main(argv) -> int:
     os.umask(0o022)
     try:
         want = desired()
+        ensure_browser()
         if not force and fast_path_ok(want):
             return 0
         os.makedirs(TOOLS, exist_ok=True)
