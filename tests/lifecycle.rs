@@ -113,6 +113,7 @@ async fn ctrl_c_on_the_local_stack_stops_every_process_it_started() {
         [
             "postgres",
             "nats",
+            "console",
             "analytics",
             "catalog",
             "gateway",

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
 pub mod gateway;
 pub mod mesh;
 pub mod raw_h2;

@@ -20,6 +20,7 @@
 
 pub mod bearer;
 mod child;
+pub mod console;
 pub mod identities;
 pub mod inproc;
 pub mod nats;

@@ -163,7 +163,8 @@ impl Rest {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        if self.version == Version::Http1 {
+        let has_host = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host"));
+        if self.version == Version::Http1 && !has_host {
             request = request.header("host", format!("localhost:{}", self.addr.port()));
         }
         let request = request.body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))?;

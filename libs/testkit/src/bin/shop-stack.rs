@@ -44,6 +44,9 @@ const SERVICES: &[(&str, u16)] = &[
     ("gateway", 0),
 ];
 
+/// The console's port, from the port base.
+const CONSOLE_OFFSET: u16 = 90;
+
 struct Args {
     services: Vec<String>,
     replicas: BTreeMap<String, usize>,
@@ -162,15 +165,36 @@ async fn run() -> anyhow::Result<()> {
     {
         demo_saga(&stack, &products).await?;
     }
+    // The operator console, holding the operator's identity, on loopback.
+    let console_addr: SocketAddr = if args.port_base == 0 {
+        ([127, 0, 0, 1], 0).into()
+    } else {
+        ([127, 0, 0, 1], args.port_base + CONSOLE_OFFSET).into()
+    };
+    let console = shop_testkit::console::Console::start(&stack, console_addr)?;
     print_summary(&stack, &args.pki_dir);
+    if has("gateway") {
+        println!(
+            "  Storefront:       https://{}/  (the stack's CA signed its certificate: trust {}/ca.crt or accept the warning)",
+            stack.service("gateway").addr(),
+            args.pki_dir.display()
+        );
+    }
+    println!(
+        "  Operator console: {}/  (loopback only; pid {})",
+        console.url(),
+        console.pid().unwrap_or(0)
+    );
+    println!();
     if let Some(path) = &args.state_file {
-        write_state(&stack, path)?;
+        write_state(&stack, &console, path)?;
     }
     println!("==> ready; Ctrl-C stops everything");
     let _ = std::io::stdout().flush();
 
     stop_signal().await;
-    println!("==> stopping services, nats-server and postgres");
+    println!("==> stopping the console, services, nats-server and postgres");
+    drop(console);
     drop(stack);
     println!("==> stopped");
     Ok(())
@@ -298,7 +322,11 @@ fn entry_first(stack: &Stack) -> impl Iterator<Item = &shop_testkit::ServiceProc
     entry.into_iter().chain(rest)
 }
 
-fn write_state(stack: &Stack, path: &std::path::Path) -> anyhow::Result<()> {
+fn write_state(
+    stack: &Stack,
+    console: &shop_testkit::console::Console,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
     let mut lines = vec![
         format!(
             "postgres {} 127.0.0.1:{}",
@@ -311,6 +339,11 @@ fn write_state(stack: &Stack, path: &std::path::Path) -> anyhow::Result<()> {
             stack.nats.url().trim_start_matches("nats://")
         ),
     ];
+    lines.push(format!(
+        "console {} {}",
+        console.pid().unwrap_or(0),
+        console.url().trim_start_matches("http://")
+    ));
     for s in stack.services() {
         lines.push(format!(
             "{} {} {} {}",
