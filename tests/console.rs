@@ -27,7 +27,6 @@ use shop_proto::shop::mesh::v1::{
 };
 use shop_proto::shop::orders::v1::{CancelOrderRequest, OrderStatus};
 use shop_testkit::console::Console;
-use shop_testkit::eventually;
 use shop_testkit::rest::{Rest, Version};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -146,18 +145,7 @@ async fn the_console_shows_what_the_admin_apis_say_and_replays_a_dead_letter() {
             .status(),
         OrderStatus::Confirmed
     );
-    use sqlx::Connection as _;
-    let mut db = sqlx::PgConnection::connect(&saga.stack.postgres.url("shop_payments"))
-        .await
-        .unwrap();
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
-             $$ BEGIN RAISE EXCEPTION 'refunds refused'; END $$;
-         CREATE TRIGGER refuse BEFORE INSERT ON refunds FOR EACH ROW EXECUTE FUNCTION refuse();",
-    )
-    .execute(&mut db)
-    .await
-    .unwrap();
+    let refunds_refused = saga.refuse_refunds().await;
     saga.orders()
         .await
         .cancel_order(CancelOrderRequest {
@@ -167,22 +155,7 @@ async fn the_console_shows_what_the_admin_apis_say_and_replays_a_dead_letter() {
         .await
         .unwrap();
     let payments_events = saga.events_admin("payments").await;
-    let letter = eventually(Duration::from_secs(30), || {
-        let mut admin = payments_events.clone();
-        async move {
-            admin
-                .list_dead_letters(ListDeadLettersRequest::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .dead_letters
-                .into_iter()
-                .next()
-                .ok_or_else(|| "no dead letter yet".to_string())
-        }
-    })
-    .await
-    .unwrap();
+    let letter = saga.dead_letter("payments").await;
 
     // A catalog replica killed while orders are placed: orders' mesh ejects it.
     let victim = saga.stack.service("catalog-2").addr();
@@ -219,10 +192,7 @@ async fn the_console_shows_what_the_admin_apis_say_and_replays_a_dead_letter() {
     assert_ne!(ejected.ejection_reason(), EjectionReason::Unspecified);
 
     // The cause of the refund's failure is gone: the operator replays it.
-    sqlx::raw_sql("DROP TRIGGER refuse ON refunds")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    refunds_refused.allow().await;
     let reason = "refund trigger dropped";
     let seen = common::browser::run(
         "console.mjs",

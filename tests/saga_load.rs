@@ -369,18 +369,7 @@ async fn a_dead_lettered_refund_is_counted_apart_and_its_replay_refunds_once() {
     );
 
     // Payments' database refuses refunds for a while.
-    use sqlx::Connection as _;
-    let mut db = sqlx::PgConnection::connect(&saga.stack.postgres.url("shop_payments"))
-        .await
-        .unwrap();
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
-             $$ BEGIN RAISE EXCEPTION 'refunds refused'; END $$;
-         CREATE TRIGGER refuse BEFORE INSERT ON refunds FOR EACH ROW EXECUTE FUNCTION refuse();",
-    )
-    .execute(&mut db)
-    .await
-    .unwrap();
+    let refused = saga.refuse_refunds().await;
     saga.orders()
         .await
         .cancel_order(CancelOrderRequest {
@@ -391,23 +380,7 @@ async fn a_dead_lettered_refund_is_counted_apart_and_its_replay_refunds_once() {
         .unwrap();
 
     let mut admin = saga.events_admin("payments").await;
-    let letter = eventually(Duration::from_secs(30), || {
-        let mut admin = admin.clone();
-        async move {
-            let letters = admin
-                .list_dead_letters(ListDeadLettersRequest::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner()
-                .dead_letters;
-            letters
-                .into_iter()
-                .next()
-                .ok_or_else(|| "no dead letter yet".to_string())
-        }
-    })
-    .await
-    .unwrap();
+    let letter = saga.dead_letter("payments").await;
     assert!(letter.compensation);
     assert_eq!(letter.consumer, "payments-orders");
     assert_eq!(letter.status(), DeadLetterStatus::Pending);
@@ -444,10 +417,7 @@ async fn a_dead_lettered_refund_is_counted_apart_and_its_replay_refunds_once() {
     );
 
     // Fixed, and replayed twice: refunded once.
-    sqlx::raw_sql("DROP TRIGGER refuse ON refunds")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    let mut db = refused.allow().await;
     for _ in 0..2 {
         let replayed = admin
             .replay_dead_letter(ReplayDeadLetterRequest {

@@ -8,7 +8,8 @@
 //!   host;
 //! - a shopper's journey: sign up, log in, two products into the cart, an
 //!   order with `tok_approve` followed to CONFIRMED on its page, one with
-//!   `tok_decline` to CANCELLED with the reason shown; each checked again
+//!   `tok_decline` to CANCELLED with the reason shown, the first cancelled
+//!   by the shopper from its page; each checked again
 //!   here against orders itself; accessibility (axe-core), same-origin
 //!   requests and a quiet console on every page;
 //! - inventory stopped (its process killed): the catalog still shows,
@@ -23,7 +24,9 @@ use common::rest::get;
 use serde_json::Value;
 use shop_proto::shop::common::v1::CancellationReason;
 use shop_proto::shop::orders::v1::order_service_client::OrderServiceClient;
-use shop_proto::shop::orders::v1::{GetOrderRequest, Order, OrderStatus};
+use shop_proto::shop::orders::v1::{
+    GetOrderRequest, Order, OrderStatus, SagaStepStatus, SagaStepType,
+};
 use shop_testkit::rest::Version;
 use shop_testkit::stack::STOREFRONT_DIR;
 use shop_testkit::tools::repo_root;
@@ -134,8 +137,22 @@ async fn a_shopper_buys_in_the_browser_and_the_catalog_outlives_inventory() {
 
     let url = format!("https://{}", gateway.addr());
     let journey = browser(&url, "journey", &["--products", &format!("{mug},{teapot}")]).await;
+    // Confirmed, then cancelled by the shopper from its page.
     let confirmed = order(&shop, journey["confirmed"].as_str().unwrap()).await;
-    assert_eq!(confirmed.status(), OrderStatus::Confirmed);
+    assert!(
+        confirmed
+            .timeline
+            .iter()
+            .any(|step| step.step() == SagaStepType::ConfirmOrder
+                && step.status() == SagaStepStatus::Succeeded),
+        "{:?}",
+        confirmed.timeline
+    );
+    assert_eq!(confirmed.status(), OrderStatus::Cancelled);
+    assert_eq!(
+        confirmed.cancellation_reason(),
+        CancellationReason::UserRequested
+    );
     assert_eq!(confirmed.lines.len(), 2, "both products were ordered");
     let cancelled = order(&shop, journey["cancelled"].as_str().unwrap()).await;
     assert_eq!(cancelled.status(), OrderStatus::Cancelled);

@@ -12,7 +12,8 @@ pub mod rest;
 use shop_proto::shop::analytics::v1::analytics_service_client::AnalyticsServiceClient;
 use shop_proto::shop::catalog::v1::CreateProductRequest;
 use shop_proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
-use shop_proto::shop::common::v1::Money;
+use shop_proto::shop::common::v1::{DeadLetter, Money};
+use shop_proto::shop::events::v1::ListDeadLettersRequest;
 use shop_proto::shop::events::v1::events_admin_service_client::EventsAdminServiceClient;
 use shop_proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
 use shop_proto::shop::inventory::v1::{GetStockRequest, SetStockRequest};
@@ -124,7 +125,62 @@ pub fn admin_events(stack: &Stack) -> shop_events::EventsSettings {
     stack.admin_events().unwrap()
 }
 
+/// Payments' database refusing every refund (a trigger on `refunds`)
+/// until [`RefusedRefunds::allow`]: a compensation that is dead-lettered,
+/// then replayable once the cause is gone.
+pub struct RefusedRefunds(sqlx::PgConnection);
+
+impl RefusedRefunds {
+    /// Drops the trigger: refunds are stored again. Returns the connection
+    /// to payments' database.
+    pub async fn allow(mut self) -> sqlx::PgConnection {
+        sqlx::raw_sql("DROP TRIGGER refuse ON refunds")
+            .execute(&mut self.0)
+            .await
+            .unwrap();
+        self.0
+    }
+}
+
 impl Saga {
+    /// From now on payments' database refuses refunds.
+    pub async fn refuse_refunds(&self) -> RefusedRefunds {
+        use sqlx::Connection as _;
+        let mut db = sqlx::PgConnection::connect(&self.stack.postgres.url("shop_payments"))
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'refunds refused'; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON refunds FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+        RefusedRefunds(db)
+    }
+
+    /// The first dead letter of `service`, once there is one (30 s at most).
+    pub async fn dead_letter(&self, service: &str) -> DeadLetter {
+        let admin = self.events_admin(service).await;
+        eventually(Duration::from_secs(30), || {
+            let mut admin = admin.clone();
+            async move {
+                admin
+                    .list_dead_letters(ListDeadLettersRequest::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .dead_letters
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| "no dead letter yet".to_string())
+            }
+        })
+        .await
+        .unwrap()
+    }
+
     pub async fn start(service_env: BTreeMap<String, Vec<(String, String)>>) -> Self {
         Self::start_replicated(service_env, BTreeMap::new()).await
     }

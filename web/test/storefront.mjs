@@ -4,7 +4,8 @@
 //   node web/test/storefront.mjs --url https://127.0.0.1:PORT --phase journey --products ID,ID --shots DIR
 //       sign up, log in, add two products, check out with tok_approve and watch the order reach
 //       CONFIRMED; a second order with tok_decline reaches CANCELLED with the reason; the order
-//       list; log out. Axe, same-origin and console checks on every page.
+//       list; the confirmed order cancelled by the shopper. Axe, same-origin and console checks
+//       on every page.
 //   node web/test/storefront.mjs --url ... --phase degraded --shots DIR
 //       (inventory stopped) the catalog still shows, availability marked unknown, no error.
 //
@@ -132,9 +133,15 @@ async function journey(session, shots, products) {
   await session.until("both orders listed", 10_000, async () => (await session.all("tr[data-order]")).length === 2);
   await screenshot(session, shots, "orders");
   pages.push(await accessible(session, "orders"));
+  // The confirmed order, cancelled by the shopper: refunded, the reason shown.
+  await (await session.find(`tr[data-order="${confirmed}"] a`)).click();
+  await (await session.find("#cancel-order")).click();
+  await session.find('[data-status="CANCELLED"]', 15_000);
+  const userCancelled = await textOf(session, '[data-reason="USER_REQUESTED"]');
+  await screenshot(session, shots, "order-user-cancelled");
   const requests = await sameOrigin(session, "journey");
   await quietConsole(session, "journey");
-  return { email, confirmed, cancelled, confirmedSeen, cancelledSeen, reason, pages, requests };
+  return { email, confirmed, cancelled, confirmedSeen, cancelledSeen, reason, userCancelled, pages, requests };
 }
 
 async function degraded(session, shots) {

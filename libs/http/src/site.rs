@@ -88,9 +88,13 @@ impl Site {
             let name = entry.file_name();
             let name = name
                 .to_str()
-                .filter(|n| n.is_ascii() && !n.starts_with('.'))
+                .filter(|n| n.is_ascii())
                 .ok_or_else(|| SiteError::Name(entry.path()))?
                 .to_string();
+            // Hidden files (an editor's, a build stamp) are not the site's.
+            if name.starts_with('.') {
+                continue;
+            }
             let body = std::fs::read(entry.path()).map_err(read)?;
             total += body.len();
             if files.len() >= MAX_FILES || total > MAX_BYTES {
@@ -169,6 +173,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("index.html"), "<!doctype html>").unwrap();
         std::fs::write(dir.path().join("app.js"), "void 0").unwrap();
+        std::fs::write(dir.path().join(".stamp"), "hidden").unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/secret.txt"), "no").unwrap();
         let site = Site::load(dir.path()).unwrap();
@@ -188,6 +193,7 @@ mod tests {
         );
         assert!(site.get("/sub/secret.txt").is_none());
         assert!(site.get("/../Cargo.toml").is_none());
+        assert!(site.get("/.stamp").is_none());
         assert_eq!(site.len(), 3);
     }
 

@@ -25,7 +25,11 @@ pub struct Console {
     pub log: Log,
 }
 
-/// The routes, behind the guard.
+/// Requests served at once: the page polls one overview at a time; more
+/// wait (each overview fans out to every service).
+const MAX_CONCURRENT: usize = 8;
+
+/// The routes, behind the guard, at most [`MAX_CONCURRENT`] at once.
 pub fn router(console: Arc<Console>) -> axum::Router {
     let guard = console.guard.clone();
     axum::Router::new()
@@ -38,6 +42,9 @@ pub fn router(console: Arc<Console>) -> axum::Router {
         .fallback(page)
         .with_state(console)
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_CONCURRENT,
+        ))
 }
 
 /// A refusal as JSON (`{code, message}`), with the HTTP status of its code.

@@ -81,26 +81,25 @@ pub async fn service(service: &Service) -> Value {
     let mesh = async {
         let mut parts = Parts::default();
         let mut client = MeshAdminServiceClient::new(channel.clone());
-        let mut again = client.clone();
         parts
             .add(
                 "stats",
                 "shop.mesh.v1.GetStatsResponse",
-                again.get_stats(request(GetStatsRequest {})),
+                client.get_stats(request(GetStatsRequest {})),
             )
             .await;
         parts
             .add(
                 "policy",
                 "shop.mesh.v1.GetPolicyResponse",
-                again.get_policy(request(GetPolicyRequest::default())),
+                client.get_policy(request(GetPolicyRequest::default())),
             )
             .await;
         parts
             .add(
                 "upstreams",
                 "shop.mesh.v1.ListUpstreamsResponse",
-                again.list_upstreams(request(ListUpstreamsRequest {
+                client.list_upstreams(request(ListUpstreamsRequest {
                     page_size: PAGE,
                     page_token: String::new(),
                 })),
@@ -121,7 +120,6 @@ pub async fn service(service: &Service) -> Value {
     let events = async {
         let mut parts = Parts::default();
         let mut client = EventsAdminServiceClient::new(channel.clone());
-        let mut again = client.clone();
         parts
             .add(
                 "consumers",
@@ -133,7 +131,7 @@ pub async fn service(service: &Service) -> Value {
             .add(
                 "deadLetters",
                 "shop.events.v1.ListDeadLettersResponse",
-                again.list_dead_letters(request(ListDeadLettersRequest {
+                client.list_dead_letters(request(ListDeadLettersRequest {
                     page_size: PAGE,
                     page_token: String::new(),
                 })),

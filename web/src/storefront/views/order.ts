@@ -49,7 +49,8 @@ function view(res: GetOrderDetailsResponse, onCancel: () => void): Child[] {
           o.cancellationDetail ? ` (${o.cancellationDetail})` : "",
         )
       : null,
-    o.status === OrderStatus.PENDING
+    // Pending or confirmed: cancelling releases the stock and refunds what was captured.
+    o.status !== OrderStatus.CANCELLED
       ? h("button", { type: "button", id: "cancel-order", onclick: onCancel }, "Cancel order")
       : null,
     h("h2", {}, "Timeline"),
