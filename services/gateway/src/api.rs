@@ -18,7 +18,7 @@ use shop_proto::shop::gateway::v1::{
     GetProductResponse, ListOrdersRequest, ListOrdersResponse, ListProductsRequest,
     ListProductsResponse, LogInRequest, LogInResponse, MissingPart, OrderLineDetail, Part,
     PlaceOrderRequest, PlaceOrderResponse, SignUpRequest, SignUpResponse, UpdateAccountRequest,
-    UpdateAccountResponse,
+    UpdateAccountResponse, WatchOrderRequest,
 };
 use shop_proto::shop::inventory::v1::BatchGetStockRequest;
 use shop_proto::shop::orders::v1 as orders;
@@ -42,6 +42,7 @@ pub(crate) struct GatewayApi {
     pub(crate) signup: Arc<Limiter>,
     pub(crate) budget: Budget,
     pub(crate) flags: shop_flags::Flags,
+    pub(crate) watches: crate::watch::Watches,
 }
 
 /// The operational kill switch of the inventory fan-out: a boolean flag,
@@ -309,6 +310,18 @@ impl ShopGatewayService for GatewayApi {
         let caller = self.auth.caller(&request).await?;
         let order = self.own_order(caller, &request.get_ref().order_id).await?;
         Ok(Response::new(GetOrderResponse { order: Some(order) }))
+    }
+
+    type WatchOrderStream = crate::watch::OrderStream;
+
+    async fn watch_order(
+        &self,
+        request: Request<WatchOrderRequest>,
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let caller = self.auth.caller(&request).await?;
+        let first = self.own_order(caller, &request.get_ref().order_id).await?;
+        let stream = self.watches.watch(self.up.orders.clone(), first)?;
+        Ok(Response::new(stream))
     }
 
     async fn list_orders(

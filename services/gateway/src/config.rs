@@ -21,6 +21,9 @@ shop_runtime::service_config! {
         /// `[http]`: REST/JSON and gRPC-Web on the same port.
         #[serde(default)]
         pub http: HttpSettings,
+        /// `[watch]`: how WatchOrder follows orders.
+        #[serde(default)]
+        pub watch: WatchSettings,
     }
     defaults = r#"
         [server]
@@ -104,6 +107,43 @@ impl Default for HttpSettings {
 
 fn default_max_request_bytes() -> usize {
     64 * 1024
+}
+
+/// `[watch]`: WatchOrder streams. Each one asks orders for its order
+/// every `interval` (one GetOrder through the mesh) until the order
+/// settles or `longest` has passed; at most `max_concurrent` run at once,
+/// beyond which a watch is refused with RESOURCE_EXHAUSTED.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchSettings {
+    #[serde(default = "default_watch_max_concurrent")]
+    pub max_concurrent: usize,
+    #[serde(with = "humantime_serde", default = "default_watch_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "default_watch_longest")]
+    pub longest: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            max_concurrent: default_watch_max_concurrent(),
+            interval: default_watch_interval(),
+            longest: default_watch_longest(),
+        }
+    }
+}
+
+fn default_watch_max_concurrent() -> usize {
+    1000
+}
+
+fn default_watch_interval() -> Duration {
+    Duration::from_millis(250)
+}
+
+fn default_watch_longest() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[auth]`
@@ -254,6 +294,11 @@ impl Config {
         anyhow::ensure!(
             self.limits.max_tracked >= 1,
             "limits.max_tracked must be at least 1"
+        );
+        let w = &self.watch;
+        anyhow::ensure!(
+            w.max_concurrent >= 1 && !w.interval.is_zero() && w.longest >= w.interval,
+            "watch: max_concurrent must be at least 1, interval more than 0s and longest at least interval"
         );
         for (name, limits) in [
             ("login", &self.limits.login),

@@ -9,6 +9,7 @@
 //!   caller's deadline, missing with a reason when late or failed.
 //! - `upstream`: mesh clients of users, catalog, inventory, orders and
 //!   payments, and how their failures are answered.
+//! - `watch`: WatchOrder's streams, bounded in number and time.
 //! - `api`: `shop.gateway.v1.ShopGatewayService`.
 
 pub mod config;
@@ -18,6 +19,7 @@ mod auth;
 mod limits;
 mod parts;
 mod upstream;
+mod watch;
 
 pub use config::Config;
 
@@ -96,6 +98,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         signup: signup.clone(),
         budget: parts::Budget::new(config.details.part_share, config.details.part_timeout),
         flags: app.flags(),
+        watches: watch::Watches::new(&config.watch),
     };
     let refresh = auth.keys_refresh;
     let face = http_face(&config.http)?;
