@@ -113,6 +113,8 @@ async function journey(session, shots, products) {
 
   const confirmed = await checkout(session, "tok_approve");
   const confirmedSeen = await settle(session, "CONFIRMED");
+  // Followed by WatchOrder's stream over gRPC-Web, not by polling.
+  await session.find('[data-following="stream"]', 5_000);
   const steps = await session.run(`return [...document.querySelectorAll("[data-step]")].map((e) => e.dataset.step);`);
   for (const step of ["PLACE_ORDER", "RESERVE_STOCK", "CAPTURE_PAYMENT", "CONFIRM_ORDER"]) {
     check(steps.includes(step), `the confirmed order's timeline lacks ${step}: ${steps}`);

@@ -1,6 +1,9 @@
-// One order, following its saga live: the page asks the gateway for the order's details again
-// every POLL_MS while it is PENDING, adding each timeline step as it is recorded, until the
-// order is CONFIRMED or CANCELLED (with the reason), or the shopper leaves the page.
+// One order, following its saga live: WatchOrder (a server stream over gRPC-Web) tells the page
+// each time the order changes, and the page shows the order's details as of that change,
+// adding each timeline step as it is recorded, until the order is CONFIRMED or CANCELLED (with
+// the reason) or the shopper leaves the page. A stream that ends while the order is pending
+// (its minute is up) is opened again; when none can be had, the page asks for the details
+// every POLL_MS instead. `data-following` on the page says which it did.
 
 import { OrderStatus, SagaStepStatus, SagaStepType, type Order } from "../../../gen/shop/orders/v1/orders_pb.js";
 import { CancellationReason } from "../../../gen/shop/common/v1/reasons_pb.js";
@@ -108,7 +111,25 @@ export async function order(root: HTMLElement, orderId: string, shown: () => boo
       return p.code === "Unavailable" || p.code === "DeadlineExceeded" || p.code === "ResourceExhausted";
     }
   };
-  while (shown() && (await refresh())) {
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  const following = (how: "stream" | "polling") => body.setAttribute("data-following", how);
+  let pending = await refresh();
+  while (shown() && pending) {
+    const stop = new AbortController();
+    const leave = setInterval(() => shown() || stop.abort(), POLL_MS);
+    try {
+      for await (const change of gateway.watchOrder({ orderId }, { signal: stop.signal, timeoutMs: 75_000 })) {
+        if (!change.order) continue;
+        pending = await refresh();
+        following("stream");
+      }
+    } catch (e) {
+      if (stop.signal.aborted) return;
+      // No stream to be had: ask again after a while.
+      following("polling");
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      pending = await refresh();
+    } finally {
+      clearInterval(leave);
+    }
   }
 }
