@@ -109,13 +109,24 @@ async fn refuses_strangers(console: &Console) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_what_the_admin_apis_say_and_replays_a_dead_letter() {
     let mut saga = Saga::start_replicated(
-        BTreeMap::from([(
-            "payments".to_string(),
-            vec![(
-                "SHOP_PAYMENTS__EVENTS__CONSUMER__MAX_DELIVER".to_string(),
-                "3".to_string(),
-            )],
-        )]),
+        BTreeMap::from([
+            (
+                "payments".to_string(),
+                vec![(
+                    "SHOP_PAYMENTS__EVENTS__CONSUMER__MAX_DELIVER".to_string(),
+                    "3".to_string(),
+                )],
+            ),
+            // An ejection outlasts the test (10 s by default), so the page
+            // and the admin API read after it see the same state.
+            (
+                "orders".to_string(),
+                vec![(
+                    "SHOP_ORDERS__UPSTREAMS__CATALOG__OUTLIER__BASE_EJECTION".to_string(),
+                    "120s".to_string(),
+                )],
+            ),
+        ]),
         BTreeMap::from([("catalog".to_string(), 2)]),
     )
     .await;

@@ -11,7 +11,7 @@
 
 import { parseArgs } from "node:util";
 import { accessible, check, quietConsole, sameOrigin, screenshot } from "./checks.mjs";
-import { launch } from "./webdriver.mjs";
+import { killGroup, launch } from "./webdriver.mjs";
 
 const LIMIT_MS = 120_000;
 
@@ -89,11 +89,12 @@ const READ_PANELS = `
     actions: rows("#actions tr[data-dead-letter]").map((r) => r.textContent),
   };`;
 
+const session = await launch({ height: 2400 });
 const timer = setTimeout(() => {
   console.error(`console: took more than ${LIMIT_MS} ms`);
+  killGroup(session.driver, "SIGKILL");
   process.exit(1);
 }, LIMIT_MS);
-const session = await launch({ height: 2400 });
 try {
   await session.go(`${args.url}/`);
   await session.find("#services tr[data-service]", 15_000);
@@ -114,8 +115,11 @@ try {
     const reason = await session.find(`${letter} input.reason`);
     await reason.clear();
     await reason.type(args.reason);
+    // The button of the same row as the field typed into (a redraw makes the field stale).
+    await session.run(`return arguments[0].value;`, { "element-6066-11e4-a52e-4f735466cecf": reason.id });
     await (await session.find(`${letter} button[data-action="replay"]`)).click();
-    return true;
+    const said = await session.run(`return document.querySelector(arguments[0])?.textContent ?? "";`, `${letter} [role=status]`);
+    return !said.includes("say why first");
   });
   await session.find(`${letter}[data-status="DEAD_LETTER_STATUS_REPLAYED"]`, 15_000);
   const action = await session.until("the replay in the actions panel", 10_000, async () => {

@@ -14,7 +14,7 @@
 
 import { parseArgs } from "node:util";
 import { accessible, check, quietConsole, sameOrigin, screenshot } from "./checks.mjs";
-import { launch } from "./webdriver.mjs";
+import { killGroup, launch } from "./webdriver.mjs";
 
 const PHASE_LIMIT_MS = 180_000;
 const SAGA_MS = 30_000;
@@ -113,8 +113,6 @@ async function journey(session, shots, products) {
 
   const confirmed = await checkout(session, "tok_approve");
   const confirmedSeen = await settle(session, "CONFIRMED");
-  // Followed by WatchOrder's stream over gRPC-Web, not by polling.
-  await session.find('[data-following="stream"]', 5_000);
   const steps = await session.run(`return [...document.querySelectorAll("[data-step]")].map((e) => e.dataset.step);`);
   for (const step of ["PLACE_ORDER", "RESERVE_STOCK", "CAPTURE_PAYMENT", "CONFIRM_ORDER"]) {
     check(steps.includes(step), `the confirmed order's timeline lacks ${step}: ${steps}`);
@@ -141,9 +139,17 @@ async function journey(session, shots, products) {
   await session.find('[data-status="CANCELLED"]', 15_000);
   const userCancelled = await textOf(session, '[data-reason="USER_REQUESTED"]');
   await screenshot(session, shots, "order-user-cancelled");
+
+  // A slow card: the page follows the pending order with WatchOrder's stream over gRPC-Web
+  // (not by polling) until it is confirmed.
+  await session.go(`${args.url}/#/`);
+  await (await session.find(`[data-product="${products[1]}"] button`)).click();
+  const slow = await checkout(session, "tok_approve_slow");
+  await session.find('[data-following="stream"]', 10_000);
+  const slowSeen = await settle(session, "CONFIRMED");
   const requests = await sameOrigin(session, "journey");
   await quietConsole(session, "journey");
-  return { email, confirmed, cancelled, confirmedSeen, cancelledSeen, reason, userCancelled, pages, requests };
+  return { email, confirmed, cancelled, slow, confirmedSeen, cancelledSeen, slowSeen, reason, userCancelled, pages, requests };
 }
 
 async function degraded(session, shots) {
@@ -160,11 +166,12 @@ async function degraded(session, shots) {
   return { notice, stock: stock.length, pages: [page] };
 }
 
+const session = await launch();
 const timer = setTimeout(() => {
   console.error(`storefront: the ${args.phase} phase took more than ${PHASE_LIMIT_MS} ms`);
+  killGroup(session.driver, "SIGKILL");
   process.exit(1);
 }, PHASE_LIMIT_MS);
-const session = await launch();
 try {
   const products = args.products.split(",").filter(Boolean);
   const seen = args.phase === "journey" ? await journey(session, args.shots, products) : await degraded(session, args.shots);

@@ -15,7 +15,8 @@ export async function launch({
   width = 1280,
   height = 900,
 } = {}) {
-  const driver = spawn(chromedriver, ["--port=0"], { stdio: ["ignore", "pipe", "inherit"] });
+  // Its own process group, so that the driver and the browser it starts end together.
+  const driver = spawn(chromedriver, ["--port=0"], { stdio: ["ignore", "pipe", "inherit"], detached: true });
   const port = await new Promise((resolve, reject) => {
     let seen = "";
     const timer = setTimeout(() => reject(new WebDriverError(`chromedriver did not start: ${seen}`)), 15_000);
@@ -28,6 +29,7 @@ export async function launch({
       }
     });
     driver.on("exit", (code) => reject(new WebDriverError(`chromedriver exited (${code}): ${seen}`)));
+    driver.on("error", (e) => reject(new WebDriverError(`chromedriver could not start (${chromedriver}): ${e.message}`)));
   });
   const base = `http://127.0.0.1:${port}`;
   try {
@@ -60,8 +62,17 @@ export async function launch({
     });
     return new Session(base, created.sessionId, driver);
   } catch (e) {
-    driver.kill("SIGTERM");
+    killGroup(driver, "SIGKILL");
     throw e;
+  }
+}
+
+/** Signals chromedriver's process group (the driver and the browser). */
+export function killGroup(driver, signal) {
+  try {
+    process.kill(-driver.pid, signal);
+  } catch {
+    // Already gone.
   }
 }
 
@@ -151,7 +162,7 @@ export class Session {
     try {
       await this.cmd("DELETE", "");
     } finally {
-      this.driver.kill("SIGTERM");
+      killGroup(this.driver, "SIGTERM");
     }
   }
 }

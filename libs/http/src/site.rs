@@ -95,13 +95,15 @@ impl Site {
             if name.starts_with('.') {
                 continue;
             }
-            let body = std::fs::read(entry.path()).map_err(read)?;
-            total += body.len();
+            // Sized before it is read: a huge file is refused, not loaded.
+            let size = entry.metadata().map_err(read)?.len();
+            total = total.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
             if files.len() >= MAX_FILES || total > MAX_BYTES {
                 return Err(SiteError::TooLarge {
                     dir: dir.to_path_buf(),
                 });
             }
+            let body = std::fs::read(entry.path()).map_err(read)?;
             let file = File {
                 content_type: content_type(&name),
                 body: Bytes::from(body),

@@ -7,7 +7,8 @@
 //! The stream ends after a message whose order is CONFIRMED or CANCELLED,
 //! after `watch.longest`, or at the first failure orders gives that is not
 //! transient (which is sent as the stream's status). A transient failure
-//! (UNAVAILABLE, DEADLINE_EXCEEDED) is tried again at the next tick.
+//! (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, CANCELLED) is tried
+//! again at the next tick.
 //!
 //! A stream outlives the mesh server's deadline and concurrency permit
 //! (they cover the handler, which returns the stream): its own bounds are
@@ -129,7 +130,15 @@ async fn step(mut watch: Watch) -> Option<(Result<WatchOrderResponse, Status>, W
         match asked.map(|r| r.into_inner().order) {
             Ok(Some(order)) if watch.sent.as_ref() != Some(&order) => watch.next = Some(order),
             Ok(_) => {}
-            Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) => {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::ResourceExhausted
+                        | Code::Cancelled
+                ) =>
+            {
                 tracing::debug!(code = ?status.code(), "a watched order could not be read; next tick");
             }
             Err(status) => watch.failed = Some(relay("orders", status)),

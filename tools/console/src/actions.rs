@@ -102,21 +102,27 @@ pub async fn act(
 ) -> Result<Value, Status> {
     let reason = check_reason(reason)?;
     let mut client = EventsAdminServiceClient::new(service.channel.clone());
-    let answer = match verb {
-        Verb::Replay => client
-            .replay_dead_letter(ReplayDeadLetterRequest {
-                dead_letter_id: id.to_string(),
-            })
-            .await
-            .map(|r| r.into_inner().dead_letter),
-        Verb::Discard => client
-            .discard_dead_letter(DiscardDeadLetterRequest {
-                dead_letter_id: id.to_string(),
-                reason: reason.to_string(),
-            })
-            .await
-            .map(|r| r.into_inner().dead_letter),
+    let call = async {
+        match verb {
+            Verb::Replay => client
+                .replay_dead_letter(ReplayDeadLetterRequest {
+                    dead_letter_id: id.to_string(),
+                })
+                .await
+                .map(|r| r.into_inner().dead_letter),
+            Verb::Discard => client
+                .discard_dead_letter(DiscardDeadLetterRequest {
+                    dead_letter_id: id.to_string(),
+                    reason: reason.to_string(),
+                })
+                .await
+                .map(|r| r.into_inner().dead_letter),
+        }
     };
+    let deadline = crate::overview::CALL_DEADLINE * 2;
+    let answer = tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time")));
     let outcome = match &answer {
         Ok(_) => "OK".to_string(),
         Err(status) => format!("{:?}", status.code()),

@@ -72,7 +72,9 @@ impl Services {
                     name: name.clone(),
                     source,
                 })?
-                .connect_timeout(CONNECT_TIMEOUT);
+                .connect_timeout(CONNECT_TIMEOUT)
+                // Every call, the TLS handshake of a frozen peer included.
+                .timeout(crate::overview::CALL_DEADLINE);
             out.push(Service {
                 name: name.clone(),
                 addr: *addr,

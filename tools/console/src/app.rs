@@ -25,8 +25,9 @@ pub struct Console {
     pub log: Log,
 }
 
-/// Requests served at once: the page polls one overview at a time; more
-/// wait (each overview fans out to every service).
+/// Requests served at once: the page asks for the next overview only
+/// once the last one answered; more wait (each overview fans out to every
+/// service, each call bounded by its deadline).
 const MAX_CONCURRENT: usize = 8;
 
 /// The routes, behind the guard, at most [`MAX_CONCURRENT`] at once.

@@ -49,12 +49,14 @@ pub struct Guard {
 
 impl Guard {
     /// The `Host` values that name this console.
-    fn hosts(&self) -> [String; 3] {
+    fn hosts(&self) -> [String; 4] {
         let port = self.local.port();
         [
             format!("127.0.0.1:{port}"),
             format!("localhost:{port}"),
             format!("[::1]:{port}"),
+            // The address it listens on (127.0.0.2, say).
+            self.local.to_string(),
         ]
     }
 

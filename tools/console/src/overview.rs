@@ -73,9 +73,11 @@ pub async fn service(service: &Service) -> Value {
     let channel = service.channel.clone();
     let health = async {
         let mut client = HealthClient::new(channel.clone());
-        match client.check(request(HealthCheckRequest::default())).await {
-            Ok(answer) => answer.get_ref().status().as_str_name().to_string(),
-            Err(status) => format!("UNREACHABLE ({:?})", status.code()),
+        let check = client.check(request(HealthCheckRequest::default()));
+        match tokio::time::timeout(CALL_DEADLINE + Duration::from_millis(500), check).await {
+            Ok(Ok(answer)) => answer.get_ref().status().as_str_name().to_string(),
+            Ok(Err(status)) => format!("UNREACHABLE ({:?})", status.code()),
+            Err(_) => "UNREACHABLE (no answer in time)".to_string(),
         }
     };
     let mesh = async {

@@ -245,23 +245,32 @@ function render(o: Overview): void {
   );
 }
 
+/** Whether the operator is typing a reason (the page is not redrawn under them). */
+const typing = () => document.activeElement instanceof HTMLInputElement && document.activeElement.value !== "";
+
 async function refresh(force = false): Promise<void> {
-  // Not while the operator is typing a reason.
-  const typing = document.activeElement instanceof HTMLInputElement && document.activeElement.value !== "";
-  if (typing && !force) return;
+  if (typing() && !force) return;
   try {
     const response = await fetch("/api/overview");
-    render((await response.json()) as Overview);
+    const overview = (await response.json()) as Overview;
+    // Asked before the operator started typing: keep what they typed.
+    if (typing() && !force) return;
+    render(overview);
     refreshed.textContent = `Updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {
     refreshed.textContent = `Update failed: ${String(e)}`;
   }
 }
 
+/** One overview at a time: the next is asked for REFRESH_MS after the last answered. */
+async function poll(): Promise<void> {
+  await refresh();
+  setTimeout(() => void poll(), REFRESH_MS);
+}
+
 async function start(): Promise<void> {
   csrf = ((await (await fetch("/api/session")).json()) as { csrfToken: string }).csrfToken;
-  await refresh();
-  setInterval(() => void refresh(), REFRESH_MS);
+  await poll();
 }
 
 void start();

@@ -6,7 +6,7 @@ import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { ShopGatewayService } from "../../gen/shop/gateway/v1/gateway_pb.js";
-import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { BadRequestSchema, RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import type { Money } from "../../gen/shop/common/v1/money_pb.js";
 
 export interface Session {
@@ -64,7 +64,9 @@ export function problem(error: unknown): Problem {
     for (const v of detail.fieldViolations) fields.set(v.field, v.description);
   }
   if (e.code === Code.Unauthenticated) setSession(undefined);
-  const retry = Number(e.metadata.get("retry-after"));
+  // google.rpc.RetryInfo (the gateway's limits, a full WatchOrder), else Retry-After.
+  const info = e.findDetails(RetryInfoSchema)[0]?.retryDelay;
+  const retry = info ? Number(info.seconds) + info.nanos / 1e9 : Number(e.metadata.get("retry-after"));
   return {
     code: Code[e.code] ?? "Unknown",
     message: e.rawMessage,

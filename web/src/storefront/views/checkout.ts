@@ -35,7 +35,9 @@ export function checkout(root: HTMLElement): void {
           value: line.quantity,
           "aria-label": `Quantity of ${line.product.name}`,
           onchange: (e: Event) => {
-            cart.setQuantity(line.product.productId, Number((e.target as HTMLInputElement).value));
+            // Whole units, 0 (removed) to 100, whatever was typed.
+            const typed = Math.round(Number((e.target as HTMLInputElement).value));
+            cart.setQuantity(line.product.productId, Number.isFinite(typed) ? Math.min(100, Math.max(0, typed)) : line.quantity);
             checkout(root);
           },
         }),

@@ -124,9 +124,10 @@ export async function order(root: HTMLElement, orderId: string, shown: () => boo
       }
     } catch (e) {
       if (stop.signal.aborted) return;
-      // No stream to be had: ask again after a while.
+      // No stream to be had: poll, and try a stream again no sooner than the gateway asks.
       following("polling");
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      const wait = Math.max(POLL_MS, (problem(e).retryAfterSeconds ?? 0) * 1000);
+      await new Promise((resolve) => setTimeout(resolve, wait));
       pending = await refresh();
     } finally {
       clearInterval(leave);
